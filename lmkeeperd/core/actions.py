@@ -1,0 +1,63 @@
+"""What the lifecycle core asks the driver to do.
+
+The driver performs each action and reports its outcome back as an event
+carrying the same `op` id (LoadFinished/LoadFailed, UnloadFinished/UnloadFailed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class StartLoad:
+    """Make sure `model` is loaded: adopt an existing instance, else load it (L14, L17).
+
+    The memory advisory (L12) is the driver's to check right before loading.
+    """
+
+    op: int
+    model: str
+    load_config: Mapping[str, Any] = field(default_factory=dict)
+    draft: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelLoad:
+    """Stop waiting for load `op` (L5).
+
+    The driver keeps listening for the load's outcome in the background and
+    still reports it: if the server finished the load anyway, the core
+    answers with a StartUnload of that stray instance.
+    """
+
+    op: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartUnload:
+    op: int
+    model: str
+    instance_id: str
+    reason: str  # switch | idle | command | exit | superseded | memory_pressure
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """An event for the log and for subscribed clients (names as in interface.md)."""
+
+    event: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandDone:
+    """The answer to an UnloadCommand: `error` is None on success."""
+
+    request: int
+    error: str | None = None
+
+
+Action = StartLoad | CancelLoad | StartUnload | Notify | CommandDone

@@ -1,0 +1,157 @@
+"""What can happen to the lifecycle core: the events the driver feeds it.
+
+Events are plain frozen records. Those that answer an action carry the
+action's `op` id, so the core can tell a fresh outcome from a stale one
+(a superseded load that finally returns, lifecycle rule L5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The part of the config the core decides with (applied from the next use)."""
+
+    auto_load: bool = True
+    idle_timeout: float = 1800.0  # seconds; <= 0 disables idle eject (L11)
+    switch_debounce: float = 0.3  # seconds; 0 switches at once (L3)
+    draft_model: str = ""  # "" = no draft model (L15)
+    load_config: Mapping[str, Any] = field(default_factory=dict)  # sent with every load (L14)
+    unload_on_exit: bool = True  # L16
+
+
+# --- from clients (socket, config file, CLI) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    """A client or the config file selected a model (L1-L3)."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted:
+    """A client began streaming from the model; `stream` is unique per daemon run."""
+
+    stream: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """A stream ended, or the connection that opened it closed (L8)."""
+
+    stream: int
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """A client just used the model (L10)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineChanged:
+    """The user moved to another engine, or back to LM Studio (L13)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadCommand:
+    """`lmkeeperd unload [MODEL]`: answered by a CommandDone with the same `request`."""
+
+    request: int
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChanged:
+    """The config file changed; the new settings apply from the next use."""
+
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPressure:
+    """Available memory stayed below the configured floor for its grace period."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The daemon is stopping (L16). Every later event is ignored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: fire whatever deadline is due. Carries nothing else."""
+
+
+# --- outcomes of the core's own actions --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFinished:
+    """A StartLoad succeeded; `adopted` when the model already had an instance (L17)."""
+
+    op: int
+    instance_id: str
+    adopted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailed:
+    """A StartLoad failed. `unreachable` when the server could not be reached at all."""
+
+    op: int
+    error: str
+    unreachable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadFinished:
+    op: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadFailed:
+    op: int
+    error: str
+
+
+# --- what the server says is loaded (L17, L18) -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSnapshot:
+    """What `GET /api/v1/models` says is loaded: model key -> instance ids.
+
+    `after_outage` is true for the first snapshot after the server was
+    unreachable (or the first at start): the core then restores the model it
+    wanted, since a server restart forgets every model.
+    """
+
+    loaded: Mapping[str, tuple[str, ...]]
+    after_outage: bool = False
+
+
+Event = (
+    Select
+    | StreamStarted
+    | StreamEnded
+    | Activity
+    | EngineChanged
+    | UnloadCommand
+    | SettingsChanged
+    | MemoryPressure
+    | Shutdown
+    | Tick
+    | LoadFinished
+    | LoadFailed
+    | UnloadFinished
+    | UnloadFailed
+    | ServerSnapshot
+)
