@@ -16,12 +16,15 @@ class StartLoad:
     """Make sure `model` is loaded: adopt an existing instance, else load it (L14, L17).
 
     The memory advisory (L12) is the driver's to check right before loading.
+    `avoid` lists instances of this model that the core is unloading: the
+    driver must not adopt those, since they are about to disappear.
     """
 
     op: int
     model: str
     load_config: Mapping[str, Any] = field(default_factory=dict)
     draft: bool = False
+    avoid: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -304,8 +304,13 @@ class Lifecycle:
     def _start_load(
         self, model: str, now: float, out: list[Action], *, draft: bool = False
     ) -> None:
+        going = tuple(
+            [o.instance_id for o in self._ops.values() if o.kind == "unload" and o.model == model]
+            + [instance for m, instance, _, _ in self._deferred if m == model]
+        )
         op = self._new_op(_Op("load", model, now, draft=draft))
-        out.append(StartLoad(op, model, dict(self.settings.load_config), draft=draft))
+        config = dict(self.settings.load_config)
+        out.append(StartLoad(op, model, config, draft=draft, avoid=going))
         out.append(Notify("load_started", {"model": model, "draft": draft}))
         if draft:
             self._draft_op = op
@@ -509,6 +514,7 @@ class Lifecycle:
             assert self._model is not None
             out.append(Notify("model_vanished", {"model": self._model}))
             lost = self._model
+            self._supersede_load(out)  # a draft still loading goes with its main model
             self._model = self._instance = None
             self._adopted = False
             self._idle_at = self._idle_from = None
