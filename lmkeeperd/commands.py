@@ -1,0 +1,112 @@
+"""What the client-side CLI commands do: talk to the running daemon and print.
+
+Shared by the typer app and by the CLI's fast path (see cli.py), so both
+behave the same. Lean imports only: `lmkeeperd status` is meant to cost little
+more than starting Python.
+
+Exit codes (interface.md): 0 success, 1 the daemon or server refused the
+request, 2 bad usage or bad config, 3 no daemon running.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lmkeeperd.errors import ConfigError, DaemonNotRunning, LmkeeperError
+
+OK, REFUSED, BAD_USAGE, NO_DAEMON = 0, 1, 2, 3
+
+
+def error(message: str) -> None:
+    print(f"lmkeeperd: {message}", file=sys.stderr)
+
+
+def _socket_and_timeout(config_arg: str | None) -> tuple[Path, float]:
+    from lmkeeperd.config import load_config
+    from lmkeeperd.paths import config_path, socket_path
+
+    config = load_config(config_path(config_arg))
+    return socket_path(config), config.server.request_timeout
+
+
+def _ask(config_arg: str | None, obj: dict[str, Any], *, slow: bool = False) -> tuple[int, Any]:
+    """Send one request; returns (exit code, reply or None) and prints errors."""
+    from lmkeeperd.control.client import request
+
+    try:
+        sock, request_timeout = _socket_and_timeout(config_arg)
+    except ConfigError as e:
+        error(str(e))
+        return BAD_USAGE, None
+    # An unload is answered only once the server has unloaded: allow for a slow server.
+    timeout = request_timeout + 10.0 if slow else 5.0
+    try:
+        reply = request(sock, obj, timeout=timeout)
+    except DaemonNotRunning as e:
+        error(str(e))
+        return NO_DAEMON, None
+    except (LmkeeperError, OSError) as e:
+        error(str(e))
+        return REFUSED, None
+    if reply.get("ok") is not True:
+        error(str(reply.get("error", reply)))
+        return REFUSED, reply
+    return OK, reply
+
+
+def status(config_arg: str | None, as_json: bool) -> int:
+    code, reply = _ask(config_arg, {"op": "status"})
+    if code != OK:
+        return code
+    payload = reply.get("status", {})
+    if as_json:
+        print(json.dumps(payload))
+    else:
+        from lmkeeperd.status import render
+
+        print(render(payload))
+    return OK
+
+
+def select(config_arg: str | None, model: str) -> int:
+    if not model.strip():
+        error("select: the model key is empty")
+        return BAD_USAGE
+    code, _ = _ask(config_arg, {"op": "select", "model": model})
+    if code == OK:
+        print(f"selected {model.strip()}")
+    return code
+
+
+def unload(config_arg: str | None, model: str | None) -> int:
+    obj: dict[str, Any] = {"op": "unload"}
+    if model is not None:
+        obj["model"] = model
+    code, _ = _ask(config_arg, obj, slow=True)
+    if code == OK:
+        print(f"unloaded {model}" if model else "unloaded")
+    return code
+
+
+def config_check(config_arg: str | None) -> int:
+    from lmkeeperd.config import load_config
+    from lmkeeperd.paths import config_path
+
+    path = config_path(config_arg)
+    if not path.exists():
+        if config_arg is not None:
+            error(f"no config file at {path}")
+            return BAD_USAGE
+        print(f"{path}: no file; every default applies")
+        return OK
+    try:
+        load_config(path)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return BAD_USAGE
+    print(f"{path}: valid")
+    return OK

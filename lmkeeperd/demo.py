@@ -1,0 +1,75 @@
+"""`lmkeeperd demo`: the daemon against the bundled LM Studio emulator.
+
+Everything lives in a fresh temporary folder (config, socket, persisted
+selection), so the demo never touches a real installation's state, and the
+commands it prints work from any other terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lmkeeperd import logs
+from lmkeeperd.config import load_config
+from lmkeeperd.emulator import Emulator, default_catalog
+
+DEMO_MODEL = "qwen/qwen3-4b-2507"
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_demo_config(folder: Path, server_url: str, idle_timeout: str) -> Path:
+    config = folder / "config.toml"
+    config.write_text(
+        "# Written by `lmkeeperd demo`; edit it while the demo runs to see live reloads.\n"
+        "[server]\n"
+        f"url = {_toml_string(server_url)}\n"
+        'reconcile_interval = "5s"\n\n'
+        "[model]\n"
+        f"idle_timeout = {_toml_string(idle_timeout)}\n\n"
+        "[control]\n"
+        f"socket = {_toml_string(str(folder / 'lmkeeperd.sock'))}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def run_demo(idle_timeout: str = "60s", load_delay: float = 2.0) -> int:
+    from lmkeeperd.daemon import Daemon
+
+    # A short path under /tmp: socket paths are limited to 104-108 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="lmkd-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    os.environ["STATE_DIRECTORY"] = str(folder)  # keep the user's real selection untouched
+    catalog = default_catalog()
+    emulator = Emulator(catalog, load_delay=load_delay)
+    emulator.start()
+    try:
+        config_file = write_demo_config(folder, emulator.url, idle_timeout)
+        config = load_config(config_file)
+        models = ", ".join(m.key for m in catalog if m.type == "llm")
+        print(
+            f"lmkeeperd demo: LM Studio emulator at {emulator.url}, loads take {load_delay:g}s,\n"
+            f"idle eject after {idle_timeout}. Models: {models}\n\n"
+            "In another terminal:\n"
+            f"  export LMKEEPERD_CONFIG={config_file}\n"
+            f"  lmkeeperd select {DEMO_MODEL}\n"
+            "  lmkeeperd status\n"
+            f"  lmkeeperd select meta-llama/llama-3.1-8b-instruct   # switch\n\n"
+            "Ctrl-C stops the demo.\n",
+            flush=True,
+        )
+        logs.setup(config.log.level, config.log.format)
+
+        async def main() -> int:
+            return await Daemon(config, config_file).run()
+
+        return asyncio.run(main())
+    finally:
+        emulator.stop()
+        shutil.rmtree(folder, ignore_errors=True)

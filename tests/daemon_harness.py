@@ -1,0 +1,192 @@
+"""Runs the real `lmkeeperd run` as a subprocess, with a real socket and config file.
+
+Waits are conditions with deadlines, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal as signals
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lmkeeperd.control.client import ControlClient, request
+from lmkeeperd.errors import DaemonNotRunning
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def render_toml(config: Mapping[str, Mapping[str, Any]]) -> str:
+    lines: list[str] = []
+    for table, values in config.items():
+        lines.append(f"[{table}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (DaemonNotRunning, OSError, KeyError) as e:
+            last_error = e
+        time.sleep(0.01)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate}: {last_error}"
+    )
+
+
+class DaemonProc:
+    """One daemon process with its own folder (config, socket, state, log)."""
+
+    def __init__(self, server_url: str, **tables: Mapping[str, Any]) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="lk", dir="/tmp"))
+        self.socket = self.dir / "s.sock"
+        self.config_path = self.dir / "config.toml"
+        self.log_path = self.dir / "daemon.log"
+        self.state_dir = self.dir / "state"
+        self.tables: dict[str, dict[str, Any]] = {
+            "server": {"url": server_url, "reconcile_interval": "1s"},
+            "model": {"switch_debounce": "50ms"},
+            "control": {"socket": str(self.socket)},
+            "log": {"format": "json", "level": "debug"},
+        }
+        for name, values in tables.items():
+            self.tables.setdefault(name.replace("_", "."), {}).update(values)
+        self.write_config()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+
+    def write_config(self, text: str | None = None) -> None:
+        body = render_toml(self.tables) if text is None else text
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, self.config_path)  # as editors save: atomically
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        env.pop("LMKEEPERD_CONFIG", None)
+        env["STATE_DIRECTORY"] = str(self.state_dir)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra or {})
+        return env
+
+    def start(self, env: Mapping[str, str] | None = None, wait: bool = True) -> None:
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in cleanup()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lmkeeperd", "run", "--config", str(self.config_path)],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self.env(env),
+            cwd=self.dir,
+        )
+        if wait:
+            wait_until(self._answers, 15, "the daemon's socket")
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
+        return bool(request(self.socket, {"op": "status"}, timeout=2)["ok"])
+
+    # talking to it ---------------------------------------------------------
+
+    def request(self, obj: Mapping[str, Any], timeout: float = 10) -> dict[str, Any]:
+        return request(self.socket, obj, timeout=timeout)
+
+    @contextmanager
+    def client(self) -> Iterator[ControlClient]:
+        with ControlClient(self.socket, timeout=10) as c:
+            yield c
+
+    def status(self) -> dict[str, Any]:
+        reply = self.request({"op": "status"})
+        assert reply["ok"], reply
+        status: dict[str, Any] = reply["status"]
+        return status
+
+    def wait_status(self, timeout: float = 10, **expected: Any) -> dict[str, Any]:
+        def matches() -> dict[str, Any] | None:
+            st = self.status()
+            return st if all(st.get(k) == v for k, v in expected.items()) else None
+
+        result: dict[str, Any] = wait_until(matches, timeout, f"status {expected}")
+        return result
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lmkeeperd", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env({"LMKEEPERD_CONFIG": str(self.config_path)}),
+        )
+
+    # its log ----------------------------------------------------------------
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
+
+    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.log_events()
+            if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
+        ]
+
+    def wait_event(self, name: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
+        found: list[dict[str, Any]] = wait_until(
+            lambda: self.events(name, **match), timeout, f"log event {name} {match}"
+        )
+        return found[-1]
+
+    # stopping ---------------------------------------------------------------
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signals.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self._log_file is not None:
+            self._log_file.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
