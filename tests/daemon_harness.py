@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from lmkeeperd.control.client import ControlClient, request
-from lmkeeperd.errors import DaemonNotRunning
+from lmkeeperd.emulator import Emulator
+from lmkeeperd.errors import DaemonError, DaemonNotRunning
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,6 +56,77 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what or predicate}: {last_error}"
     )
+
+
+def loads_of(emulator: Emulator) -> list[str]:
+    """The model of every load request the emulator received, in order."""
+    return [r.body["model"] for r in emulator.requests() if r.path == "/api/v1/models/load"]
+
+
+def unloads_of(emulator: Emulator) -> list[str]:
+    """The instance id of every unload request the emulator received, in order."""
+    return [r.body["instance_id"] for r in emulator.requests() if r.path == "/api/v1/models/unload"]
+
+
+def model_listings(emulator: Emulator) -> int:
+    """How many times the server was asked what is loaded (each reconcile asks once)."""
+    return sum(
+        1 for r in emulator.requests() if r.path.startswith("/api/v1/models") and r.method == "GET"
+    )
+
+
+def matches(event: Mapping[str, Any], name: str, match: Mapping[str, Any]) -> bool:
+    return event.get("event") == name and all(event.get(k) == v for k, v in match.items())
+
+
+class Subscription:
+    """A `subscribe` connection; keeps every event it has read, in order of arrival."""
+
+    def __init__(self, path: Path) -> None:
+        self._client = ControlClient(path, timeout=10)
+        ack = self._client.request({"op": "subscribe"})
+        if ack != {"ok": True}:
+            self._client.close()
+            raise AssertionError(f"subscribe was answered with {ack}")
+        self.received: list[dict[str, Any]] = []
+
+    def close(self) -> None:
+        self._client.close()
+
+    def wait_for(self, name: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        """The first event received so far (or from now on) named `name` with `match`."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in self.received[seen:]:
+                if matches(event, name, match):
+                    return event
+            seen = len(self.received)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"no event {name} {match} within {timeout}s; got {self.names()}"
+                )
+            self._client.set_timeout(remaining)
+            try:
+                message = self._client.read_message()
+            except DaemonError as e:
+                raise AssertionError(
+                    f"no event {name} {match} within {timeout}s ({e}); got {self.names()}"
+                ) from None
+            if message is None:
+                raise AssertionError(f"the daemon closed the subscription; got {self.names()}")
+            self.received.append(message)
+
+    def index(self, name: str, **match: Any) -> int:
+        """Position of the first event received named `name` with `match` (ValueError if none)."""
+        for i, event in enumerate(self.received):
+            if matches(event, name, match):
+                return i
+        raise ValueError(f"no event {name} {match} in {self.names()}")
+
+    def names(self) -> list[str]:
+        return [str(e.get("event")) for e in self.received]
 
 
 class DaemonProc:
@@ -94,6 +166,9 @@ class DaemonProc:
         return env
 
     def start(self, env: Mapping[str, str] | None = None, wait: bool = True) -> None:
+        """Start `lmkeeperd run`; may be called again after the process exited (a restart)."""
+        if self._log_file is not None:
+            self._log_file.close()
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in cleanup()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lmkeeperd", "run", "--config", str(self.config_path)],
@@ -120,6 +195,14 @@ class DaemonProc:
     def client(self) -> Iterator[ControlClient]:
         with ControlClient(self.socket, timeout=10) as c:
             yield c
+
+    @contextmanager
+    def subscribe(self) -> Iterator[Subscription]:
+        sub = Subscription(self.socket)
+        try:
+            yield sub
+        finally:
+            sub.close()
 
     def status(self) -> dict[str, Any]:
         reply = self.request({"op": "status"})
@@ -176,6 +259,10 @@ class DaemonProc:
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
 
     def stop(self, sig: int = signals.SIGTERM, timeout: float = 15) -> int:
         assert self.proc is not None

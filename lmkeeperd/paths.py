@@ -1,0 +1,85 @@
+"""Where lmkeeperd's files live: config, control socket, persisted state.
+
+Precedence, highest first:
+- config:  `--config PATH` > `$LMKEEPERD_CONFIG` > `<user config dir>/lmkeeperd/config.toml`
+- runtime: `$RUNTIME_DIRECTORY` (systemd `RuntimeDirectory=`) > platformdirs' user runtime dir
+- state:   `$STATE_DIRECTORY` (systemd `StateDirectory=`) > platformdirs' user state dir
+
+Nothing here creates a directory: callers create them with the modes they need
+(the socket's folder 0700, for one). The CLI imports this on every command, so
+imports stay lean.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import platformdirs
+
+if TYPE_CHECKING:
+    from lmkeeperd.config import Config
+
+APP_NAME = "lmkeeperd"
+CONFIG_ENV = "LMKEEPERD_CONFIG"
+SOCKET_NAME = "lmkeeperd.sock"
+SELECTION_FILE_NAME = "selection.json"
+
+# platformdirs >= 4.14 warns when $XDG_RUNTIME_DIR is unset or unsafe and then
+# falls back to a checked private folder. The fallback is the behaviour we
+# want, and a Python warning printed by every CLI command would only be noise
+# (and an error under `-W error`). Older platformdirs has no such warning.
+_RUNTIME_DIR_WARNING: type[Warning] = getattr(platformdirs, "RuntimeDirWarning", UserWarning)
+
+
+def _from_env(name: str) -> Path | None:
+    # systemd joins several RuntimeDirectory=/StateDirectory= entries with ':'.
+    value = os.environ.get(name, "")
+    first = value.split(":", 1)[0].strip()
+    return Path(first) if first else None
+
+
+def config_path(cli_value: str | Path | None = None) -> Path:
+    """The config file to read; it may not exist (then every default applies)."""
+    if cli_value is not None and str(cli_value).strip():
+        return Path(cli_value).expanduser()
+    from_env = os.environ.get(CONFIG_ENV, "").strip()
+    if from_env:
+        return Path(from_env).expanduser()
+    return platformdirs.user_config_path(APP_NAME) / "config.toml"
+
+
+def runtime_dir() -> Path:
+    """The folder for the control socket.
+
+    May raise PermissionError when platformdirs' private fallback folder exists
+    but is unsafe (owned by someone else, or a symlink).
+    """
+    from_env = _from_env("RUNTIME_DIRECTORY")
+    if from_env is not None:
+        return from_env
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _RUNTIME_DIR_WARNING)
+        return platformdirs.user_runtime_path(APP_NAME)
+
+
+def state_dir() -> Path:
+    """The folder for state kept across restarts (the last selection)."""
+    from_env = _from_env("STATE_DIRECTORY")
+    if from_env is not None:
+        return from_env
+    return platformdirs.user_state_path(APP_NAME)
+
+
+def socket_path(config: Config) -> Path:
+    """The control socket: `control.socket` from the config, else the runtime dir's."""
+    if config.control.socket:
+        return Path(config.control.socket).expanduser()
+    return runtime_dir() / SOCKET_NAME
+
+
+def selection_file() -> Path:
+    """Where the daemon persists the last selection made over the socket."""
+    return state_dir() / SELECTION_FILE_NAME
