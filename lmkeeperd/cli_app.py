@@ -74,6 +74,21 @@ def config_check(config: ConfigOpt = None) -> None:
 
 
 @app.command()
+def estimate(
+    model: Annotated[str, typer.Argument(help="Model key, as `lms ls` shows it.")],
+    context: Annotated[
+        int | None, typer.Option("--context", help="Context length to estimate for.")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """What a model would need (weights, KV cache, overhead) and whether it fits."""
+    from lmkeeperd.estimate_cmd import run as run_estimate
+
+    raise typer.Exit(run_estimate(config, model, context, json))
+
+
+@app.command()
 def demo(
     idle_timeout: Annotated[
         str, typer.Option(help="Idle eject after this long, to watch it happen.")

@@ -82,6 +82,9 @@ class ModelConfig:
 @dataclass(frozen=True, slots=True)
 class MemoryConfig:
     budget_fraction: float = 0.8
+    models_dir: str = ""  # "" = LM Studio's default, ~/.lmstudio/models
+    pressure_eject_below: int | None = None  # bytes; None = memory-pressure eject off
+    pressure_grace: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +331,30 @@ def _socket_path(value: object) -> str:
     return str(path)
 
 
+def _models_dir(value: object) -> str:
+    raw = _string(value).strip()
+    if not raw:
+        return ""
+    try:
+        return str(Path(raw).expanduser())
+    except RuntimeError:
+        raise _Invalid(f"cannot expand ~ in {_show(raw)}: no such home directory") from None
+
+
+def _size_or_off(value: object) -> int | None:
+    """A size like "2GB" or "512MiB"; "" turns the feature off."""
+    if not isinstance(value, str):
+        raise _expected('a size like "2GB" or "512MiB", or "" for off', value)
+    if not value.strip():
+        return None
+    from lmkeeperd.memory.sizes import parse_size  # stdlib-only module
+
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+
+
 # ---------------------------------------------------------------- the schema
 
 _Check: TypeAlias = Callable[[object], object]
@@ -359,7 +386,12 @@ _SCHEMA: _Schema = {
         "shutdown_timeout": _positive_duration,
         "load": _LOAD_SCHEMA,
     },
-    "memory": {"budget_fraction": _fraction},
+    "memory": {
+        "budget_fraction": _fraction,
+        "models_dir": _models_dir,
+        "pressure_eject_below": _size_or_off,
+        "pressure_grace": _positive_duration,
+    },
     "control": {"socket": _socket_path},
     "log": {"level": _choice(LOG_LEVELS), "format": _choice(LOG_FORMATS)},
 }

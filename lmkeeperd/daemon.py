@@ -43,6 +43,7 @@ from lmkeeperd.core import (
     LifecycleError,
     LoadFailed,
     LoadFinished,
+    MemoryPressure,
     Notify,
     Select,
     ServerSnapshot,
@@ -51,6 +52,7 @@ from lmkeeperd.core import (
     Shutdown,
     StartLoad,
     StartUnload,
+    State,
     StreamEnded,
     StreamStarted,
     Tick,
@@ -147,6 +149,7 @@ class Daemon:
         self._last_advisory: dict[str, Any] | None = None
         self._started = clock()
         self._sigint_count = 0
+        self._pressure_task: asyncio.Task[None] | None = None
         self._state_file = paths.selection_file()
 
     # --- the core -----------------------------------------------------------
@@ -163,6 +166,7 @@ class Daemon:
             return
         for action in actions:
             self._perform(action)
+        self._sync_pressure_watch()
         self._wake.set()
 
     def _perform(self, action: Action) -> None:
@@ -218,7 +222,7 @@ class Daemon:
             if existing:
                 self.feed(LoadFinished(action.op, existing[0], adopted=True))
                 return
-            self._advise(info)
+            self._advise(info)  # runs beside the load: it must never delay it (L12)
             result = await self.client.load(action.model, action.load_config)
             self.feed(LoadFinished(action.op, result.instance_id))
         except ServerUnreachable as e:
@@ -249,15 +253,55 @@ class Daemon:
             self._op_tasks.pop(action.op, None)
 
     def _advise(self, info: ModelInfo) -> None:
-        """L12: warn before a load that likely will not fit; never block or delay it."""
-        try:
-            advisory = self._memory.advise(info)
-        except Exception as e:
-            log.error("memory_check_failed", model=info.key, error=str(e))
-            return
-        if advisory is not None:
-            self._last_advisory = dict(advisory)
-            self._announce("memory_advisory", advisory)
+        """L12: warn before a load that likely will not fit; never block or delay it.
+
+        Reading a GGUF header can take tens of milliseconds, so the check runs in a
+        thread while the load request is already on its way.
+        """
+        check = self._memory.advise
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(check, info))
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[Mapping[str, Any] | None]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is not None:
+                log.error("memory_check_failed", model=info.key, error=str(error))
+                return
+            advisory = task.result()
+            if advisory is not None:
+                self._last_advisory = dict(advisory)
+                self._announce("memory_advisory", advisory)
+
+        task.add_done_callback(done)
+
+    # --- memory-pressure eject --------------------------------------------------
+
+    def _sync_pressure_watch(self) -> None:
+        """Watch memory only while a model of ours is loaded and the feature is on."""
+        below = self.config.memory.pressure_eject_below
+        wanted = below is not None and self.core.state in (State.LOADED, State.STREAMING)
+        task = self._pressure_task
+        if wanted and (task is None or task.done()):
+            self._pressure_task = self._spawn(self._watch_pressure())
+        elif not wanted and task is not None:
+            task.cancel()
+            self._pressure_task = None
+
+    async def _watch_pressure(self) -> None:
+        from lmkeeperd.memory import PressureWatcher
+
+        watcher = PressureWatcher(self._memory.probe)
+        while (below := self.config.memory.pressure_eject_below) is not None:
+            available = await watcher.wait_pressure(below, self.config.memory.pressure_grace)
+            log.warning(
+                "memory_pressure",
+                available_gb=round(available / 1e9, 2),
+                threshold_gb=round(below / 1e9, 2),
+            )
+            self.feed(MemoryPressure())  # the core ejects only when no stream is open
 
     # --- the server's view (L17, L18) ---------------------------------------
 

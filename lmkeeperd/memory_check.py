@@ -1,82 +1,101 @@
-"""The pre-load memory advisory (L12), as the daemon sees it.
+"""The memory advisory (L12) as the daemon and the CLI use it.
 
-One small object the daemon asks two things: "would this model fit?" before
-every load, and "what does memory look like?" for status. The numbers come
-from a `MemoryProbe` (psutil in production, fixed figures in tests).
+One object answers three questions from the config and a `MemoryProbe`:
+"would this model fit?" before every load, "what does memory look like?"
+for status, and "what exactly would this model need?" for
+`lmkeeperd estimate`. The numbers come from lmkeeperd.memory (probe, budget,
+GGUF-header estimate).
+
+Why no memory is counted as freed at a switch: lmkeeperd unloads the old
+model first and checks memory only when that unload has returned (L4), so
+what it freed is already in the probe's `available` figure. Counting it
+again would hide a real shortage (LM Studio's own estimate gets this wrong
+the other way, bug #1562). `lmkeeperd estimate` does count the daemon's
+current model as freed, since there the old model is still loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lmkeeperd.config import Config
 from lmkeeperd.lmstudio.models import ModelInfo
 
-GB = 1e9  # sizes are reported in decimal GB, as LM Studio and OS tools show them
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryFigures:
-    total_bytes: int
-    available_bytes: int
-
-
-class MemoryProbe(Protocol):
-    def read(self) -> MemoryFigures: ...
-
-
-class PsutilProbe:
-    def read(self) -> MemoryFigures:
-        import psutil  # imported on first use: the CLI never needs it
-
-        vm = psutil.virtual_memory()
-        return MemoryFigures(int(vm.total), int(vm.available))
+if TYPE_CHECKING:
+    from lmkeeperd.memory import Estimate, MemoryProbe
 
 
 def _gb(n: float) -> float:
-    return round(n / GB, 2)
+    return round(n / 1e9, 2)
 
 
 class MemoryCheck:
     def __init__(self, config: Config, probe: MemoryProbe | None = None) -> None:
-        self._fraction = config.memory.budget_fraction
+        from lmkeeperd.memory import PsutilProbe
+
+        self._config = config
         self._probe = probe or PsutilProbe()
 
+    @property
+    def probe(self) -> MemoryProbe:
+        return self._probe
+
+    def _context(self, override: int | None) -> int | None:
+        if override is not None:
+            return override
+        value = self._config.model.load.get("context_length")
+        return value if isinstance(value, int) else None
+
+    def estimate(self, model: ModelInfo, context_length: int | None = None) -> Estimate | None:
+        from lmkeeperd.memory import estimate
+
+        load = self._config.model.load
+        flash = load.get("flash_attention")
+        models_dir = self._config.memory.models_dir
+        return estimate(
+            model,
+            context_length=self._context(context_length),
+            models_dir=Path(models_dir) if models_dir else None,
+            flash_attention=flash if isinstance(flash, bool) else None,
+        )
+
     def status(self) -> dict[str, Any]:
+        from lmkeeperd.memory import budget
+
         try:
-            figures = self._probe.read()
+            b = budget(self._probe.read(), self._config.memory.budget_fraction)
         except Exception as e:  # status must answer even when the probe cannot
             return {"error": str(e)}
-        return {
-            "total_gb": _gb(figures.total_bytes),
-            "available_gb": _gb(figures.available_bytes),
-            "budget_gb": _gb(figures.total_bytes * self._fraction),
+        figures: dict[str, Any] = {
+            "total_gb": _gb(b.effective_total_bytes),
+            "available_gb": _gb(b.available_bytes),
+            "budget_gb": _gb(b.budget_bytes),
         }
+        if b.limited_by_cgroup:
+            figures["ram_gb"] = _gb(b.total_bytes)
+            figures["limited_by_cgroup"] = True
+        if b.is_apple_silicon:
+            figures["unified_memory"] = True  # RAM is also the GPU's memory
+        if b.gpu is not None:
+            figures["vram_total_gb"] = _gb(b.gpu.total_bytes)
+            figures["vram_free_gb"] = _gb(b.gpu.free_bytes)
+        return figures
 
-    def advise(self, model: ModelInfo) -> Mapping[str, Any] | None:
-        """The `memory_advisory` payload when `model` likely will not fit, else None."""
-        if not model.size_bytes:
+    def advise(
+        self, model: ModelInfo, freed_bytes: int = 0, context_length: int | None = None
+    ) -> Mapping[str, Any] | None:
+        """The `memory_advisory` fields when `model` likely will not fit, else None."""
+        from lmkeeperd.memory import advisory_event, budget, check
+
+        est = self.estimate(model, context_length)
+        if est is None:
             return None
-        figures = self._probe.read()
-        budget = figures.total_bytes * self._fraction
-        required = model.size_bytes
-        if required <= budget:
+        b = budget(self._probe.read(), self._config.memory.budget_fraction, freed_bytes)
+        advisory = check(model, est, b)
+        if advisory is None:
             return None
-        quant = model.quantization.name if model.quantization else None
-        message = (
-            f"{model.key} needs about {_gb(required)} GB, over the safe budget of "
-            f"{_gb(budget)} GB ({self._fraction:.0%} of {_gb(figures.total_bytes)} GB RAM). "
-            "If the load fails or the machine swaps, try a smaller quantization"
-            + (f" than {quant}" if quant else "")
-            + "."
-        )
-        return {
-            "model": model.key,
-            "required_gb": _gb(required),
-            "budget_gb": _gb(budget),
-            "available_gb": _gb(figures.available_bytes),
-            "total_gb": _gb(figures.total_bytes),
-            "message": message,
-        }
+        payload = advisory_event(advisory)
+        payload.pop("event", None)
+        return payload

@@ -371,7 +371,10 @@ def test_switch_debounce_may_be_zero() -> None:
             "line 2: server.selected: unknown key here (did you mean model.selected?)",
         ),
         ('url = "http://x"\n', "line 1: url: unknown key here (did you mean server.url?)"),
-        ("[memory]\nzzz = 1\n", "line 2: memory.zzz: unknown key (known keys: budget_fraction)"),
+        (
+            "[memory]\nzzz = 1\n",
+            "line 2: memory.zzz: unknown key (known keys: budget_fraction, models_dir, pressure_eject_below, pressure_grace)",
+        ),
         (
             "[model]\nload = { context_lenght = 1 }\n",
             "line 2: model.load.context_lenght: unknown load",

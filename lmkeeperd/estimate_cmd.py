@@ -1,0 +1,141 @@
+"""`lmkeeperd estimate MODEL`: what a model would need, part by part, and a verdict.
+
+Like `lms load --estimate-only`, but with the weights, KV cache and overhead
+shown separately. Talks to the LM Studio server directly, so it works without
+the daemon; when a daemon runs, the model it has loaded counts as freed (a
+switch would unload it first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from lmkeeperd import logs
+from lmkeeperd.commands import BAD_USAGE, OK, REFUSED, error
+from lmkeeperd.config import Config, load_config
+from lmkeeperd.errors import ConfigError, LmkeeperError
+from lmkeeperd.lmstudio.models import ModelInfo
+from lmkeeperd.paths import config_path, socket_path
+
+
+def _gb(n: float) -> float:
+    return round(n / 1e9, 2)
+
+
+async def _models(config: Config) -> list[ModelInfo]:
+    from lmkeeperd.daemon import make_client
+
+    client = make_client(config)
+    try:
+        return await client.list_models()
+    finally:
+        await client.aclose()
+
+
+def _daemon_model(config: Config) -> str | None:
+    """The model the running daemon holds, if a daemon answers."""
+    from lmkeeperd.control.client import request
+
+    try:
+        reply = request(socket_path(config), {"op": "status"}, timeout=2)
+    except (LmkeeperError, OSError):
+        return None
+    model = reply.get("status", {}).get("model") if reply.get("ok") else None
+    return model if isinstance(model, str) else None
+
+
+def report(
+    config: Config, models: list[ModelInfo], key: str, context: int | None
+) -> dict[str, Any]:
+    """The estimate as one JSON-ready object (what --json prints)."""
+    from lmkeeperd.memory import advisory_event, budget, check
+    from lmkeeperd.memory_check import MemoryCheck
+
+    info = next((m for m in models if m.key == key), None)
+    if info is None:
+        raise LmkeeperError(f"model {key!r} is not downloaded on the server (see `lms ls`)")
+    checker = MemoryCheck(config)
+    est = checker.estimate(info, context)
+    if est is None:
+        raise LmkeeperError(f"nothing is known about the size of {key!r}: no estimate possible")
+    current = _daemon_model(config)
+    freed_model = next((m for m in models if m.key == current and m.key != key), None)
+    freed = freed_model.size_bytes or 0 if freed_model else 0
+    b = budget(checker.probe.read(), config.memory.budget_fraction, freed)
+    advisory = check(info, est, b)
+    per_token = est.kv_cache_bytes / est.context_length if est.context_length else 0.0
+    return {
+        "model": key,
+        "estimate": {
+            "weights_gb": _gb(est.weights_bytes),
+            "kv_cache_gb": _gb(est.kv_cache_bytes),
+            "overhead_gb": _gb(est.overhead_bytes),
+            "total_gb": _gb(est.total_bytes),
+            "context_length": est.context_length,
+            "kv_bytes_per_token": round(per_token),
+            "confidence": est.confidence,
+            "source": est.source,
+            "quantization": est.quantization,
+            "notes": list(est.notes),
+        },
+        "budget": {
+            "budget_gb": _gb(b.budget_bytes),
+            "available_gb": _gb(b.available_bytes),
+            "total_gb": _gb(b.effective_total_bytes),
+            "fraction": b.fraction,
+            "freed_gb": _gb(b.freed_bytes),
+            "freed_model": freed_model.key if freed_model and freed else None,
+        },
+        "fits": advisory is None,
+        "advisory": None if advisory is None else advisory_event(advisory),
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    e, b = r["estimate"], r["budget"]
+    quant = f"{e['quantization']}, " if e["quantization"] else ""
+    lines = [
+        f"{r['model']}  ({quant}context {e['context_length']})",
+        f"  weights    {e['weights_gb']:8.2f} GB",
+        f"  KV cache   {e['kv_cache_gb']:8.2f} GB   ({e['kv_bytes_per_token']} bytes/token)",
+        f"  overhead   {e['overhead_gb']:8.2f} GB",
+        f"  total      {e['total_gb']:8.2f} GB   confidence {e['confidence']} ({e['source']})",
+        f"budget       {b['budget_gb']:8.2f} GB   ({b['fraction']:.0%} of {b['total_gb']} GB; "
+        f"{b['available_gb']} GB available"
+        + (
+            f", counting {b['freed_gb']} GB freed by unloading {b['freed_model']}"
+            if b["freed_model"]
+            else ""
+        )
+        + ")",
+    ]
+    if r["fits"]:
+        lines.append("verdict      fits")
+    else:
+        lines.append(f"verdict      likely will not fit: {r['advisory']['message']}")
+    lines.extend(f"note: {n}" for n in e["notes"])
+    return "\n".join(lines)
+
+
+def run(config_arg: str | None, model: str, context: int | None, as_json: bool) -> int:
+    if context is not None and context <= 0:
+        error("estimate: --context must be a positive number of tokens")
+        return BAD_USAGE
+    try:
+        config = load_config(config_path(config_arg))
+    except ConfigError as e:
+        error(str(e))
+        return BAD_USAGE
+    # Warnings only, and on stderr: stdout carries the answer (JSON with --json).
+    logs.setup("warning", config.log.format, stream=sys.stderr)
+    try:
+        models = asyncio.run(_models(config))
+        result = report(config, models, model.strip(), context)
+    except LmkeeperError as e:
+        error(str(e))
+        return REFUSED
+    print(json.dumps(result) if as_json else render(result))
+    return OK
