@@ -93,10 +93,15 @@ class Subscription:
     def close(self) -> None:
         self._client.close()
 
-    def wait_for(self, name: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
-        """The first event received so far (or from now on) named `name` with `match`."""
+    def wait_for(
+        self, name: str, timeout: float = 10.0, *, after: int = 0, **match: Any
+    ) -> dict[str, Any]:
+        """The first event named `name` with `match`, received so far or from now on.
+
+        `after` skips the events received before that position (take it from `mark()`).
+        """
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = after
         while True:
             for event in self.received[seen:]:
                 if matches(event, name, match):
@@ -117,6 +122,10 @@ class Subscription:
             if message is None:
                 raise AssertionError(f"the daemon closed the subscription; got {self.names()}")
             self.received.append(message)
+
+    def mark(self) -> int:
+        """The position the next event received will have (for `wait_for(after=...)`)."""
+        return len(self.received)
 
     def index(self, name: str, **match: Any) -> int:
         """Position of the first event received named `name` with `match` (ValueError if none)."""

@@ -373,7 +373,8 @@ def test_switch_debounce_may_be_zero() -> None:
         ('url = "http://x"\n', "line 1: url: unknown key here (did you mean server.url?)"),
         (
             "[memory]\nzzz = 1\n",
-            "line 2: memory.zzz: unknown key (known keys: budget_fraction, models_dir, pressure_eject_below, pressure_grace)",
+            "line 2: memory.zzz: unknown key (known keys: budget_fraction, models_dir, "
+            "pressure_eject_below, pressure_grace)",
         ),
         (
             "[model]\nload = { context_lenght = 1 }\n",
