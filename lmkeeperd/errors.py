@@ -13,9 +13,17 @@ the model, the URL or the environment variable involved, never a secret.
     │   ├── BadResponse             the body is not JSON or not the documented shape
     │   └── ServerRefused           any other non-2xx, with the server's own message
     ├── ProtocolError               a control-socket frame is malformed (names the field)
-    └── DaemonError                 the daemon cannot start or cannot be reached
-        ├── DaemonNotRunning        no daemon answers on the socket (CLI exit code 3)
-        └── SocketInUse             another live daemon already owns the socket
+    │   └── FrameError              ...so badly that the connection is closed (control.protocol)
+    ├── DaemonError                 the daemon cannot start or cannot be reached
+    │   ├── DaemonNotRunning        no daemon answers on the socket (CLI exit code 3)
+    │   └── SocketInUse             another live daemon already owns the socket
+    ├── GGUFError                   a model file's header cannot be read (memory.gguf)
+    └── ServiceError                installing/querying the service failed (service.manage)
+        └── UnsupportedPlatform, WrongUser, NotInstalledByUs,
+            ServiceManagerUnavailable, ServiceCommandFailed
+
+The errors of a part that only that part raises live beside it (marked with
+their module above); everything else lives here.
 """
 
 from __future__ import annotations
