@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import itertools
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
@@ -378,7 +380,13 @@ class Daemon:
         self.feed(SettingsChanged(settings_from(new)))
         self._announce("config_reloaded", {"path": str(self.config_path), "source": source})
         if new.model.selected != old.model.selected and new.model.selected.strip():
-            self.feed(Select(new.model.selected))  # a changed `selected` is a selection
+            # A changed `selected` is a selection, and the newest one: it replaces what an
+            # older socket selection stored, or a restart would bring that one back.
+            selection.save(
+                self._state_file,
+                selection.StoredSelection(new.model.selected.strip(), new.model.selected),
+            )
+            self.feed(Select(new.model.selected))
         self._notifier.ready(self._status_line())
 
     # --- the control socket (RequestHandler) --------------------------------
@@ -525,14 +533,24 @@ class Daemon:
         return 0
 
     async def _drive(self) -> None:
-        """Sleep until the next deadline or until something was fed; then tick."""
+        """Sleep until the next deadline or until something was fed; tick when one is due."""
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             deadline = self.core.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self._clock())
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            if not self._stop.is_set():
+            # A timer handle rather than wait_for(), which makes a task per wake-up: every
+            # request on the socket wakes this loop (bench/bench_roundtrip.py).
+            timer = None
+            if deadline is not None:
+                timer = loop.call_later(max(0.0, deadline - self._clock()), self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            due = self.core.next_deadline()
+            # Every event fires what fell due before it; a Tick is needed only when none came.
+            if not self._stop.is_set() and due is not None and due <= self._clock():
                 self.feed(Tick())
 
     async def _shutdown(self) -> None:
@@ -542,11 +560,11 @@ class Daemon:
         self._notifier.stopping()
         log.info("daemon_stopping", timeout_s=bound)
         self.feed(Shutdown())
-        while self.core.unloads_in_flight and self._clock() < deadline:
+        while self._shutdown_waits_on_server() and self._clock() < deadline:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - self._clock()))
-        if self.core.unloads_in_flight:
+        if self._shutdown_waits_on_server():
             log.warning("shutdown_unload_timed_out", timeout_s=bound)
         for task in list(self._tasks):
             task.cancel()
@@ -560,6 +578,14 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await client.aclose()
         log.info("daemon_stopped")
+
+    def _shutdown_waits_on_server(self) -> bool:
+        # A load cut short by the stop may still finish on the server (LM Studio does not
+        # abandon a load whose client left); its outcome makes the core unload that instance,
+        # so with unload_on_exit it is waited for too, within the same bound.
+        if self.core.unloads_in_flight:
+            return True
+        return self.config.model.unload_on_exit and bool(self._op_tasks)
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the event loop itself: a blocked loop stops the pings.
@@ -583,6 +609,19 @@ class Daemon:
         self.request_stop()
 
 
+def _remember_missing_sniffio() -> None:
+    """Make a missing `sniffio` fail its import at once, every time after the first.
+
+    httpcore imports sniffio inside every lock and cancellation shield it sets up, and
+    Python does not remember a failed import: without sniffio (anyio 4 no longer needs it)
+    each request searched the whole import path several times, about half the CPU of an
+    idle daemon's reconcile (bench/bench_idle.py). None in sys.modules is Python's own
+    marker for "this module is not there".
+    """
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
 def run(config_path: Path) -> int:
     """Entry point of `lmkeeperd run`."""
     try:
@@ -592,6 +631,7 @@ def run(config_path: Path) -> int:
         log.error("config_invalid", error=str(e), path=str(config_path))
         return 2
     logs.setup(config.log.level, config.log.format)
+    _remember_missing_sniffio()
 
     async def main() -> int:
         return await Daemon(config, config_path).run()

@@ -9,9 +9,11 @@ import json
 import os
 import shutil
 import signal as signals
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -123,6 +125,20 @@ class Subscription:
                 raise AssertionError(f"the daemon closed the subscription; got {self.names()}")
             self.received.append(message)
 
+    def wait_closed(self, timeout: float = 10.0) -> None:
+        """Read (and keep) events until the daemon ends the subscription."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._client.set_timeout(remaining)
+            try:
+                message = self._client.read_message()
+            except DaemonError as e:
+                raise AssertionError(f"the subscription stayed open: {e}") from None
+            if message is None:
+                return
+            self.received.append(message)
+        raise AssertionError(f"the subscription stayed open for {timeout}s")
+
     def mark(self) -> int:
         """The position the next event received will have (for `wait_for(after=...)`)."""
         return len(self.received)
@@ -136,6 +152,55 @@ class Subscription:
 
     def names(self) -> list[str]:
         return [str(e.get("event")) for e in self.received]
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET.
+
+    A thread drains it at once: the kernel queues only a few datagrams per socket, and a
+    full queue would make the daemon's notifications fail.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.05)
+        self._changed = threading.Condition()
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="notify-listener", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            with self._changed:
+                self.messages.append(data.decode("utf-8", "replace"))
+                self._changed.notify_all()
+
+    def wait_for(
+        self, predicate: Callable[[str], bool], timeout: float = 10.0, after: int = 0
+    ) -> int:
+        """The index of the first message from `after` on that satisfies `predicate`."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for i in range(after, len(self.messages)):
+                    if predicate(self.messages[i]):
+                        return i
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no such notification; got {self.messages}")
+                self._changed.wait(remaining)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
 
 
 class DaemonProc:
@@ -227,13 +292,18 @@ class DaemonProc:
         result: dict[str, Any] = wait_until(matches, timeout, f"status {expected}")
         return result
 
-    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 30, config_env: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `lmkeeperd ARGS`; the config comes from $LMKEEPERD_CONFIG unless `config_env`
+        is false (then pass --config yourself)."""
+        extra = {"LMKEEPERD_CONFIG": str(self.config_path)} if config_env else {}
         return subprocess.run(
             [sys.executable, "-m", "lmkeeperd", *args],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=self.env({"LMKEEPERD_CONFIG": str(self.config_path)}),
+            env=self.env(extra),
         )
 
     # its log ----------------------------------------------------------------
@@ -244,6 +314,8 @@ class DaemonProc:
     def log_events(self) -> list[dict[str, Any]]:
         events = []
         for line in self.log_text().splitlines():
+            if line[:1] == "<" and line[2:3] == ">":
+                line = line[3:]  # a syslog priority, as under journald
             try:
                 events.append(json.loads(line))
             except ValueError:

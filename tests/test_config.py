@@ -23,7 +23,9 @@ from lmkeeperd.config import (
     ControlConfig,
     LogConfig,
     MemoryConfig,
+    MetricsConfig,
     ModelConfig,
+    ProxyConfig,
     ServerConfig,
     load_config,
     parse_config,
@@ -80,12 +82,21 @@ def test_example_file_shows_every_key() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     keys = [
         f.name
-        for c in (ServerConfig, ModelConfig, MemoryConfig, ControlConfig, LogConfig)
+        for c in (
+            ServerConfig,
+            ModelConfig,
+            MemoryConfig,
+            ControlConfig,
+            ProxyConfig,
+            MetricsConfig,
+            LogConfig,
+        )
         for f in dataclasses.fields(c)
     ]
     for key in [*(k for k in keys if k != "load"), *LOAD_SETTINGS]:
         assert f"\n{key} = " in text or f"\n# {key} = " in text, key
-    for table in ("[server]", "[model]", "[model.load]", "[memory]", "[control]", "[log]"):
+    tables = ("[server]", "[model]", "[model.load]", "[memory]", "[control]", "[proxy]")
+    for table in (*tables, "[metrics]", "[log]"):
         assert f"\n{table}\n" in text
 
 
@@ -364,7 +375,7 @@ def test_switch_debounce_may_be_zero() -> None:
         (
             "[logs]\nlevel = 'info'\n",
             "line 1: logs: unknown table (did you mean log? known tables: "
-            "server, model, memory, control, log)",
+            "server, model, memory, control, proxy, metrics, log)",
         ),
         (
             '[server]\nselected = "x"\n',
@@ -601,6 +612,8 @@ _SCHEMA_KEYS = {
     ],
     "memory": ["budget_fraction"],
     "control": ["socket"],
+    "proxy": ["listen", "select_on_request", "inject_token"],
+    "metrics": ["listen"],
     "log": ["level", "format"],
 }
 _NAMES = sorted({k for keys in _SCHEMA_KEYS.values() for k in keys} | set(LOAD_SETTINGS))

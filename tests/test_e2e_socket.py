@@ -29,9 +29,11 @@ def test_select_activity_stream_ops_reply_exactly_as_documented(daemon: DaemonPr
         reply = c.request({"op": "stream_start"})
         assert set(reply) == {"ok", "stream"} and reply["ok"] is True
         assert isinstance(reply["stream"], int) and not isinstance(reply["stream"], bool)
-        assert daemon.status()["state"] == "streaming"
+        st = daemon.status()
+        assert st["state"] == "streaming" and st["idle_eject_in_s"] is None  # L9
         assert c.request({"op": "stream_end", "stream": reply["stream"]}) == {"ok": True}
-    daemon.wait_status(state="loaded", active_streams=0)
+    st = daemon.wait_status(state="loaded", active_streams=0)
+    assert st["idle_eject_in_s"] is not None  # L9: the idle timer runs again
 
 
 def test_stream_end_without_id_ends_the_newest_stream_of_this_connection(
