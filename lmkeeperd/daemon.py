@@ -31,10 +31,11 @@ from typing import Any
 import structlog
 
 from lmkeeperd import __version__, logs, paths, selection
-from lmkeeperd.config import Config, load_config
+from lmkeeperd.config import Config, is_loopback, load_config, split_listen
 from lmkeeperd.control import protocol as proto
 from lmkeeperd.control.server import Connection, ControlServer
 from lmkeeperd.core import (
+    LMSTUDIO,
     Action,
     Activity,
     CancelLoad,
@@ -72,6 +73,8 @@ from lmkeeperd.errors import (
 from lmkeeperd.lmstudio.client import LMStudioClient
 from lmkeeperd.lmstudio.models import ModelInfo
 from lmkeeperd.memory_check import MemoryCheck
+from lmkeeperd.metrics import Metrics, Snapshot
+from lmkeeperd.proxy import ProxyServer, ProxySettings, SwitchGate, Token, Verdict
 from lmkeeperd.sdnotify import Notifier
 from lmkeeperd.watcher import watch_file
 
@@ -107,6 +110,18 @@ def make_client(config: Config) -> LMStudioClient:
 
 def loaded_map(models: list[ModelInfo]) -> dict[str, tuple[str, ...]]:
     return {m.key: m.instance_ids for m in models if m.loaded_instances}
+
+
+def proxy_settings(config: Config) -> ProxySettings:
+    s, p = config.server, config.proxy
+    return ProxySettings(
+        upstream=s.url,
+        select_on_request=p.select_on_request,
+        inject_token=p.inject_token,
+        token=Token.from_env(s.api_token_env) if p.inject_token else None,
+        connect_timeout=s.request_timeout,
+        read_timeout=s.load_timeout,
+    )
 
 
 def _utc_now() -> str:
@@ -153,6 +168,11 @@ class Daemon:
         self._sigint_count = 0
         self._pressure_task: asyncio.Task[None] | None = None
         self._state_file = paths.selection_file()
+        self._started_wall = time.time()
+        self.metrics = Metrics()
+        self._gate = SwitchGate(self)  # select-on-request (lmkeeperd/proxy/switching.py)
+        self._proxy: ProxyServer | None = None
+        self._metrics_listener: ProxyServer | None = None
 
     # --- the core -----------------------------------------------------------
 
@@ -169,6 +189,7 @@ class Daemon:
         for action in actions:
             self._perform(action)
         self._sync_pressure_watch()
+        self._gate.changed()
         self._wake.set()
 
     def _perform(self, action: Action) -> None:
@@ -191,6 +212,9 @@ class Daemon:
     def _announce(self, name: str, fields: Mapping[str, Any]) -> None:
         level = "warning" if name in _WARNING_EVENTS else "info"
         getattr(log, level)(name, **fields)
+        self.metrics.observe(name, fields)
+        if name == "load_failed" and not fields.get("draft"):
+            self._gate.load_failed(str(fields.get("model")), str(fields.get("error")))
         if self._control is not None:
             self._control.publish({"event": name, **fields, "time": _utc_now()})
         if name == "state_changed":
@@ -358,6 +382,12 @@ class Daemon:
     def reload(self, source: str) -> None:
         """Re-read the config; an invalid one keeps the last good config running."""
         self._notifier.reloading()
+        if not self.config_path.exists():
+            # Mid-run, a vanished file is far more often an editor's save dance or a
+            # slip than a wish for every default: keep what runs (defaults apply at start).
+            log.warning("config_missing", path=str(self.config_path), kept="last good config")
+            self._notifier.ready(self._status_line())
+            return
         try:
             new = load_config(self.config_path)
         except ConfigError as e:
@@ -373,6 +403,9 @@ class Daemon:
         if new.server != old.server:
             self._old_clients.append(self.client)
             self.client = make_client(new)
+            # Another server is like one coming back from an outage: what the core
+            # wanted is restored there, not mistaken for a model unloaded by hand.
+            self._reachable = None
             self._recheck.set()
         if new.control != old.control:
             log.warning("config_needs_restart", key="control.socket")

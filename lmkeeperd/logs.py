@@ -46,6 +46,26 @@ class _JournalPrefix:
         return f"<{priority}>{self._renderer(logger, method, event_dict)}"
 
 
+class _Unbreakable:
+    """A stream whose write never raises: a closed pipe on stdout (the reader of the
+    log went away) must not stop the daemon, nor leave its socket behind."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog (and quiet the stdlib loggers of our dependencies)."""
     out = stream or sys.stdout
@@ -66,7 +86,7 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(_Unbreakable(out)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # httpx logs every request at INFO; that is noise in a daemon's log.

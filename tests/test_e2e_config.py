@@ -119,3 +119,28 @@ def test_a_selection_made_by_editing_the_config_survives_a_restart(
     d.start()
     # The newest choice was the file's A; the older socket choice B must not come back.
     d.wait_status(state="loaded", model=A, selected=A)
+
+
+def test_deleting_the_config_file_mid_run_keeps_the_running_config(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    d = daemon_factory(model={"selected": A, "idle_timeout": "1h"})
+    d.wait_status(state="loaded", model=A)
+    d.config_path.unlink()
+    d.wait_event("config_missing")
+    st = d.status()
+    assert st["server"]["url"] == emulator.url and st["model"] == A
+    assert st["idle_eject_in_s"] > 60
+
+
+def test_L17_switching_server_url_restores_the_model_on_the_new_server(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    d = daemon_factory(model={"selected": A})
+    d.wait_status(state="loaded", model=A)
+    with Emulator() as other:
+        d.tables["server"]["url"] = other.url
+        d.write_config()
+        other.wait_until(lambda: other.loaded() == {A: [A]}, timeout=15)
+        d.wait_status(state="loaded", model=A)
+        assert d.status()["server"]["url"] == other.url
