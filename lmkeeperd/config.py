@@ -93,6 +93,18 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listen: str = ""  # "host:port" of the proxy in front of [server] url; "" = off
+    select_on_request: bool = False  # a request naming another model switches to it
+    inject_token: bool = False  # add our token to requests that carry no Authorization
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = ""  # "host:port" of a metrics-only listener; "" = off
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
@@ -104,6 +116,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -341,6 +355,53 @@ def _models_dir(value: object) -> str:
         raise _Invalid(f"cannot expand ~ in {_show(raw)}: no such home directory") from None
 
 
+def split_listen(address: str) -> tuple[str, int]:
+    """("127.0.0.1", 1235) from "127.0.0.1:1235"; IPv6 hosts go in brackets, "[::1]:1235".
+
+    Port 0 lets the system pick a free port. Raises ValueError saying what is wrong.
+    """
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError('expected "host:port", like "127.0.0.1:1235"')
+    if not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"the port must be a number from 0 to 65535, got {port!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError("only IPv6 addresses go in [brackets]")
+    elif ":" in host:
+        raise ValueError('an IPv6 address goes in brackets, like "[::1]:1235"')
+    if not host or not _HOST_RE.fullmatch(host):
+        raise ValueError(f"not a host name or IP address: {host!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback IPs: only this machine can connect there."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to an address others can reach
+
+
+_HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")
+
+
+def _listen(value: object) -> str:
+    raw = _string(value).strip()
+    if not raw:
+        return ""
+    try:
+        split_listen(raw)
+    except ValueError as e:
+        raise _Invalid(f'{e}, or "" for off') from None
+    return raw
+
+
 def _size_or_off(value: object) -> int | None:
     """A size like "2GB" or "512MiB"; "" turns the feature off."""
     if not isinstance(value, str):
@@ -393,6 +454,8 @@ _SCHEMA: _Schema = {
         "pressure_grace": _positive_duration,
     },
     "control": {"socket": _socket_path},
+    "proxy": {"listen": _listen, "select_on_request": _bool, "inject_token": _bool},
+    "metrics": {"listen": _listen},
     "log": {"level": _choice(LOG_LEVELS), "format": _choice(LOG_FORMATS)},
 }
 
@@ -419,8 +482,11 @@ def _unknown_key_problem(dotted: str, name: str, schema: _Schema, value: object)
     else:
         what = "unknown key"
     elsewhere = [path for path in _leaf_paths(_SCHEMA).get(name, []) if path != dotted]
+    # The key is the user's text: a quoted TOML key may hold a newline, and every problem
+    # must stay on one line (found by tests/test_fuzz_config.py).
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in dotted)
     if elsewhere:
-        return f"{dotted}: {what} here (did you mean {elsewhere[0]}?)"
+        return f"{shown}: {what} here (did you mean {elsewhere[0]}?)"
     hints = [f"did you mean {close}?" for close in difflib.get_close_matches(name, list(schema), 1)]
     if schema is _SCHEMA:
         hints.append("known tables: " + ", ".join(schema))
@@ -428,7 +494,7 @@ def _unknown_key_problem(dotted: str, name: str, schema: _Schema, value: object)
         hints.append("allowed: " + ", ".join(schema))
     elif not hints:
         hints.append("known keys: " + ", ".join(schema))
-    return f"{dotted}: {what} ({' '.join(hints)})"
+    return f"{shown}: {what} ({' '.join(hints)})"
 
 
 def _check_table(
@@ -536,6 +602,16 @@ def parse_config(text: str, source: str | None = None) -> Config:
 
     found: list[tuple[str, str]] = []
     good = _check_table(data, _SCHEMA, "", found)
+    proxy_at = good.get("proxy", {}).get("listen", "")
+    metrics_at = good.get("metrics", {}).get("listen", "")
+    if proxy_at and proxy_at == metrics_at and not proxy_at.endswith(":0"):
+        found.append(
+            (
+                "metrics.listen",
+                "metrics.listen: is proxy.listen too; the proxy serves /lmkeeperd/metrics "
+                'itself, so set metrics.listen = ""',
+            )
+        )
     if found:
         raise ConfigError([_with_line(text, key, problem) for key, problem in found], path=source)
 
@@ -548,6 +624,8 @@ def parse_config(text: str, source: str | None = None) -> Config:
         model=ModelConfig(**model),
         memory=MemoryConfig(**good.get("memory", {})),
         control=ControlConfig(**good.get("control", {})),
+        proxy=ProxyConfig(**good.get("proxy", {})),
+        metrics=MetricsConfig(**good.get("metrics", {})),
         log=LogConfig(
             level=cast(LogLevel, log.get("level", "info")),
             format=cast(LogFormat, log.get("format", "auto")),

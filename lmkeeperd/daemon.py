@@ -48,6 +48,7 @@ from lmkeeperd.core import (
     LoadFinished,
     MemoryPressure,
     Notify,
+    ResumeLoad,
     Select,
     ServerSnapshot,
     Settings,
@@ -84,6 +85,7 @@ _WARNING_EVENTS = frozenset(
     {"load_failed", "unload_failed", "config_invalid", "server_unreachable", "memory_advisory"}
 )
 _FIRST_RETRY_S = 1.0
+_STREAM_FLIP = frozenset({"loaded", "streaming"})
 
 
 def settings_from(config: Config) -> Settings:
@@ -197,11 +199,22 @@ class Daemon:
             case StartLoad():
                 self._op_tasks[action.op] = self._spawn(self._load(action))
             case StartUnload():
+                # With `stream_opened`, this orders decisions against streams in the log:
+                # the soak test (tests/test_soak.py) reads both.
+                log.debug(
+                    "unload_started",
+                    op=action.op,
+                    model=action.model,
+                    instance_id=action.instance_id,
+                    reason=action.reason,
+                )
                 self._op_tasks[action.op] = self._spawn(self._unload(action))
             case CancelLoad(op=op):
                 # The request keeps running in the background so that, should the
                 # server finish the load anyway, its outcome reaches the core (L5).
                 log.debug("load_superseded", op=op)
+            case ResumeLoad(op=op):
+                log.debug("load_resumed", op=op)  # its request never stopped: nothing to do
             case Notify(event=name, fields=fields):
                 self._announce(name, fields)
             case CommandDone(request=request, error=error):
@@ -211,6 +224,8 @@ class Daemon:
 
     def _announce(self, name: str, fields: Mapping[str, Any]) -> None:
         level = "warning" if name in _WARNING_EVENTS else "info"
+        if name == "state_changed" and {fields.get("from"), fields.get("to")} == _STREAM_FLIP:
+            level = "debug"  # every proxied request flips these two: noise at info level
         getattr(log, level)(name, **fields)
         self.metrics.observe(name, fields)
         if name == "load_failed" and not fields.get("draft"):
@@ -366,7 +381,11 @@ class Daemon:
                 self.feed(ServerSnapshot(loaded_map(models), after_outage=after_outage))
                 wait = interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recheck.wait(), wait)
+                # Not wait_for: on Python 3.11 it swallows a cancellation that arrives just as
+                # the event is set, which the stop's own unload does; this loop then outlived
+                # the stop and the daemon never exited (tests/test_e2e_config.py, 1 run in 5).
+                async with asyncio.timeout(wait):
+                    await self._recheck.wait()
 
     # --- config -------------------------------------------------------------
 
@@ -409,6 +428,14 @@ class Daemon:
             self._recheck.set()
         if new.control != old.control:
             log.warning("config_needs_restart", key="control.socket")
+        for key, before, after in (
+            ("proxy.listen", old.proxy.listen, new.proxy.listen),
+            ("metrics.listen", old.metrics.listen, new.metrics.listen),
+        ):
+            if before != after:
+                log.warning("config_needs_restart", key=key)
+        if self._proxy is not None and (new.server, new.proxy) != (old.server, old.proxy):
+            self._proxy.configure(proxy_settings(new))
         self._memory = MemoryCheck(new)
         self.feed(SettingsChanged(settings_from(new)))
         self._announce("config_reloaded", {"path": str(self.config_path), "source": source})
@@ -441,6 +468,8 @@ class Daemon:
                 self._conn_streams.setdefault(conn.id, []).append(stream)
                 self._stream_owner[stream] = conn.id
                 self.feed(StreamStarted(stream))
+                # After the feed: a deadline that fell due before the stream fires first in it.
+                log.debug("stream_opened", stream=stream, conn=conn.id)
                 return {"ok": True, "stream": stream}
             case proto.StreamEnd(stream=stream):
                 return self._end_stream(conn, stream)
@@ -494,6 +523,110 @@ class Daemon:
             if self._stream_owner.pop(stream, None) is not None:
                 self.feed(StreamEnded(stream))
 
+    # --- the proxy (ProxyHooks, and SwitchWorld for select-on-request) ----------
+
+    def activity(self) -> None:
+        self.feed(Activity())
+
+    def stream_opened(self) -> int:
+        stream = next(self._stream_ids)
+        log.debug("stream_opened", stream=stream, conn="proxy")
+        self.feed(StreamStarted(stream))
+        return stream
+
+    def stream_closed(self, stream: int) -> None:
+        self.feed(StreamEnded(stream))
+
+    async def stream_for(self, model: str, *, max_wait: float) -> int:
+        return await self._gate.stream_for(model, max_wait=max_wait)
+
+    def verdict(self, model: str) -> Verdict:
+        core = self.core
+        info = self._models.get(model)
+        if (
+            info is None  # not on the server (or not listed yet): LM Studio answers for itself
+            or info.type.startswith("embedding")  # served beside the chat model, never instead
+            or core.engine != LMSTUDIO
+            or core.stopped
+            or not core.settings.auto_load
+        ):
+            return Verdict.PASS
+        if core.model == model and core.state in (State.LOADED, State.STREAMING):
+            return Verdict.READY
+        return Verdict.SWITCH
+
+    def selected_model(self) -> str | None:
+        return self.core.selected
+
+    def select_model(self, model: str) -> None:
+        # Not saved as the selection to restore at start: a request is a passing
+        # use; the control socket and the config say what to keep loaded.
+        self.feed(Select(model))
+
+    def metrics_text(self) -> str:
+        core = self.core
+        return self.metrics.render(
+            Snapshot(
+                version=__version__,
+                state=core.state.value,
+                model=core.model,
+                selected=core.selected,
+                active_streams=core.active_streams,
+                server_reachable=self._reachable,
+                start_time=self._started_wall,
+                proxy=self._proxy.stats if self._proxy is not None else None,
+                proxy_switches=self._gate.selections,
+            )
+        )
+
+    async def _start_listeners(self) -> None:
+        """The proxy and the metrics listener, as configured; raises DaemonError."""
+        if self.config.proxy.listen:
+            host, port = split_listen(self.config.proxy.listen)
+            settings = proxy_settings(self.config)
+            self._proxy = ProxyServer(
+                host, port, metrics=self.metrics_text, hooks=self, settings=settings
+            )
+            await self._proxy.start()
+            log.info("proxy_listening", address=self._proxy.address, upstream=settings.upstream)
+            if not is_loopback(host):
+                advice = "other machines can reach LM Studio through it"
+                log.warning("proxy_exposed", address=self._proxy.address, advice=advice)
+            if settings.inject_token and settings.token is None:
+                env = self.config.server.api_token_env
+                log.warning("proxy_token_missing", env=env, advice=f"set {env} to inject a token")
+        if self.config.metrics.listen:
+            host, port = split_listen(self.config.metrics.listen)
+            self._metrics_listener = ProxyServer(host, port, metrics=self.metrics_text)
+            await self._metrics_listener.start()
+            log.info("metrics_listening", address=self._metrics_listener.address)
+            if not is_loopback(host):
+                log.warning("metrics_exposed", address=self._metrics_listener.address)
+
+    async def _close_listeners(self) -> None:
+        for listener in (self._proxy, self._metrics_listener):
+            if listener is not None:
+                await listener.close()
+
+    def _proxy_status(self) -> dict[str, Any] | None:
+        proxy = self._proxy
+        if proxy is None:
+            return None
+        stats, settings = proxy.stats, proxy.settings
+        last = stats.last_request_wall
+        return {
+            "listen": proxy.address,
+            "requests_in_flight": stats.in_flight,
+            "streams_open": stats.streams_open,
+            "requests_total": stats.requests_total,
+            "waiting_for_switch": self._gate.waiting,
+            "last_request_at": None
+            if last is None
+            else datetime.fromtimestamp(last, UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "last_request_ago_s": None if last is None else round(time.time() - last, 1),
+            "select_on_request": settings is not None and settings.select_on_request,
+        }
+
     # --- status ---------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -526,6 +659,10 @@ class Daemon:
             "config": str(self.config_path),
             "subscribers": self._control.subscribers if self._control else 0,
             "dropped_events": self._control.dropped_events if self._control else 0,
+            "proxy": self._proxy_status(),
+            "metrics": None
+            if self._metrics_listener is None
+            else {"listen": self._metrics_listener.address},
         }
 
     # --- life -------------------------------------------------------------------
@@ -535,8 +672,11 @@ class Daemon:
         self._control = ControlServer(paths.socket_path(self.config), self)
         try:
             await self._control.start()
+            await self._start_listeners()
         except DaemonError as e:
             log.error("daemon_start_failed", error=str(e))
+            await self._close_listeners()
+            await self._control.close()
             await self.client.aclose()
             return 1
         self._install_signals(loop)
@@ -593,12 +733,16 @@ class Daemon:
         self._notifier.stopping()
         log.info("daemon_stopping", timeout_s=bound)
         self.feed(Shutdown())
+        for listener in (self._proxy, self._metrics_listener):
+            if listener is not None:
+                listener.stop_accepting()  # requests under way finish while we unload
         while self._shutdown_waits_on_server() and self._clock() < deadline:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - self._clock()))
         if self._shutdown_waits_on_server():
             log.warning("shutdown_unload_timed_out", timeout_s=bound)
+        await self._close_listeners()  # before the sweep below: its stream ends feed the core
         for task in list(self._tasks):
             task.cancel()
         for future in self._commands.values():

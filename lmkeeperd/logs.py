@@ -9,6 +9,7 @@ journald strips and records, so that `journalctl -p warning` works.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -60,10 +61,8 @@ class _Unbreakable:
             return 0
 
     def flush(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

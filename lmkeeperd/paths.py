@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
-
-import platformdirs
 
 if TYPE_CHECKING:
     from lmkeeperd.config import Config
@@ -27,11 +26,22 @@ CONFIG_ENV = "LMKEEPERD_CONFIG"
 SOCKET_NAME = "lmkeeperd.sock"
 SELECTION_FILE_NAME = "selection.json"
 
-# platformdirs >= 4.14 warns when $XDG_RUNTIME_DIR is unset or unsafe and then
-# falls back to a checked private folder. The fallback is the behaviour we
-# want, and a Python warning printed by every CLI command would only be noise
-# (and an error under `-W error`). Older platformdirs has no such warning.
-_RUNTIME_DIR_WARNING: type[Warning] = getattr(platformdirs, "RuntimeDirWarning", UserWarning)
+
+def _platformdirs() -> ModuleType:
+    # Imported when needed only: it costs ~13 ms of a CLI call, which a config that names
+    # its socket (with --config or $LMKEEPERD_CONFIG) never needs (bench/bench_status_cli.py).
+    import platformdirs
+
+    return platformdirs
+
+
+def _runtime_dir_warning() -> type[Warning]:
+    # platformdirs >= 4.14 warns when $XDG_RUNTIME_DIR is unset or unsafe and then
+    # falls back to a checked private folder. The fallback is the behaviour we
+    # want, and a Python warning printed by every CLI command would only be noise
+    # (and an error under `-W error`). Older platformdirs has no such warning.
+    warning: type[Warning] = getattr(_platformdirs(), "RuntimeDirWarning", UserWarning)
+    return warning
 
 
 def _from_env(name: str) -> Path | None:
@@ -48,7 +58,8 @@ def config_path(cli_value: str | Path | None = None) -> Path:
     from_env = os.environ.get(CONFIG_ENV, "").strip()
     if from_env:
         return Path(from_env).expanduser()
-    return platformdirs.user_config_path(APP_NAME) / "config.toml"
+    config_dir: Path = _platformdirs().user_config_path(APP_NAME)
+    return config_dir / "config.toml"
 
 
 def runtime_dir() -> Path:
@@ -61,8 +72,9 @@ def runtime_dir() -> Path:
     if from_env is not None:
         return from_env
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", _RUNTIME_DIR_WARNING)
-        return platformdirs.user_runtime_path(APP_NAME)
+        warnings.simplefilter("ignore", _runtime_dir_warning())
+        runtime: Path = _platformdirs().user_runtime_path(APP_NAME)
+        return runtime
 
 
 def state_dir() -> Path:
@@ -70,7 +82,8 @@ def state_dir() -> Path:
     from_env = _from_env("STATE_DIRECTORY")
     if from_env is not None:
         return from_env
-    return platformdirs.user_state_path(APP_NAME)
+    state: Path = _platformdirs().user_state_path(APP_NAME)
+    return state
 
 
 def socket_path(config: Config) -> Path:

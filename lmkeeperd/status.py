@@ -24,6 +24,18 @@ def _or_dash(value: Any) -> str:
     return "-" if value in (None, "", []) else str(value)
 
 
+def _proxy_row(proxy: Mapping[str, Any]) -> str:
+    in_flight = proxy.get("requests_in_flight") or 0
+    text = f"{_or_dash(proxy.get('listen'))}, {in_flight} request{'s' if in_flight != 1 else ''}"
+    text += " in flight"
+    waiting = proxy.get("waiting_for_switch") or 0
+    if waiting:
+        text += f", {waiting} waiting for a switch"
+    ago = proxy.get("last_request_ago_s")
+    text += ", no request yet" if ago is None else f", last request {_fmt_seconds(ago)} ago"
+    return text
+
+
 def render(status: Mapping[str, Any]) -> str:
     """A short, readable table of the daemon's status."""
     server = status.get("server") or {}
@@ -62,6 +74,9 @@ def render(status: Mapping[str, Any]) -> str:
                 f"budget {memory.get('budget_gb', '?')} GB",
             )
         )
+    proxy = status.get("proxy")
+    if isinstance(proxy, Mapping):
+        rows.append(("proxy", _proxy_row(proxy)))
     if status.get("last_error"):
         rows.append(("last error", str(status["last_error"])))
     advisory = status.get("last_advisory")

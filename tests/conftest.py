@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from daemon_harness import DaemonProc
+from hypothesis import HealthCheck, settings
 
 from lmkeeperd.emulator import Emulator
+
+# Fuzzing budgets: "ci" (hypothesis' defaults) unless HYPOTHESIS_PROFILE says otherwise;
+# bench/run_all.py sets "bench" to run the fuzz tests (tests/test_fuzz_*.py) at full size.
+settings.register_profile("ci")
+settings.register_profile(
+    "bench", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

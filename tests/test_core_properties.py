@@ -24,6 +24,7 @@ from lmkeeperd.core import (
     LoadFailed,
     LoadFinished,
     MemoryPressure,
+    ResumeLoad,
     Select,
     ServerSnapshot,
     Settings,
@@ -83,11 +84,15 @@ class World:
                 present = [i for i in self.server.get(action.model, []) if i not in action.avoid]
                 self.loads[action.op] = action
                 self.adopt[action.op] = present[0] if present else None
+                same = [a for a in self.loads.values() if a.model == action.model and not a.draft]
+                assert len(same) <= 1, f"two loads of {action.model} in flight: two instances"
             elif isinstance(action, StartUnload):
                 self.unloads[action.op] = action
                 self.unload_targets.add(action.instance_id)
             elif isinstance(action, CancelLoad):
                 self.cancelled.add(action.op)
+            elif isinstance(action, ResumeLoad):
+                self.cancelled.discard(action.op)  # wanted again: not a stray when it lands
 
     # outcomes ---------------------------------------------------------------
 
@@ -95,6 +100,7 @@ class World:
         action = self.loads.pop(op)
         candidate = self.adopt.pop(op)
         if ok and candidate is not None and candidate in self.server.get(action.model, []):
+            self.strays.discard(candidate)  # a stray wanted again is kept, not cleaned up
             self.send(LoadFinished(op, candidate, adopted=True))
         elif ok:
             self.counter += 1

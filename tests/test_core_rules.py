@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from core_harness import Harness
+from core_harness import Harness, of_type
 
 from lmkeeperd.core import (
     Activity,
@@ -11,6 +11,7 @@ from lmkeeperd.core import (
     LifecycleError,
     LoadFinished,
     MemoryPressure,
+    ResumeLoad,
     Select,
     ServerSnapshot,
     Settings,
@@ -155,6 +156,52 @@ def test_L5_superseded_load_that_finished_is_unloaded() -> None:
         (A, "stray-A", "superseded")
     ]
     assert h.core.model == B and h.core.state is State.LOADED
+
+
+def test_L5_switching_back_during_a_slow_load_waits_for_it_instead_of_loading_twice() -> None:
+    # Found by the chaos soak (tests/test_soak.py): A, B, A while A's load runs put two
+    # loads of A in flight, and two instances of A on the server when both finished.
+    h = Harness(switch_debounce=0)
+    (first,) = h.loads(h.send(Select(A)))
+    (to_b,) = h.loads(h.send(Select(B), at=1))
+    out = h.send(Select(A), at=2)
+    assert h.loads(out) == []  # no second load of A
+    assert [r.op for r in of_type(out, ResumeLoad)] == [first.op]
+    assert [c.op for c in h.cancels(out)] == [to_b.op]
+    assert h.core.model == A and h.core.state is State.LOADING
+    out = h.load_ok(first, "A")
+    assert (h.core.state, h.core.instance_id) == (State.LOADED, "A")
+    assert h.unloads(out) == []  # the resumed load is ours, not a stray
+    # B's load, superseded in turn, is cleaned up as usual when it lands.
+    out = h.send(LoadFinished(to_b.op, "stray-B"))
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("stray-B", "superseded")]
+
+
+def test_L5_a_stray_waiting_on_a_stream_is_adopted_when_its_model_is_wanted_again() -> None:
+    # Found by the chaos soak: A's stray, deferred behind a stream (L7), sat beside a second
+    # instance of A loaded when A was selected again.
+    h = Harness(switch_debounce=0)
+    (first,) = h.loads(h.send(Select(A)))
+    h.send(StreamStarted(1))
+    (to_b,) = h.loads(h.send(Select(B), at=1))
+    assert h.unloads(h.send(LoadFinished(first.op, "A"))) == []  # deferred: a stream is open
+    (again,) = h.loads(h.send(Select(A), at=2))
+    assert "A" not in again.avoid  # the stray may be adopted
+    h.send(LoadFinished(again.op, "A", adopted=True))
+    assert (h.core.model, h.core.instance_id) == (A, "A")
+    out = h.send(StreamEnded(1))
+    assert "A" not in [u.instance_id for u in h.unloads(out)]  # kept: it is the model now
+    out = h.send(LoadFinished(to_b.op, "B"))
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("B", "superseded")]
+
+
+def test_L5_a_superseded_load_with_other_load_settings_is_not_resumed() -> None:
+    h = Harness(switch_debounce=0, load_config={"context_length": 4096})
+    (first,) = h.loads(h.send(Select(A)))
+    h.send(Select(B), at=1)
+    h.send(SettingsChanged(Settings(switch_debounce=0, load_config={"context_length": 8192})))
+    (again,) = h.loads(h.send(Select(A), at=2))
+    assert again.op != first.op and again.load_config == {"context_length": 8192}
 
 
 # --- L6 ----------------------------------------------------------------------

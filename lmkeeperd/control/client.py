@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -62,7 +63,7 @@ class ControlClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self._timeout)
         try:
-            sock.connect(self._path)
+            self._connect(sock)
         except FileNotFoundError:
             sock.close()
             raise DaemonNotRunning(f"no lmkeeperd is running (no socket at {self._path})") from None
@@ -78,6 +79,20 @@ class ControlClient:
             sock.close()
             raise DaemonError(f"cannot connect to {self._path}: {e.strerror or e}") from None
         self._sock = sock
+
+    def _connect(self, sock: socket.socket) -> None:
+        # With a timeout set, a Unix socket whose listen backlog is full fails at once with
+        # EAGAIN instead of waiting: a daemon busy accepting a burst of connections. Wait for
+        # it, within the timeout, as a blocking connect would.
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            try:
+                sock.connect(self._path)
+                return
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError from None
+                time.sleep(0.002)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

@@ -204,8 +204,11 @@ class ControlServer:
             raise RuntimeError("ControlServer.start() may be called only once")
         sock = self._bind()
         try:
+            # A full backlog makes a client's connect fail at once (EAGAIN on a Unix socket),
+            # not wait; asyncio's default of 100 filled up under bursts of connections
+            # (tests/test_fuzz_socket.py). The kernel caps this at net.core.somaxconn.
             self._server = await asyncio.start_unix_server(
-                self._serve_client, sock=sock, limit=MAX_LINE
+                self._serve_client, sock=sock, limit=MAX_LINE, backlog=socket.SOMAXCONN
             )
         except BaseException:
             sock.close()

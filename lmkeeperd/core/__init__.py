@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from lmkeeperd.core.actions import Action, CancelLoad, CommandDone, Notify, StartLoad, StartUnload
+from lmkeeperd.core.actions import (
+    Action,
+    CancelLoad,
+    CommandDone,
+    Notify,
+    ResumeLoad,
+    StartLoad,
+    StartUnload,
+)
 from lmkeeperd.core.events import (
     Activity,
     EngineChanged,
@@ -38,6 +46,7 @@ __all__ = [
     "LoadFinished",
     "MemoryPressure",
     "Notify",
+    "ResumeLoad",
     "Select",
     "ServerSnapshot",
     "Settings",

@@ -40,6 +40,17 @@ class CancelLoad:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeLoad:
+    """Wait for load `op` again: the core had cancelled it, and wants that model after all.
+
+    Nothing to do for a driver that kept the request running (see CancelLoad): its
+    outcome now counts as the main load's.
+    """
+
+    op: int
+
+
+@dataclass(frozen=True, slots=True)
 class StartUnload:
     op: int
     model: str
@@ -63,4 +74,4 @@ class CommandDone:
     error: str | None = None
 
 
-Action = StartLoad | CancelLoad | StartUnload | Notify | CommandDone
+Action = StartLoad | CancelLoad | ResumeLoad | StartUnload | Notify | CommandDone

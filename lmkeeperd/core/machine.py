@@ -5,8 +5,8 @@ Theory of operation
 `Lifecycle` is a pure state machine in the style of h11: it owns no sockets,
 no clock, no tasks. The driver (lmkeeperd.daemon) calls
 `handle(event, now)` with a monotonic `now` in seconds and performs the
-actions it gets back (`StartLoad`, `CancelLoad`, `StartUnload`, `Notify`,
-`CommandDone`); the outcome of each load or unload comes back later as an
+actions it gets back (`StartLoad`, `CancelLoad`, `ResumeLoad`, `StartUnload`,
+`Notify`, `CommandDone`); the outcome of each load or unload comes back later as an
 event carrying the same `op` id. Between events the driver sleeps until
 `next_deadline()` (the debounce or the idle timer) and then hands in a `Tick`.
 
@@ -23,7 +23,10 @@ Rules (ids from lifecycle-spec.md):
 - A switch unloads our model first, then loads the new one, even when the
   unload failed (L4). A switch during a load supersedes it (L5): the driver
   stops waiting, and if the server finishes that load anyway, the core
-  unloads the stray instance when its outcome arrives.
+  unloads the stray instance when its outcome arrives. Switching back to a
+  model whose superseded load is still in flight waits for that load again
+  (`ResumeLoad`) instead of starting a second one, and a stray of it still
+  waiting for streams to end is adopted and kept: never two instances.
 - While any stream is open no unload is ever emitted (L7): switches are
   queued (latest wins) and stray/background unloads are deferred until the
   last stream ends. Streams are counted by id across clients (L8).
@@ -45,12 +48,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from lmkeeperd.core.actions import (
     Action,
     CancelLoad,
     CommandDone,
     Notify,
+    ResumeLoad,
     StartLoad,
     StartUnload,
 )
@@ -96,6 +101,7 @@ class _Op:
     started: float
     draft: bool = False
     superseded: bool = False  # a load nobody waits for any more (L5)
+    config: dict[str, Any] = field(default_factory=dict)  # what a load asked for (L14)
     instance_id: str = ""
     reason: str = ""
     requests: list[int] = field(default_factory=list)
@@ -304,12 +310,16 @@ class Lifecycle:
     def _start_load(
         self, model: str, now: float, out: list[Action], *, draft: bool = False
     ) -> None:
+        config = dict(self.settings.load_config)
+        if not draft and self._resume_load(model, config, out):
+            return
+        # A stray of this model whose unload waits for streams to end may be adopted: wanted
+        # again, it is kept (see _load_finished) rather than joined by a second instance.
         going = tuple(
             [o.instance_id for o in self._ops.values() if o.kind == "unload" and o.model == model]
-            + [instance for m, instance, _, _ in self._deferred if m == model]
+            + [i for m, i, reason, _ in self._deferred if m == model and reason != "superseded"]
         )
-        op = self._new_op(_Op("load", model, now, draft=draft))
-        config = dict(self.settings.load_config)
+        op = self._new_op(_Op("load", model, now, draft=draft, config=config))
         out.append(StartLoad(op, model, config, draft=draft, avoid=going))
         out.append(Notify("load_started", {"model": model, "draft": draft}))
         if draft:
@@ -320,6 +330,30 @@ class Lifecycle:
         self._instance = None
         self._adopted = False
         self._set_state(State.LOADING, out)
+
+    def _resume_load(self, model: str, config: dict[str, Any], out: list[Action]) -> bool:
+        """Wait again for a superseded load of `model` still in flight, rather than start one.
+
+        Switching away and back while a slow load runs (A, B, A) would otherwise have two
+        loads of A in flight, and both instances on the server when they finish: the chaos
+        soak (tests/test_soak.py) saw four copies of one model at once. The load under way
+        is as good as a new one, and done sooner; only one with other load settings is not.
+        """
+        for op_id in sorted(self._ops, reverse=True):
+            op = self._ops[op_id]
+            if op.kind == "load" and op.superseded and not op.draft and op.model == model:
+                if op.config != config:
+                    continue
+                op.superseded = False
+                out.append(ResumeLoad(op_id))
+                out.append(Notify("load_started", {"model": model, "draft": False}))
+                self._load_op = op_id
+                self._model = model
+                self._instance = None
+                self._adopted = False
+                self._set_state(State.LOADING, out)
+                return True
+        return False
 
     def _supersede_load(self, out: list[Action]) -> None:
         """L5: stop waiting for the main load (and any draft load) in flight."""
@@ -601,6 +635,8 @@ class Lifecycle:
         self._instance = event.instance_id
         self._adopted = event.adopted
         self.last_error = None
+        if event.adopted:  # maybe a stray of ours, waiting on streams to be unloaded: keep it
+            self._deferred = [d for d in self._deferred if d[1] != event.instance_id]
         if self._streams:
             self._set_state(State.STREAMING, out)
         else:

@@ -22,6 +22,7 @@ quoted in a message has the token scrubbed out first.
 
 from __future__ import annotations
 
+import asyncio
 import errno as errno_codes
 import os
 from collections.abc import Mapping
@@ -223,10 +224,21 @@ class LMStudioClient:
     ) -> httpx.Response:
         timeout = limits or httpx.Timeout(self._request_timeout)
         headers = self._token.header() if self._token else None
+        # httpx's timeouts bound each step (connect, each read), not the whole exchange: a
+        # server that trickles its answer a byte at a time would hold the request forever
+        # (tests/test_fuzz_client.py). This bounds the whole of it.
+        whole = (timeout.connect or 0.0) + (timeout.read or self._request_timeout)
         try:
-            response = await self._http.request(
-                method, self._base_url + path, json=json, headers=headers, timeout=timeout
-            )
+            async with asyncio.timeout(whole):
+                response = await self._http.request(
+                    method, self._base_url + path, json=json, headers=headers, timeout=timeout
+                )
+        except TimeoutError:
+            log.debug("lmstudio_request_failed", method=method, path=path, error="too slow")
+            raise ServerUnreachable(
+                f"LM Studio at {self._base_url} did not finish answering the request to "
+                f"{action} within {whole:g}s"
+            ) from None
         except httpx.TransportError as error:
             reason = self._describe(error, method, path, timeout)
             log.debug("lmstudio_request_failed", method=method, path=path, error=reason)

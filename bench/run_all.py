@@ -1,0 +1,309 @@
+"""Run every benchmark, print one line per figure, and write docs/performance.md.
+
+    .venv/bin/python bench/run_all.py            # the full run (about half an hour)
+    .venv/bin/python bench/run_all.py --quick    # smaller samples, CI fuzz budgets (minutes)
+    .venv/bin/python bench/run_all.py --only idle,status_cli   # some of them (no report)
+
+Each benchmark starts the real daemon (and, except the soak, the bundled emulator) as
+processes and prints its figures, each with the load average and the machine, as it goes.
+Targets are checked here, never in the test suite. The report also carries the figures of
+bench/bench_gguf_header.py (run here as well) and docs/performance-proxy.md when it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import bench_burst
+import bench_clients
+import bench_config_edit
+import bench_fuzz
+import bench_idle
+import bench_idle_eject
+import bench_roundtrip
+import bench_select_latency
+import bench_soak
+import bench_status_cli
+from _harness import PYTHON, ROOT, Figure, emit, load_average, machine, warm_bytecode
+
+BENCHMARKS: dict[str, ModuleType] = {
+    "burst": bench_burst,
+    "select_latency": bench_select_latency,
+    "idle": bench_idle,
+    "status_cli": bench_status_cli,
+    "roundtrip": bench_roundtrip,
+    "clients": bench_clients,
+    "config_edit": bench_config_edit,
+    "idle_eject": bench_idle_eject,
+    "soak": bench_soak,
+    "fuzz": bench_fuzz,
+}
+REPORT = ROOT / "docs" / "performance.md"
+PROXY_REPORT = ROOT / "docs" / "performance-proxy.md"
+
+COMMANDS = {
+    "burst": "bench/bench_burst.py",
+    "select_latency": "bench/bench_select_latency.py",
+    "idle": "bench/bench_idle.py",
+    "status_cli": "bench/bench_status_cli.py",
+    "roundtrip": "bench/bench_roundtrip.py",
+    "clients": "bench/bench_clients.py",
+    "config_edit": "bench/bench_config_edit.py",
+    "idle_eject": "bench/bench_idle_eject.py",
+    "soak": "bench/bench_soak.py",
+    "fuzz": "bench/bench_fuzz.py",
+}
+
+# How the design reaches each target, or why it does not yet. Kept next to the code that
+# measures it; the report shows it under the figures.
+DESIGN = {
+    "burst": """\
+A selection only records the newest key and (re)arms the debounce deadline in the pure core
+(lifecycle L3); nothing is sent to the server until the deadline passes without a newer
+selection. The driver sleeps on that one deadline, so 10,000 selections cost 10,000 core
+events and no timers or tasks of their own. Each socket `select` also rewrites the
+selection file (kept across restarts), which is what limits the burst to a few thousand
+selections per second.""",
+    "select_latency": """\
+The path is: the request is read and parsed; the core starts the load at once (debounce 0)
+or when its deadline fires; the driver's load task first asks the server what is loaded
+(`GET /api/v1/models`, lifecycle L17: never load a model that already has an instance,
+adopt it instead), then sends the load. Two measures brought the median down from about
+53 ms: the emulator now sets TCP_NODELAY (its headers and body went out in two segments,
+and every answer on a kept-alive connection waited ~40 ms for the client's delayed ACK), and
+the daemon no longer searches the import path for the missing `sniffio` module inside every
+httpx request (see the idle figure). What remains is two HTTP exchanges through httpx on
+this machine, about 1.7 ms to send a request and 4 ms for a round trip, so the fresh read
+that L17 asks for costs more than the 5 ms budget by itself. The target can be met only by
+skipping that read (trusting the last reconcile, which opens a window for a second
+instance) or with a faster HTTP client; we keep the read, and propose a target of 10 ms
+p50 / 20 ms p99 that includes it.""",
+    "idle": """\
+The driver waits for the next event or deadline, never polls; an idle daemon wakes only for
+the deliberate server reconcile (every `reconcile_interval`, 15 s by default), which is all
+the CPU and wake-ups measured here. Two fixes were needed. `lmkeeperd run` went through the
+typer app, which imports click, pydantic and rich and kept ~10 MiB of them resident; `run`
+now takes the CLI's fast path (lmkeeperd/cli.py). And each reconcile cost ~10 ms of CPU,
+half of it httpcore importing `sniffio` (not installed: anyio 4 dropped it) in every lock
+it creates, a failed import that searches the whole path every time; the daemon now marks
+sniffio as absent once (lmkeeperd/daemon.py), which Python remembers. CPU time is counted in
+10 ms clock ticks, so a 120 s window resolves to about ±0.3 s per hour.""",
+    "status_cli": """\
+`lmkeeperd status` skips typer (a stdlib-only fast path in lmkeeperd/cli.py) but still
+imports the config module to find the socket, and validates the whole config file so that a
+bad file exits 2 (interface.md, tests/test_e2e_cli.py). Of its ~70 ms of imports on this
+machine about 25 ms are the config module's frozen dataclasses (dataclasses imports inspect)
+and tomllib, ~13 ms platformdirs, the rest socket, json and typing. platformdirs is now
+imported only when a path has to come from it (lmkeeperd/paths.py), which is what brings the
+"explicit" set-up (config named by $LMKEEPERD_CONFIG, socket named in it) near or under the
+target; the "defaults" set-up needs platformdirs for both. The bare interpreter is itself slow
+to start in this venv: the editable install imports pathlib and more from a .pth file at every
+start (~24 ms), which `python -c pass` pays too and which flatters the ratio; with a regular
+install the ratio grows. Meeting the target everywhere needs a status path that does not
+import the config module: for instance read only `[control] socket` with tomllib, ask the
+daemon, and validate the file fully only when the daemon does not answer or reports having
+loaded a different version of the file. That changes what `status` does with a broken config
+file while a daemon runs, an interface decision left to the maintainers.""",
+    "roundtrip": """\
+A request is one line read from the connection's buffered stream, parsed into a frozen
+record, handed to the core, answered with one line; the driver's loop wakes for it but feeds
+a `Tick` only when a deadline is due, and re-arms its deadline with a timer handle rather
+than `asyncio.wait_for` (which made a task per wake-up). `status` is slower because it reads
+/proc and the cgroup files for the memory figures on every call.""",
+    "clients": """\
+Each connection is one asyncio task with a 64 KiB-bounded reader; streams are counted per
+connection and across clients in the core; nothing is kept per request. The server listens
+with the kernel's full backlog (`SOMAXCONN`): with asyncio's default of 100, a burst of
+connections made clients' connects fail at once with EAGAIN (found by the socket fuzzer), and
+the CLI's client now waits for a busy daemon within its timeout instead.""",
+    "config_edit": """\
+The config file's folder is watched with inotify (kqueue on macOS), so an edit is seen at
+once; the watcher waits 50 ms for the rest of an editor's write-and-rename burst, then the
+daemon re-reads and validates the file and a changed `selected` is a selection.""",
+    "idle_eject": """\
+The idle deadline is the core's `next_deadline()`; the driver sleeps on exactly that
+(asyncio timer, millisecond resolution) and sends the unload when it fires. The lateness is
+the timer's rounding plus one HTTP request.""",
+    "soak": """\
+See tests/test_soak.py for the invariants and how each is checked. The soak found two ways
+to put two instances of one model on the server, both now fixed in the core
+(lmkeeperd/core/machine.py, with rule tests in tests/test_core_rules.py): switching away
+and back while a slow load ran (A, B, A) started a second load of A beside the first, and
+four copies of one model were seen at once (the core now resumes the superseded load,
+`ResumeLoad`); and a stray instance waiting for streams to end before its unload was avoided
+instead of adopted when its model was selected again (now adopted and kept). It also found
+that the daemon could outlive SIGTERM: on Python 3.11 `asyncio.wait_for` swallows a
+cancellation that arrives as its event is set, which the stop's own unload did to the
+reconcile loop (lmkeeperd/daemon.py now uses `asyncio.timeout`).""",
+    "fuzz": """\
+Three kinds of input come from outside: socket frames, config files, server answers. Each
+fuzz test checks that every input ends in a result or a clear error within a bound, and that
+the daemon keeps serving. Three bugs were found and fixed: a server trickling its answer a
+byte at a time kept the client's request (and so a reconcile or a load) open forever, since
+httpx's timeouts bound each read and not the exchange (lmkeeperd/lmstudio/client.py now
+bounds the whole exchange); bursts of connections overflowed the socket's listen backlog
+(see the clients figure); and a quoted TOML key holding a newline made a config problem span
+two lines (lmkeeperd/config.py now escapes it).""",
+}
+
+
+def _run(name: str, module: ModuleType, quick: bool) -> list[Figure]:
+    runner: Callable[[bool], list[Figure]] = module.run
+    started = time.monotonic()
+    print(f"# {name}: {COMMANDS[name]} ({load_average()})", flush=True)
+    try:
+        figures = runner(quick)
+    except Exception as error:
+        traceback.print_exc()
+        figures = [emit(Figure(name, "benchmark failed", repr(error)[:300], "runs", False))]
+    print(f"# {name} took {time.monotonic() - started:.0f} s", flush=True)
+    return figures
+
+
+def _gguf() -> str:
+    script = ROOT / "bench" / "bench_gguf_header.py"
+    try:
+        done = subprocess.run(
+            [PYTHON, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=600
+        )
+    except subprocess.TimeoutExpired:
+        return "(timed out)"
+    output = (done.stdout + done.stderr).strip()
+    print(output, flush=True)
+    return output
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def report(figures: list[Figure], gguf: str, quick: bool, started: str, load0: str) -> str:
+    out = [
+        "# Performance",
+        "",
+        "Generated by `bench/run_all.py`; do not edit by hand (the explanations live in that "
+        "file).",
+        "",
+        f"- **Command:** `.venv/bin/python bench/run_all.py{' --quick' if quick else ''}` "
+        f"(started {started} UTC)",
+        f"- **Machine:** {machine()}",
+        f"- **Load average** (1, 5, 15 min) at the start: {load0}; at the end: "
+        f"{load_average()}. The machine is shared: other engineers' test suites ran at the "
+        "same time, so every figure carries the load average it was measured under, and "
+        "latency and CPU figures are noisy.",
+        "- Child processes run with cached bytecode (`PYTHONPYCACHEPREFIX`), as an installed "
+        "package does; see bench/_harness.py.",
+        "",
+        "## Figures",
+        "",
+        "| benchmark | figure | value | target | verdict | load | notes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for f in figures:
+        out.append(
+            f"| {f.bench} | {_cell(f.name)} | {_cell(f.value)} | {_cell(f.target)} | "
+            f"{f.verdict} | {f.load} | {_cell(f.note)} |"
+        )
+    out += ["", "## How the design gets there (or why it does not yet)", ""]
+    for name, text in DESIGN.items():
+        verdicts = {f.verdict for f in figures if f.bench == name}
+        if not verdicts:
+            continue
+        state = "missed" if "MISS" in verdicts else "met" if "PASS" in verdicts else "measured"
+        out += [f"### {name} ({state}; `{COMMANDS[name]}`)", "", " ".join(text.split()), ""]
+    out += _soak_section() + _fuzz_section()
+    out += [
+        "## Reading a GGUF header (`bench/bench_gguf_header.py`)",
+        "",
+        "```",
+        gguf or "(no output)",
+        "```",
+        "",
+        "## Proxy",
+        "",
+    ]
+    if PROXY_REPORT.exists():
+        out += [PROXY_REPORT.read_text(encoding="utf-8").strip(), ""]
+    else:
+        out += ["No figures yet: docs/performance-proxy.md does not exist.", ""]
+    return "\n".join(out) + "\n"
+
+
+def _soak_section() -> list[str]:
+    summary: dict[str, Any] = bench_soak.LAST
+    if not summary:
+        return []
+    lines = [
+        "## Chaos soak (last run)",
+        "",
+        f"{summary['events']:,} events, seed {summary['seed']}, {summary['seconds']} s; "
+        f"violations: {len(summary['violations'])}; daemon exit status at the end "
+        f"{summary['exit_code']}; RSS {summary['rss_start_mib']} → {summary['rss_end_mib']} MiB.",
+        "",
+        "| events played | count | | invariant checks | count | | daemon events | count |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    columns = [
+        sorted(summary["event_mix"].items()),
+        sorted(summary["checks"].items()),
+        sorted(summary["daemon_events"].items()),
+    ]
+    for row in range(max(len(c) for c in columns)):
+        cells = []
+        for column in columns:
+            name, count = column[row] if row < len(column) else ("", "")
+            cells += [_cell(str(name)), str(count), ""]
+        lines.append("| " + " | ".join(cells[:-1]) + " |")
+    for violation in summary["violations"][:10]:
+        lines.append(f"- violation: {violation}")
+    return [*lines, ""]
+
+
+def _fuzz_section() -> list[str]:
+    rows: list[dict[str, Any]] = bench_fuzz.LAST
+    if not rows:
+        return []
+    lines = ["## Fuzzing (examples per test)", "", "| test | examples |", "| --- | --- |"]
+    lines += [f"| {_cell(r['test'])} | {r['examples']:,} |" for r in rows]
+    return [*lines, ""]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller samples (minutes)")
+    parser.add_argument("--only", help="comma-separated benchmarks; no report is written")
+    args = parser.parse_args()
+    chosen = list(BENCHMARKS) if not args.only else args.only.split(",")
+    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}")
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    load0 = load_average()
+    print(f"# {machine()}; Python at {PYTHON}; {platform.node()}", flush=True)
+    warm_bytecode()
+    figures: list[Figure] = []
+    for name in chosen:
+        figures += _run(name, BENCHMARKS[name], args.quick)
+    if args.only:
+        return 0 if all(f.ok is not False for f in figures) else 1
+    print("# gguf: bench/bench_gguf_header.py", flush=True)
+    gguf = _gguf()
+    REPORT.write_text(report(figures, gguf, args.quick, started, load0), encoding="utf-8")
+    print(f"# wrote {REPORT.relative_to(ROOT)}", flush=True)
+    missed = [f for f in figures if f.ok is False]
+    for f in missed:
+        print(f"# MISS: {f.line()}", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

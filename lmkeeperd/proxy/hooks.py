@@ -1,0 +1,115 @@
+"""What the proxy needs from the daemon, and what it keeps about itself.
+
+The proxy never touches the lifecycle core. It tells the daemon what it sees
+through `ProxyHooks` (activity, streams opening and closing, a model a request
+needs), so it can be tested with a fake and end to end with the real daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lmkeeperd.errors import LmkeeperError
+
+
+class SelectionError(LmkeeperError):
+    """The model a request named could not be made the loaded one.
+
+    `status` is the HTTP status the client gets: 503 when the load failed or
+    another selection took over, 504 when it did not finish in time.
+    """
+
+    def __init__(self, message: str, *, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ProxyHooks(Protocol):
+    """The daemon's side of the proxy."""
+
+    def activity(self) -> None:
+        """A request went through (lifecycle L10)."""
+        ...
+
+    def stream_opened(self) -> int:
+        """A request now pins the model (L7-L9); returns the stream's id."""
+        ...
+
+    def stream_closed(self, stream: int) -> None:
+        """The stream `stream_opened` or `stream_for` returned has ended."""
+        ...
+
+    async def stream_for(self, model: str, *, max_wait: float) -> int:
+        """Make `model` the loaded model if needed, then open a stream on it.
+
+        A model other than the current one is a selection: this waits (at most
+        `max_wait` seconds) for requests in flight on the current model to end
+        and for the switch to finish. The stream is opened in the same step in
+        which the model is seen loaded, so nothing can unload it in between.
+        Models the daemon cannot or should not switch to (unknown to the server,
+        embedding models, hands-off) get a stream at once and no selection.
+        Raises `SelectionError`.
+        """
+        ...
+
+
+class Token:
+    """The API token; never shows itself in a repr, a log or a traceback's locals."""
+
+    __slots__ = ("_header",)
+
+    def __init__(self, value: str) -> None:
+        self._header = ("Bearer " + value).encode("latin-1")
+
+    def __repr__(self) -> str:
+        return "Token('***')"
+
+    @classmethod
+    def from_env(cls, name: str) -> Token | None:
+        """The token in env var `name`; None when unset, empty, or not fit for a header."""
+        value = os.environ.get(name, "").strip()
+        if not value or not all(" " <= c <= "~" for c in value):
+            return None
+        return cls(value)
+
+    @property
+    def header_value(self) -> bytes:
+        return self._header
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """How requests are forwarded; replaced as a whole when the config is reloaded."""
+
+    upstream: str  # [server] url, e.g. "http://127.0.0.1:1234"
+    select_on_request: bool = False
+    inject_token: bool = False
+    token: Token | None = None  # from the env var [server] api_token_env
+    connect_timeout: float = 10.0  # [server] request_timeout
+    # [server] load_timeout: the longest LM Studio may stay silent, before its
+    # answer (a JIT load, a long prompt) or between two chunks of it.
+    read_timeout: float = 600.0
+
+
+@dataclass(slots=True)
+class ProxyStats:
+    """Counters and gauges of one proxy listener (status and metrics read them)."""
+
+    requests_total: int = 0
+    in_flight: int = 0
+    streams_open: int = 0
+    responses: dict[str, int] = field(default_factory=dict)  # "2xx".."5xx", "aborted"
+    upstream_errors: int = 0
+    last_request_wall: float | None = None  # time.time() of the latest request
+
+    def request_started(self) -> None:
+        self.requests_total += 1
+        self.in_flight += 1
+        self.last_request_wall = time.time()
+
+    def request_ended(self, outcome: str) -> None:
+        self.in_flight -= 1
+        self.responses[outcome] = self.responses.get(outcome, 0) + 1

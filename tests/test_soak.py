@@ -1,0 +1,803 @@
+"""Chaos soak: the real daemon under a seeded random mix of events while the server misbehaves.
+
+One driver thread plays a seeded random sequence of events against a real `lmkeeperd run`
+process: selections, stream starts and ends from several client connections (some of which
+hang up abruptly, with a TCP-style reset, streams still open), activity, engine changes, config
+edits (valid and invalid), SIGHUP, `unload` commands, malformed requests and pauses that let
+timers fire. Interleaved with them, the in-process emulator injects faults: slow loads, failed
+loads, hung unloads, server restarts (everything forgotten), and loads and unloads behind the
+daemon's back. The CI run plays about 2,000 events ($LMKEEPERD_SOAK_EVENTS changes that);
+`bench/bench_soak.py` (or `python tests/test_soak.py --events 20000 [--seed N]`) plays the
+same code with more.
+
+Ground truth is what the soak itself did and saw (with `time.monotonic()` timestamps) and the
+emulator's request log (arrival time of every request the daemon sent). The daemon's own debug
+log is used only to *excuse* an observation, never to accuse the daemon (see invariant 1).
+
+Invariants
+----------
+1. **No unload reaches the server while a stream is open.** A stream *protects* from the moment
+   the soak received the reply to its `stream_start` (the daemon had registered it by then) to
+   the moment the soak *began sending* its `stream_end`, closed its connection, or began sending
+   an engine change away from LM Studio (lifecycle L13: the daemon then stops acting and
+   forgets its streams), whichever came first. Until that moment the daemon cannot have seen the
+   stream end, so an unload decided after it would be the daemon's fault; ending the window at
+   the `stream_end` *reply* instead would blame the daemon for unloads it rightly decided after
+   reading the `stream_end`, but whose request reached the server before the reply reached us.
+   A stream started while the engine was not LM Studio never protects (L13 ignores it).
+   An unload request that *arrives* inside a protecting window is a violation unless the daemon
+   had already decided it before it registered the stream: such an unload was in flight (the
+   daemon decides, then sends on a later turn of its loop), and a stream that starts meanwhile
+   cannot recall it. That order is read from the daemon's debug log, which the daemon writes
+   from its one event loop, in order: `unload_started` (the decision) before `stream_opened`
+   (logged once the core has taken the stream; a debounce or idle deadline that fell due
+   before the stream started is handled first, within the same step, and so counts as
+   decided before it). Each arrival is matched to the decision for the same instance id, in
+   order; a decision whose request never arrived (the server was down) can only make this
+   match more lenient, never blame the daemon wrongly. Arrivals before the `stream_start`
+   reply are fine by definition.
+2. **Never two instances of a model that lmkeeperd loaded.** The daemon's loads carry
+   `context_length` 2048 and the soak's loads behind its back 1111, so every instance's owner is
+   known from its config. A checker thread reads the server's model list every few
+   milliseconds; two daemon-loaded instances of one model at once are a violation unless one of
+   them was on its way out: an unload request for it had reached the server and was not done
+   when the list was read, or the daemon had logged the decision to unload it before the list
+   was read (the log's wall-clock times are converted to the monotonic clock; the tolerance
+   only excuses).
+3. **No model lmkeeperd did not load is unloaded, except by an explicit `unload MODEL`.** Three
+   models are *foreign*: the soak loads them behind the daemon's back and never selects them.
+   Every unload request for one of them must arrive while an `unload` command naming that model
+   is in progress (sent before the arrival, answered after it). Behind-the-back loads of the
+   selectable models are adopted by the daemon when selected (L17) and from then on are its own,
+   so they are not checked here.
+4. **Once events stop and faults clear, the server holds exactly what the daemon's status
+   says.** Faults are switched off, every client closes, the engine is LM Studio again; then,
+   within a deadline, the status must become quiet (`idle` or `loaded`, nothing pending, no
+   stream, server reachable) with `server.loaded` equal to the server's models and `model` (if
+   any) loaded on the server. Daemon-loaded instances of any other model must not remain,
+   unless the daemon let go of them on purpose when the engine moved away (L13).
+5. **The daemon never exits** (checked on every tick of the checker and at the end), and it stops
+   cleanly on SIGTERM at the end (exit status 0).
+6. **RSS stays flat:** the growth from the early part of the run (10-20 % of the events) to its
+   end is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from daemon_harness import DaemonProc
+
+from lmkeeperd.control.client import request as control_request
+from lmkeeperd.emulator import Emulator
+from lmkeeperd.errors import LmkeeperError
+
+SELECTABLE = (
+    "qwen/qwen3-4b-2507",
+    "meta-llama/llama-3.1-8b-instruct",
+    "qwen/qwen2.5-0.5b-instruct",
+    "google/gemma-3-12b",
+    "openai/gpt-oss-20b",
+)
+FOREIGN = ("qwen/qwen3-32b", "deepseek/deepseek-v3-0324", "text-embedding-nomic-embed-text-v1.5")
+UNKNOWN = "nobody/no-such-model"
+DAEMON_CTX = 2048
+BEHIND_CTX = 1111
+UNLOAD_PATH = "/api/v1/models/unload"
+MODELS_PATH = "/api/v1/models"
+REPLY_TIMEOUT_S = 15.0
+SETTLE_TIMEOUT_S = 30.0
+MAX_STREAMS_PER_CLIENT = 3
+CLIENTS = 4
+
+CI_EVENTS = 2000
+DEFAULT_SEED = 20260101
+CI_RSS_GROWTH_MIB = 12.0  # generous: a leak of even a few hundred bytes per event shows
+
+# Relative weights of the driver's events; faults are events too.
+WEIGHTS: dict[str, float] = {
+    "select": 14,
+    "stream_start": 8,
+    "stream_end": 11,
+    "disconnect": 3,
+    "activity": 8,
+    "status": 4,
+    "engine_away": 0.4,
+    "config_valid": 3,
+    "config_invalid": 1.5,
+    "sighup": 1,
+    "unload_command": 2.5,
+    "bad_request": 1,
+    "fault_load_delay": 2,
+    "fault_fail_loads": 0.5,
+    "fault_hang_unloads": 1,
+    "fault_restart": 0.4,
+    "load_behind": 2,
+    "unload_behind": 2,
+    "pause": 1.2,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SoakPlan:
+    events: int = CI_EVENTS
+    seed: int = DEFAULT_SEED
+    mean_gap_s: float = 0.002  # the pause between two events is exponential with this mean
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    stream: int
+    client: int
+    acked: float
+    protects: bool
+    until: float = float("inf")  # when protection ended (see invariant 1)
+
+
+@dataclass(slots=True)
+class Command:
+    model: str | None
+    sent: float
+    replied: float = float("inf")
+    reply: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    before: float
+    after: float
+    instances: dict[str, list[tuple[str, int | None]]]  # key -> [(instance id, context)]
+
+
+@dataclass(slots=True)
+class SoakResult:
+    plan: SoakPlan
+    events: Counter[str] = field(default_factory=Counter)
+    checks: Counter[str] = field(default_factory=Counter)
+    daemon_events: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    rss_mib: list[tuple[float, float]] = field(default_factory=list)
+    rss_start_mib: float = 0.0
+    rss_end_mib: float = 0.0
+    seconds: float = 0.0
+    exit_code: int | None = None
+
+    @property
+    def rss_growth_mib(self) -> float:
+        return self.rss_end_mib - self.rss_start_mib
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "events": sum(self.events.values()),
+            "seed": self.plan.seed,
+            "seconds": round(self.seconds, 1),
+            "event_mix": dict(sorted(self.events.items())),
+            "checks": dict(sorted(self.checks.items())),
+            "daemon_events": dict(sorted(self.daemon_events.items())),
+            "violations": self.violations,
+            "rss_start_mib": round(self.rss_start_mib, 1),
+            "rss_end_mib": round(self.rss_end_mib, 1),
+            "rss_growth_mib": round(self.rss_growth_mib, 1),
+            "exit_code": self.exit_code,
+        }
+
+
+class LineClient:
+    """One control-socket connection, with the times requests left and replies came."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(REPLY_TIMEOUT_S)
+        self.sock.connect(str(path))
+        self._buffer = b""
+        self.streams: list[int] = []  # open, oldest first
+
+    def ask(self, obj: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
+        """(reply, when the request began to leave, when the reply had arrived)."""
+        sent = time.monotonic()
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"the daemon closed the connection after {obj}")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        reply: dict[str, Any] = json.loads(line)
+        return reply, sent, time.monotonic()
+
+    def close(self, abrupt: bool = False) -> None:
+        if abrupt:
+            # SO_LINGER with a zero timeout: close() resets the connection, as a crash would.
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+def _instance_key(instance_id: str) -> str:
+    key, sep, suffix = instance_id.rpartition(":")
+    return key if sep and suffix.isdigit() else instance_id
+
+
+def _log_time(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+class Soak:
+    """Runs one soak (see the module docstring); `run()` returns the result."""
+
+    def __init__(self, plan: SoakPlan, emulator: Emulator) -> None:
+        self.plan = plan
+        self.rng = random.Random(plan.seed)
+        self.emu = emulator
+        self.result = SoakResult(plan)
+        self.daemon = DaemonProc(
+            emulator.url,
+            server={"reconcile_interval": "250ms", "request_timeout": "1s", "load_timeout": "60s"},
+            model={"switch_debounce": "20ms", "idle_timeout": "400ms", "selected": ""},
+            model_load={"context_length": DAEMON_CTX},
+            log={"format": "json", "level": "debug"},
+        )
+        self.clients: list[LineClient | None] = [None] * CLIENTS
+        self.streams: dict[int, StreamRecord] = {}
+        self.commands: list[Command] = []
+        self.command_futures: list[Future[None]] = []
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="soak-unload")
+        self.hands_on = True
+        self.engine_back_after = 0
+        self.hang_until = 0
+        self.released: set[str] = set()  # models the daemon let go of at an engine change
+        self.snapshots: list[Snapshot] = []
+        self.stop = threading.Event()
+        self.http = httpx.Client(base_url=emulator.url, timeout=5.0)
+        self._lock = threading.Lock()
+        self._event_index = 0
+
+    # --- life -------------------------------------------------------------------------
+
+    def run(self) -> SoakResult:
+        started = time.monotonic()
+        threads: list[threading.Thread] = []
+        try:
+            self.daemon.start()
+            assert self.daemon.proc is not None
+            process = psutil.Process(self.daemon.proc.pid)
+            threads = [
+                threading.Thread(target=self._check_loop, args=(process,), daemon=True),
+                threading.Thread(target=self._listen, daemon=True),
+            ]
+            for thread in threads:
+                thread.start()
+            self._drive()
+            self._settle()
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(10)
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            for client in self.clients:
+                if client is not None:
+                    client.close()
+            self.http.close()
+            self._finish()
+            self.daemon.cleanup()
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def _finish(self) -> None:
+        proc = self.daemon.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                self.result.exit_code = proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.violate("the daemon did not stop within 15 s of SIGTERM")
+        elif proc is not None:
+            self.result.exit_code = proc.returncode
+        if self.result.exit_code != 0:
+            self.violate(f"the daemon exited with status {self.result.exit_code}")
+        self._check_log()
+        self._rss_verdict()
+
+    def violate(self, message: str) -> None:
+        with self._lock:
+            if len(self.result.violations) < 50:
+                self.result.violations.append(message)
+
+    # --- the driver ---------------------------------------------------------------------
+
+    def _drive(self) -> None:
+        names = list(WEIGHTS)
+        weights = [WEIGHTS[n] for n in names]
+        for index in range(self.plan.events):
+            self._event_index = index
+            if self.daemon.proc is not None and self.daemon.proc.poll() is not None:
+                self.violate(f"the daemon exited (status {self.daemon.proc.returncode})")
+                return
+            if not self.hands_on and index >= self.engine_back_after:
+                name = "engine_back"
+            elif self.hang_until and index >= self.hang_until:
+                name = "fault_hang_off"
+            else:
+                name = self.rng.choices(names, weights)[0]
+            self.result.events[name] += 1
+            try:
+                getattr(self, f"_do_{name}")()
+            except (OSError, ConnectionError, LmkeeperError) as e:
+                self.violate(f"event {index} ({name}): the daemon did not answer: {e!r}")
+                return
+            time.sleep(min(0.05, self.rng.expovariate(1 / self.plan.mean_gap_s)))
+
+    def _client(self) -> tuple[int, LineClient]:
+        number = self.rng.randrange(CLIENTS)
+        client = self.clients[number]
+        if client is None:
+            client = self.clients[number] = LineClient(self.daemon.socket)
+        return number, client
+
+    def _expect_ok(self, what: str, reply: dict[str, Any]) -> None:
+        if reply.get("ok") is not True:
+            self.violate(f"{what} was refused: {reply}")
+
+    def _do_select(self) -> None:
+        model = UNKNOWN if self.rng.random() < 0.03 else self.rng.choice(SELECTABLE)
+        _, client = self._client()
+        self._expect_ok("select", client.ask({"op": "select", "model": model})[0])
+
+    def _do_stream_start(self) -> None:
+        number, client = self._client()
+        if len(client.streams) >= MAX_STREAMS_PER_CLIENT:
+            self._do_stream_end()
+            return
+        reply, _, acked = client.ask({"op": "stream_start"})
+        self._expect_ok("stream_start", reply)
+        stream = int(reply["stream"])
+        client.streams.append(stream)
+        self.streams[stream] = StreamRecord(stream, number, acked, protects=self.hands_on)
+
+    def _do_stream_end(self) -> None:
+        open_clients = [i for i, c in enumerate(self.clients) if c is not None and c.streams]
+        if not open_clients:
+            self._do_activity()
+            return
+        client = self.clients[self.rng.choice(open_clients)]
+        assert client is not None
+        if self.rng.random() < 0.5:
+            stream = client.streams.pop(self.rng.randrange(len(client.streams)))
+            request: dict[str, Any] = {"op": "stream_end", "stream": stream}
+        else:
+            stream = client.streams.pop()  # the newest: what stream_end without an id ends
+            request = {"op": "stream_end"}
+        self._end_protection(stream, time.monotonic())
+        self._expect_ok("stream_end", client.ask(request)[0])
+
+    def _end_protection(self, stream: int, when: float) -> None:
+        record = self.streams[stream]
+        record.until = min(record.until, when)
+
+    def _do_disconnect(self) -> None:
+        number = self.rng.randrange(CLIENTS)
+        client = self.clients[number]
+        if client is None:
+            return
+        now = time.monotonic()
+        for stream in client.streams:
+            self._end_protection(stream, now)
+        client.close(abrupt=self.rng.random() < 0.5)
+        self.clients[number] = None
+
+    def _do_activity(self) -> None:
+        _, client = self._client()
+        self._expect_ok("activity", client.ask({"op": "activity"})[0])
+
+    def _do_status(self) -> None:
+        _, client = self._client()
+        reply = client.ask({"op": "status"})[0]
+        self._expect_ok("status", reply)
+        status = reply.get("status", {})
+        if status.get("state") not in ("idle", "loading", "loaded", "streaming", "unloading"):
+            self.violate(f"status has no valid state: {status}")
+
+    def _do_engine_away(self) -> None:
+        if not self.hands_on:
+            return
+        _, client = self._client()
+        sent = time.monotonic()
+        self.hands_on = False
+        for record in self.streams.values():
+            record.until = min(record.until, sent)
+        self.engine_back_after = self._event_index + self.rng.randint(5, 40)
+        # What the daemon has (or is loading) now stays on the server, on purpose (L13).
+        status = client.ask({"op": "status"})[0].get("status", {})
+        if status.get("model"):
+            self.released.add(str(status["model"]))
+        self._expect_ok("engine", client.ask({"op": "engine", "name": "ollama"})[0])
+
+    def _do_engine_back(self) -> None:
+        _, client = self._client()
+        self._expect_ok("engine", client.ask({"op": "engine", "name": "lmstudio"})[0])
+        self.hands_on = True
+
+    def _do_config_valid(self) -> None:
+        model = self.daemon.tables["model"]
+        choice = self.rng.random()
+        if choice < 0.5:
+            model["selected"] = self.rng.choice([*SELECTABLE, ""])
+        elif choice < 0.75:
+            model["idle_timeout"] = self.rng.choice(["0", "250ms", "400ms", "1s", "30m"])
+        else:
+            model["switch_debounce"] = self.rng.choice(["0", "20ms", "80ms"])
+        self.daemon.write_config()
+
+    def _do_config_invalid(self) -> None:
+        broken = self.rng.choice(
+            [
+                "[model\nselected = ",
+                '[model]\nidle_timeout = "five minutes"\n',
+                "[model]\nauto_load = 3\n",
+                '[modle]\nselected = "x"\n',
+                '[model]\nswitch_debounce = "-1s"\n',
+                "[server]\nurl = 12\n",
+                '[model]\nselected = "\u00e9\u6f22\u5b57"\nidle_timeuot = "1s"\n',
+                "\x00\x01 not toml at all",
+            ]
+        )
+        self.daemon.write_config(broken)
+        # The next valid edit writes the whole (valid) table set again.
+
+    def _do_sighup(self) -> None:
+        self.daemon.signal(signal.SIGHUP)
+
+    def _do_unload_command(self) -> None:
+        pending = [f for f in self.command_futures if not f.done()]
+        if len(pending) >= 2:
+            self._do_activity()
+            return
+        roll = self.rng.random()
+        model = (
+            None
+            if roll < 0.4
+            else self.rng.choice(FOREIGN)
+            if roll < 0.7
+            else self.rng.choice(SELECTABLE)
+        )
+        command = Command(model, time.monotonic())
+        self.commands.append(command)
+        self.command_futures = [*pending, self.pool.submit(self._unload_command, command)]
+
+    def _unload_command(self, command: Command) -> None:
+        request: dict[str, Any] = {"op": "unload"}
+        if command.model is not None:
+            request["model"] = command.model
+        command.sent = time.monotonic()
+        try:
+            command.reply = control_request(self.daemon.socket, request, timeout=REPLY_TIMEOUT_S)
+        except LmkeeperError as e:
+            self.violate(f"unload {command.model} got no answer: {e}")
+        command.replied = time.monotonic()
+
+    def _do_bad_request(self) -> None:
+        _, client = self._client()
+        bad: dict[str, Any] = self.rng.choice(
+            [
+                {"op": "bogus"},
+                {"op": "select", "model": 7},
+                {"op": "stream_end", "stream": 10**12},
+                {"model": "x"},
+            ]
+        )
+        reply = client.ask(bad)[0]
+        if reply.get("ok") is not False or not reply.get("error"):
+            self.violate(f"{bad} was answered with {reply}")
+
+    def _do_fault_load_delay(self) -> None:
+        self.emu.set_load_delay(self.rng.choice([0.0, 0.0, 0.02, 0.1, 0.4]))
+
+    def _do_fault_fail_loads(self) -> None:
+        self.emu.fail_next_loads(self.rng.randint(1, 2))
+
+    def _do_fault_hang_unloads(self) -> None:
+        if not self.hang_until:
+            self.emu.hang_unloads(True)
+            self.hang_until = self._event_index + self.rng.randint(5, 40)
+
+    def _do_fault_hang_off(self) -> None:
+        self.emu.hang_unloads(False)
+        self.hang_until = 0
+
+    def _do_fault_restart(self) -> None:
+        if self.emu.phase == "up":
+            self.emu.go_down_for(self.rng.uniform(0.02, 0.3), forget=True)
+
+    def _do_load_behind(self) -> None:
+        pool = FOREIGN if self.rng.random() < 0.7 else SELECTABLE
+        with contextlib.suppress(LookupError, ValueError, RuntimeError):
+            self.emu.load_behind(self.rng.choice(pool), {"context_length": BEHIND_CTX})
+
+    def _do_unload_behind(self) -> None:
+        loaded = [i for instances in self.emu.loaded().values() for i in instances]
+        if loaded:
+            with contextlib.suppress(LookupError):
+                self.emu.unload_behind(self.rng.choice(loaded))
+
+    def _do_pause(self) -> None:
+        time.sleep(self.rng.uniform(0.05, 0.5))  # timers (debounce, idle) get their turn
+
+    # --- watching ---------------------------------------------------------------------------
+
+    def _snapshot(self) -> Snapshot | None:
+        before = time.monotonic()
+        try:
+            body = self.http.get(MODELS_PATH).json()
+        except (httpx.HTTPError, ValueError):
+            return None  # the server is down: nothing to see
+        after = time.monotonic()
+        instances = {
+            m["key"]: [(i["id"], i.get("config", {}).get("context_length")) for i in loaded]
+            for m in body.get("models", [])
+            if (loaded := m.get("loaded_instances"))
+        }
+        return Snapshot(before, after, instances)
+
+    def _check_loop(self, process: psutil.Process) -> None:
+        last_rss = 0.0
+        while not self.stop.wait(0.02):
+            if self.daemon.proc is not None and self.daemon.proc.poll() is not None:
+                self.violate(f"the daemon exited (status {self.daemon.proc.returncode})")
+                return
+            self.result.checks["daemon alive"] += 1
+            now = time.monotonic()
+            if now - last_rss >= 0.2:
+                last_rss = now
+                with contextlib.suppress(psutil.Error):
+                    rss = process.memory_info().rss / 2**20
+                    self.result.rss_mib.append((float(self._event_index), rss))
+            snapshot = self._snapshot()
+            if snapshot is not None:
+                self.snapshots.append(snapshot)
+
+    def _listen(self) -> None:
+        try:
+            with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)) as sock:
+                sock.settimeout(0.2)
+                sock.connect(str(self.daemon.socket))
+                sock.sendall(b'{"op": "subscribe"}\n')
+                buffer = b""
+                while not self.stop.is_set():
+                    try:
+                        chunk = sock.recv(65536)
+                    except TimeoutError:
+                        continue
+                    if not chunk:
+                        return
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        event = json.loads(line).get("event")
+                        if event is not None:
+                            self.result.daemon_events[str(event)] += 1
+        except (OSError, ValueError) as e:
+            self.violate(f"the subscription failed: {e!r}")
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """Faults off, clients gone, engine back; then the status must match the server."""
+        self.emu.hang_unloads(False)
+        self.emu.set_load_delay(0.0)
+        self.emu.fail_next_loads(0)
+        self.emu.wait_until(lambda: self.emu.phase == "up", timeout=10)
+        for future in self.command_futures:
+            future.result(timeout=60)
+        now = time.monotonic()
+        for number, client in enumerate(self.clients):
+            if client is not None:
+                for stream in client.streams:
+                    self._end_protection(stream, now)
+                client.close()
+                self.clients[number] = None
+        for record in self.streams.values():
+            record.until = min(record.until, now)
+        if not self.hands_on:
+            self._do_engine_back()
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        agreed = 0
+        last = ""
+        while time.monotonic() < deadline:
+            status = self.daemon.status()
+            on_server = self.emu.loaded()
+            last = f"status {status}, server {on_server}"
+            quiet = (
+                status["state"] in ("idle", "loaded")
+                and status["pending"] is None
+                and status["active_streams"] == 0
+                and status["server"]["reachable"] is True
+            )
+            model = status["model"]
+            if (
+                quiet
+                and status["server"]["loaded"] == sorted(on_server)
+                and (model is None or model in on_server)
+                and (model is None) == (status["state"] == "idle")
+            ):
+                agreed += 1
+                if agreed >= 3:  # steady over more than one reconcile
+                    self.result.checks["final agreement"] += 1
+                    self._check_orphans(model)
+                    return
+            else:
+                agreed = 0
+            time.sleep(0.2)
+        self.violate(f"the daemon's status never matched the server once quiet: {last}")
+
+    def _check_orphans(self, model: str | None) -> None:
+        snapshot = self._snapshot()
+        assert snapshot is not None
+        for key, instances in snapshot.instances.items():
+            ours = [i for i, context in instances if context == DAEMON_CTX]
+            if key == model:
+                ours = ours[1:]  # the daemon's current model
+            orphans = [] if key in self.released else ours
+            if orphans:
+                self.violate(f"daemon-loaded instances left on the server: {orphans}")
+        self.result.checks["orphan check"] += 1
+
+    # --- the invariants, over the whole run -----------------------------------------------------
+
+    def _check_log(self) -> None:
+        lines = self.daemon.log_events()
+        offset = time.time() - time.monotonic()
+        opened: dict[int, int] = {}
+        decisions: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for index, event in enumerate(lines):
+            name = event.get("event")
+            if name == "stream_opened":
+                opened[int(event["stream"])] = index
+            elif name == "unload_started":
+                when = _log_time(str(event["timestamp"])) - offset
+                decisions[str(event["instance_id"])].append((index, when))
+            elif event.get("level") in ("error", "critical"):
+                self.violate(f"the daemon logged an error: {event}")
+        requests = self.emu.requests()
+        unloads = [r for r in requests if r.path == UNLOAD_PATH and isinstance(r.body, dict)]
+        self._check_streams(unloads, opened, decisions)
+        self._check_foreign(unloads)
+        self._check_duplicates(unloads, decisions)
+
+    def _check_streams(
+        self,
+        unloads: list[Any],
+        opened: dict[int, int],
+        decisions: dict[str, list[tuple[int, float]]],
+    ) -> None:
+        protecting = sorted(
+            (r for r in self.streams.values() if r.protects and r.until > r.acked),
+            key=lambda r: r.acked,
+        )
+        matched: dict[str, int] = Counter()
+        for request in unloads:
+            instance = str(request.body.get("instance_id"))
+            position = matched[instance]
+            matched[instance] += 1
+            logged = decisions[instance]
+            decision = logged[position] if position < len(logged) else None
+            self.result.checks["unload vs streams"] += 1
+            for record in protecting:
+                if record.acked >= request.t:
+                    break
+                if request.t >= record.until:
+                    continue
+                registered = opened.get(record.stream)
+                if decision is not None and registered is not None and decision[0] < registered:
+                    self.result.checks["unload in flight before a stream (excused)"] += 1
+                    continue
+                self.violate(
+                    f"unload of {instance} reached the server {request.t - record.acked:.3f} s "
+                    f"after stream {record.stream} was acknowledged, while it was open"
+                )
+
+    def _check_foreign(self, unloads: list[Any]) -> None:
+        for request in unloads:
+            instance = str(request.body.get("instance_id"))
+            key = _instance_key(instance)
+            if key not in FOREIGN:
+                continue
+            self.result.checks["foreign unload"] += 1
+            if not any(c.model == key and c.sent <= request.t <= c.replied for c in self.commands):
+                self.violate(f"the daemon unloaded {instance}, which it did not load, unasked")
+
+    def _check_duplicates(
+        self, unloads: list[Any], decisions: dict[str, list[tuple[int, float]]]
+    ) -> None:
+        arrivals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for request in unloads:
+            done = request.t_done if request.t_done is not None else float("inf")
+            arrivals[str(request.body.get("instance_id"))].append((request.t, done))
+        decided = {i: sorted(t for _, t in times) for i, times in decisions.items()}
+
+        def leaving(instance: str, snapshot: Snapshot) -> bool:
+            for arrived, done in arrivals.get(instance, ()):
+                if arrived <= snapshot.after and done >= snapshot.before:
+                    return True
+            times = decided.get(instance, [])
+            # A decision logged up to 5 ms after the list was read still counts (clock bridge).
+            position = bisect.bisect_right(times, snapshot.after + 0.005)
+            return position > 0 and times[position - 1] >= snapshot.before - 2.0
+
+        for snapshot in self.snapshots:
+            self.result.checks["instance snapshots"] += 1
+            for key, instances in snapshot.instances.items():
+                ours = [i for i, context in instances if context == DAEMON_CTX]
+                staying = [i for i in ours if not leaving(i, snapshot)]
+                if len(staying) > 1:
+                    self.violate(
+                        f"two daemon-loaded instances of {key} at once: {ours} "
+                        f"(at t={snapshot.after:.3f})"
+                    )
+
+    def _rss_verdict(self) -> None:
+        samples = self.result.rss_mib
+        if len(samples) < 4:
+            return
+        events = self.plan.events
+        early = [rss for index, rss in samples if 0.1 * events <= index <= 0.2 * events]
+        late = [rss for index, rss in samples if index >= 0.9 * events]
+        self.result.rss_start_mib = statistics.median(early or [samples[0][1]])
+        self.result.rss_end_mib = statistics.median(late or [samples[-1][1]])
+
+
+def run_soak(plan: SoakPlan) -> SoakResult:
+    with Emulator() as emulator:
+        return Soak(plan, emulator).run()
+
+
+pytestmark = pytest.mark.e2e
+
+
+def test_chaos_soak_keeps_every_invariant() -> None:
+    events = int(os.environ.get("LMKEEPERD_SOAK_EVENTS", CI_EVENTS))
+    result = run_soak(SoakPlan(events=events))
+    summary = json.dumps(result.summary(), indent=1)
+    assert not result.violations, summary
+    assert result.exit_code == 0, summary
+    assert result.rss_growth_mib <= CI_RSS_GROWTH_MIB, summary
+    # The run must have exercised what it claims to check.
+    assert result.checks["unload vs streams"] > 0, summary
+    assert result.checks["final agreement"] == 1, summary
+    assert result.daemon_events["load_finished"] > 0, summary
+    assert result.daemon_events["unloaded"] > 0, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the chaos soak and print its summary.")
+    parser.add_argument("--events", type=int, default=CI_EVENTS)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    args = parser.parse_args(argv)
+    result = run_soak(SoakPlan(events=args.events, seed=args.seed))
+    print(json.dumps(result.summary(), indent=1))
+    return 1 if result.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
