@@ -125,7 +125,7 @@ class Figure:
             "name": self.name,
             "value": self.value,
             "target": self.target,
-            "verdict": self.verdict,
+            "ok": self.ok,
             "note": self.note,
             "load": self.load,
         }

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -48,6 +51,8 @@ BENCHMARKS: dict[str, ModuleType] = {
     "fuzz": bench_fuzz,
 }
 REPORT = ROOT / "docs" / "performance.md"
+# The last full run's results, so that the report's text can be rewritten without a new run.
+LAST_RUN = Path(tempfile.gettempdir()) / "lmkeeperd-bench-last-run.json"
 PROXY_REPORT = ROOT / "docs" / "performance-proxy.md"
 
 COMMANDS = {
@@ -83,10 +88,13 @@ and every answer on a kept-alive connection waited ~40 ms for the client's delay
 the daemon no longer searches the import path for the missing `sniffio` module inside every
 httpx request (see the idle figure). What remains is two HTTP exchanges through httpx on
 this machine, about 1.7 ms to send a request and 4 ms for a round trip, so the fresh read
-that L17 asks for costs more than the 5 ms budget by itself. The target can be met only by
-skipping that read (trusting the last reconcile, which opens a window for a second
-instance) or with a faster HTTP client; we keep the read, and propose a target of 10 ms
-p50 / 20 ms p99 that includes it.""",
+that L17 asks for costs more than the 5 ms budget by itself; the split in the notes shows
+the rest. On a quiet machine the median was about 7 ms; with the load average above 2 (other
+test suites) it is 11-12 ms, and the p99 follows the machine's load. The target can be met
+only by skipping that read (trusting the last reconcile, which opens a window for a second
+instance) or with a faster HTTP client. We keep the read, and propose to state the target as
+the daemon's own overhead beyond its two requests to the server (to GET + GET answer → load,
+minus the two sends), or as p50 ≤ 10 ms and p99 ≤ 30 ms on a machine that is not shared.""",
     "idle": """\
 The driver waits for the next event or deadline, never polls; an idle daemon wakes only for
 the deliberate server reconcile (every `reconcile_interval`, 15 s by default), which is all
@@ -186,7 +194,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def report(figures: list[Figure], gguf: str, quick: bool, started: str, load0: str) -> str:
+def report(
+    figures: list[Figure], gguf: str, quick: bool, started: str, load0: str, load1: str
+) -> str:
     out = [
         "# Performance",
         "",
@@ -197,7 +207,7 @@ def report(figures: list[Figure], gguf: str, quick: bool, started: str, load0: s
         f"(started {started} UTC)",
         f"- **Machine:** {machine()}",
         f"- **Load average** (1, 5, 15 min) at the start: {load0}; at the end: "
-        f"{load_average()}. The machine is shared: other engineers' test suites ran at the "
+        f"{load1}. The machine is shared: other engineers' test suites ran at the "
         "same time, so every figure carries the load average it was measured under, and "
         "latency and CPU figures are noisy.",
         "- Child processes run with cached bytecode (`PYTHONPYCACHEPREFIX`), as an installed "
@@ -228,13 +238,11 @@ def report(figures: list[Figure], gguf: str, quick: bool, started: str, load0: s
         gguf or "(no output)",
         "```",
         "",
-        "## Proxy",
-        "",
     ]
-    if PROXY_REPORT.exists():
+    if PROXY_REPORT.exists():  # its own section, headed by its author
         out += [PROXY_REPORT.read_text(encoding="utf-8").strip(), ""]
     else:
-        out += ["No figures yet: docs/performance-proxy.md does not exist.", ""]
+        out += ["## Proxy", "", "No figures yet: docs/performance-proxy.md does not exist.", ""]
     return "\n".join(out) + "\n"
 
 
@@ -281,7 +289,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller samples (minutes)")
     parser.add_argument("--only", help="comma-separated benchmarks; no report is written")
+    parser.add_argument(
+        "--rewrite", action="store_true", help="rewrite the report from the last run's results"
+    )
     args = parser.parse_args()
+    if args.rewrite:
+        saved = json.loads(LAST_RUN.read_text(encoding="utf-8"))
+        bench_soak.LAST.update(saved["soak"])
+        bench_fuzz.LAST.extend(saved["fuzz"])
+        restored = [Figure(**f) for f in saved["figures"]]
+        text = report(
+            restored,
+            saved["gguf"],
+            saved["quick"],
+            saved["started"],
+            saved["load0"],
+            saved["load1"],
+        )
+        REPORT.write_text(text, encoding="utf-8")
+        print(f"# rewrote {REPORT.relative_to(ROOT)} from {LAST_RUN}", flush=True)
+        return 0
     chosen = list(BENCHMARKS) if not args.only else args.only.split(",")
     unknown = [name for name in chosen if name not in BENCHMARKS]
     if unknown:
@@ -297,7 +324,19 @@ def main() -> int:
         return 0 if all(f.ok is not False for f in figures) else 1
     print("# gguf: bench/bench_gguf_header.py", flush=True)
     gguf = _gguf()
-    REPORT.write_text(report(figures, gguf, args.quick, started, load0), encoding="utf-8")
+    load1 = load_average()
+    REPORT.write_text(report(figures, gguf, args.quick, started, load0, load1), encoding="utf-8")
+    saved = {
+        "figures": [f.as_json() for f in figures],
+        "soak": bench_soak.LAST,
+        "fuzz": bench_fuzz.LAST,
+        "gguf": gguf,
+        "quick": args.quick,
+        "started": started,
+        "load0": load0,
+        "load1": load1,
+    }
+    LAST_RUN.write_text(json.dumps(saved), encoding="utf-8")
     print(f"# wrote {REPORT.relative_to(ROOT)}", flush=True)
     missed = [f for f in figures if f.ok is False]
     for f in missed:
