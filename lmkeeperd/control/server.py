@@ -58,11 +58,9 @@ from lmkeeperd.control.protocol import (
     parse_request,
 )
 from lmkeeperd.errors import DaemonError, LmkeeperError, ProtocolError, SocketInUse
+from lmkeeperd.net import SOCKET_PATH_MAX, socket_path_size
 
 log = structlog.get_logger()
-
-# sun_path is 108 bytes on Linux and 104 on macOS and the BSDs, including the final NUL.
-SOCKET_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 
 # How long closing a connection may wait for its last reply to reach a client that does not
 # read; after that the connection is dropped hard.
@@ -265,9 +263,10 @@ class ControlServer:
     def _bind(self) -> socket.socket:
         path = self._path
         raw = os.fsencode(path)
-        if len(raw) > SOCKET_PATH_MAX:
+        size = socket_path_size(raw)
+        if size > SOCKET_PATH_MAX:
             raise DaemonError(
-                f"control socket path is too long: {path} is {len(raw)} bytes, but this system "
+                f"control socket path is too long: {path} is {size} bytes, but this system "
                 f"allows at most {SOCKET_PATH_MAX}; set [control] socket to a shorter path"
             )
         self._ensure_folder(path.parent)
