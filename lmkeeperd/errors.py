@@ -13,17 +13,30 @@ the model, the URL or the environment variable involved, never a secret.
     │   ├── BadResponse             the body is not JSON or not the documented shape
     │   └── ServerRefused           any other non-2xx, with the server's own message
     ├── ProtocolError               a control-socket frame is malformed (names the field)
-    │   └── FrameError              ...so badly that the connection is closed (control.protocol)
+    │   └── FrameError              ...so badly that the connection is closed
     ├── DaemonError                 the daemon cannot start or cannot be reached
     │   ├── DaemonNotRunning        no daemon answers on the socket (CLI exit code 3)
     │   └── SocketInUse             another live daemon already owns the socket
-    ├── GGUFError                   a model file's header cannot be read (memory.gguf)
+    ├── SelectionError              the proxy could not switch to a request's model (503/504)
+    ├── LifecycleError              an event the core cannot accept in its state (a driver bug)
+    ├── GGUFError                   a model file's header cannot be read
     └── ServiceError                installing/querying the service failed (service.manage)
         └── UnsupportedPlatform, WrongUser, NotInstalledByUs,
             ServiceManagerUnavailable, ServiceCommandFailed
 
 The errors of a part that only that part raises live beside it (marked with
 their module above); everything else lives here.
+
+Some exceptions stay outside this tree on purpose: they are control flow inside one
+part, always caught within that part and turned into one of the errors above or into
+an answer, so no caller outside it ever sees one. `config.values.Invalid` (becomes one
+line of a ConfigError), `lmstudio.client._Shape` (a BadResponse), `proxy.http1.HttpError`
+and `proxy.server._Refused`/`_Broken` (an HTTP error answer, or a closed connection),
+`proxy.wire.UpstreamUnreachable` (a 502 answer), `memory.kv.GeometryError` (the estimate
+notes why and uses another source), and the emulator's own (a stand-in for LM Studio,
+not part of lmkeeperd's behaviour).
+
+This module imports nothing, so that every part, the pure core included, may use it.
 """
 
 from __future__ import annotations
@@ -77,6 +90,33 @@ class ServerRefused(ServerError):
 
 class ProtocolError(LmkeeperError):
     """A control-socket frame is malformed; the message names what was wrong."""
+
+
+class FrameError(ProtocolError):
+    """The frame itself is unusable; the server replies with this and closes the connection."""
+
+
+class SelectionError(LmkeeperError):
+    """The model a request named could not be made the loaded one.
+
+    `status` is the HTTP status the client gets: 503 when the load failed or
+    another selection took over, 504 when it did not finish in time.
+    """
+
+    def __init__(self, message: str, *, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LifecycleError(LmkeeperError):
+    """An event that cannot be legal in the core's state (a driver bug).
+
+    The core raises it and changes nothing; the driver logs it and keeps running.
+    """
+
+
+class GGUFError(LmkeeperError):
+    """A file is not a GGUF we can read: wrong magic, truncated, garbage, too old."""
 
 
 class DaemonError(LmkeeperError):

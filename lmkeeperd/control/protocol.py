@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
+from lmkeeperd.errors import FrameError as FrameError  # re-exported for the server
 from lmkeeperd.errors import ProtocolError
 
 MAX_LINE = 64 * 1024
@@ -38,10 +39,6 @@ MAX_STREAM_ID = 2**63 - 1
 
 # How much of a client's bad value is echoed back in an error message.
 _ECHO_LIMIT = 60
-
-
-class FrameError(ProtocolError):
-    """The frame itself is unusable; the server replies with this and closes the connection."""
 
 
 @dataclass(frozen=True, slots=True)

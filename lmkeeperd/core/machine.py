@@ -79,11 +79,11 @@ from lmkeeperd.core.events import (
     UnloadFinished,
 )
 
+# Re-exported: the core's users import it from here (lmkeeperd.core). errors.py is a leaf
+# with no imports, so the core stays pure.
+from lmkeeperd.errors import LifecycleError as LifecycleError
+
 LMSTUDIO = "lmstudio"
-
-
-class LifecycleError(Exception):
-    """An event that cannot be legal in the core's state (a driver bug)."""
 
 
 class State(enum.Enum):

@@ -58,6 +58,7 @@ from lmkeeperd.memory.names import (
     parse_params,
     quant_from_key,
 )
+from lmkeeperd.memory.sizes import to_gb
 
 log = structlog.get_logger()
 
@@ -213,9 +214,9 @@ def estimate(
         source=source,
         confidence=confidence,
         context_length=context,
-        weights_gb=round(weights / 1e9, 2),
-        kv_cache_gb=round(result.kv_cache_bytes / 1e9, 2),
-        overhead_gb=round(result.overhead_bytes / 1e9, 2),
+        weights_gb=to_gb(weights),
+        kv_cache_gb=to_gb(result.kv_cache_bytes),
+        overhead_gb=to_gb(result.overhead_bytes),
     )
     return result
 

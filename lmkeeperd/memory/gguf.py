@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lmkeeperd.errors import LmkeeperError
+from lmkeeperd.errors import GGUFError as GGUFError  # re-exported: memory imports it from here
 
 MAGIC = b"GGUF"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -84,10 +84,6 @@ _SCALAR_FORMATS: dict[int, str] = {
     GGUFType.FLOAT64: "d",
 }
 _SCALAR_SIZES: dict[int, int] = {t: struct.calcsize("<" + f) for t, f in _SCALAR_FORMATS.items()}
-
-
-class GGUFError(LmkeeperError):
-    """A file is not a GGUF we can read: wrong magic, truncated, garbage, too old."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from typing import Protocol
 import structlog
 
 from lmkeeperd.memory.probe import MemoryProbe
+from lmkeeperd.memory.sizes import to_gb
 
 log = structlog.get_logger()
 
@@ -177,8 +178,8 @@ class PressureWatcher:
                     below_since = now
                     log.debug(
                         "memory_pressure_low",
-                        available_gb=round(available / 1e9, 2),
-                        threshold_gb=round(below_bytes / 1e9, 2),
+                        available_gb=to_gb(available),
+                        threshold_gb=to_gb(below_bytes),
                     )
                 remaining = grace - (now - below_since)
                 if remaining <= 0:
