@@ -14,7 +14,7 @@ environment variable involved:
     2xx that is not the shape     -> BadResponse
     any other non-2xx             -> ServerRefused (with the server's own message)
 
-The API token is held in a `_Secret` (masked repr) and sent as a per-request
+The API token is held in a `Secret` (lmkeeperd/secret.py) and sent as a per-request
 header (httpx masks it in `Headers` reprs). Errors are raised `from None`, so a
 traceback never renders httpx's internals and their locals; any server text
 quoted in a message has the token scrubbed out first.
@@ -42,6 +42,7 @@ from lmkeeperd.errors import (
     ServerUnreachable,
 )
 from lmkeeperd.lmstudio.models import LoadedInstance, LoadResult, ModelInfo, Quantization
+from lmkeeperd.secret import Secret
 
 log = structlog.get_logger()
 
@@ -51,24 +52,6 @@ UNLOAD_PATH = "/api/v1/models/unload"
 V0_MODELS_PATH = "/api/v0/models"
 
 _SNIPPET_CHARS = 200
-
-
-class _Secret:
-    """A token that never shows itself in a repr, a log or a traceback's locals."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    def header(self) -> httpx.Headers:
-        return httpx.Headers({"Authorization": "Bearer " + self._value})
-
-    def scrub(self, text: str) -> str:
-        return text.replace(self._value, "***")
 
 
 class LMStudioClient:
@@ -89,7 +72,7 @@ class LMStudioClient:
         http: httpx.AsyncClient,
         *,
         base_url: str,
-        token: str | None = None,
+        token: Secret | str | None = None,
         token_env: str = "LM_API_TOKEN",
         request_timeout: float = 10.0,
         load_timeout: float = 600.0,
@@ -97,7 +80,7 @@ class LMStudioClient:
         self._http = http
         self._owns_http = False
         self._base_url = base_url.rstrip("/")
-        self._token = _Secret(token) if token else None
+        self._token = Secret.of(token)
         self._token_env = token_env
         self._request_timeout = request_timeout
         self._load_timeout = load_timeout
@@ -119,7 +102,7 @@ class LMStudioClient:
         client = cls(
             http,
             base_url=base_url,
-            token=os.environ.get(token_env) or None,
+            token=Secret.from_env(token_env),
             token_env=token_env,
             request_timeout=request_timeout,
             load_timeout=load_timeout,
@@ -223,7 +206,8 @@ class LMStudioClient:
         limits: httpx.Timeout | None = None,
     ) -> httpx.Response:
         timeout = limits or httpx.Timeout(self._request_timeout)
-        headers = self._token.header() if self._token else None
+        # httpx.Headers, not a dict: its repr masks the token in a traceback's locals.
+        headers = httpx.Headers({"Authorization": self._token.bearer()}) if self._token else None
         # httpx's timeouts bound each step (connect, each read), not the whole exchange: a
         # server that trickles its answer a byte at a time would hold the request forever
         # (tests/test_fuzz_client.py). This bounds the whole of it.

@@ -7,24 +7,16 @@ needs), so it can be tested with a fake and end to end with the real daemon.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lmkeeperd.errors import LmkeeperError
+# Re-exported: the proxy's modules and its users import it from here.
+from lmkeeperd.errors import SelectionError as SelectionError
+from lmkeeperd.secret import Secret
 
-
-class SelectionError(LmkeeperError):
-    """The model a request named could not be made the loaded one.
-
-    `status` is the HTTP status the client gets: 503 when the load failed or
-    another selection took over, 504 when it did not finish in time.
-    """
-
-    def __init__(self, message: str, *, status: int = 503) -> None:
-        super().__init__(message)
-        self.status = status
+# The proxy's name for the API token: the same class the LM Studio client holds it in.
+Token = Secret
 
 
 class ProxyHooks(Protocol):
@@ -56,30 +48,6 @@ class ProxyHooks(Protocol):
         ...
 
 
-class Token:
-    """The API token; never shows itself in a repr, a log or a traceback's locals."""
-
-    __slots__ = ("_header",)
-
-    def __init__(self, value: str) -> None:
-        self._header = ("Bearer " + value).encode("latin-1")
-
-    def __repr__(self) -> str:
-        return "Token('***')"
-
-    @classmethod
-    def from_env(cls, name: str) -> Token | None:
-        """The token in env var `name`; None when unset, empty, or not fit for a header."""
-        value = os.environ.get(name, "").strip()
-        if not value or not all(" " <= c <= "~" for c in value):
-            return None
-        return cls(value)
-
-    @property
-    def header_value(self) -> bytes:
-        return self._header
-
-
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     """How requests are forwarded; replaced as a whole when the config is reloaded."""
@@ -87,7 +55,7 @@ class ProxySettings:
     upstream: str  # [server] url, e.g. "http://127.0.0.1:1234"
     select_on_request: bool = False
     inject_token: bool = False
-    token: Token | None = None  # from the env var [server] api_token_env
+    token: Secret | None = None  # from the env var [server] api_token_env
     connect_timeout: float = 10.0  # [server] request_timeout
     # [server] load_timeout: the longest LM Studio may stay silent, before its
     # answer (a JIT load, a long prompt) or between two chunks of it.

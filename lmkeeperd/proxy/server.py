@@ -512,7 +512,7 @@ class ProxyServer:
         ]
         token = settings.token if settings.inject_token else None
         if token is not None and request.header(b"authorization") is None:
-            headers.append((b"Authorization", token.header_value))
+            headers.append((b"Authorization", token.bearer().encode("latin-1")))
         # "OPTIONS *" is the one target that is not a path.
         target = pool.prefix + request.target if request.target[:1] == b"/" else request.target
         if complete:
