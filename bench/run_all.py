@@ -166,7 +166,7 @@ byte at a time kept the client's request (and so a reconcile or a load) open for
 httpx's timeouts bound each read and not the exchange (lmkeeperd/lmstudio/client.py now
 bounds the whole exchange); bursts of connections overflowed the socket's listen backlog
 (see the clients figure); and a quoted TOML key holding a newline made a config problem span
-two lines (lmkeeperd/config.py now escapes it).""",
+two lines (lmkeeperd/config/schema.py now escapes it).""",
 }
 
 

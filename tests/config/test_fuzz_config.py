@@ -1,6 +1,6 @@
 """Fuzzing config files: random TOML, wrong types, bad durations, unicode, raw bytes.
 
-test_config.py already fuzzes `parse_config` with well-formed TOML documents built from the
+test_config_loading.py already fuzzes `parse_config` with well-formed TOML documents built from the
 schema's keys. This file adds what a person editing the file by hand can produce: any text
 at all, TOML assembled from loose fragments (headers, dotted keys, durations in every wrong
 spelling, huge and non-finite numbers, dates, arrays, inline tables, unicode), and files of
