@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from lmkeeperd.emulator import payloads
 from lmkeeperd.emulator.control import CONTROL_PREFIX, ControlRequest, handle_control
 from lmkeeperd.emulator.state import (
+    LOAD_KEYS,
     LOAD_OPTIONS,
     EmulatorState,
     InjectedLoadFailure,
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
     from lmkeeperd.emulator.server import Emulator
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+
+# LM Studio's words (lmstudio-real.md; the first is quoted from 0.4.18, the second
+# only by its start).
+MISSING_TOKEN_MESSAGE = "An LM Studio API token is required to make requests to this server."
+WRONG_TOKEN_MESSAGE = "Malformed LM Studio API token provided."
 
 # A peer that vanished mid-answer; never worth a traceback.
 CLIENT_GONE = (ConnectionError, TimeoutError)
@@ -54,6 +60,8 @@ class _Request:
     settings: Settings
     generation: int
     entry: _LogEntry
+    # The loaded instance an inference request uses, released when the request ends.
+    instance: str | None = None
 
 
 class EmulatorRequestHandler(BaseHTTPRequestHandler):
@@ -131,8 +139,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self._error(request, body_error.status, str(body_error), "invalid_request")
             elif authorized is not None:
-                status, message = authorized
-                self._error(request, status, message, "authentication_error")
+                self._refuse(request, authorized)
             else:
                 self._route(request)
         except Interrupted:
@@ -141,6 +148,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except CLIENT_GONE:
             self.close_connection = True
         finally:
+            if request.instance is not None:
+                self.state.release(request.instance)
             self.state.record_done(entry)
 
     def _read_body(self) -> bytes:
@@ -218,8 +227,28 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         self._send_json(status, body, request.entry, headers)
 
     def _unexpected(self, request: _Request) -> None:
+        # LM Studio's own answer, status and all: a 200 (lmstudio-real.md).
         message = f"Unexpected endpoint or method. ({request.method} {request.path})"
-        self._error(request, 404, message, "invalid_request", "not_found")
+        self._send_json(200, {"error": message}, request.entry)
+
+    def _refuse(self, request: _Request, missing: bool) -> None:
+        """LM Studio's auth failures (lmstudio-real.md); the status (401) is our choice."""
+        if missing:
+            body: dict[str, Any] = {
+                "error": {
+                    "type": "invalid_request",
+                    "code": "invalid_api_key",
+                    "message": MISSING_TOKEN_MESSAGE,
+                }
+            }
+        else:
+            body = payloads.error_body(
+                WRONG_TOKEN_MESSAGE,
+                request.settings.error_style,
+                error_type="invalid_request",
+                code=None,
+            )
+        self._send_json(401, body, request.entry, (("WWW-Authenticate", "Bearer"),))
 
     def _route(self, request: _Request) -> None:
         if request.settings.v0_only and request.path.startswith("/api/v1/"):
@@ -285,6 +314,13 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         key = self._required_string(request, body, "model")
         if key is None:
             return
+        unknown = [name for name in body if name not in LOAD_KEYS]
+        if unknown:
+            # As 0.4.23 does (lmstudio-real.md); the wording is the zod validator's.
+            listed = ", ".join(f"'{name}'" for name in unknown)
+            message = f"Unrecognized key(s) in object: {listed}"
+            self._error(request, 400, message, "invalid_request", "unrecognized_keys")
+            return
         echo = body.get("echo_load_config", False)
         if not isinstance(echo, bool):
             message = "'echo_load_config' must be a boolean"
@@ -302,9 +338,10 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except InjectedLoadFailure as exc:
             self._error(request, exc.status, str(exc), "server_error", "model_load_failed")
             return
+        id_field = "model_instance_id" if request.settings.legacy_load_answer else "instance_id"
         answer: dict[str, Any] = {
             "type": done.model.type,
-            "instance_id": done.instance_id,
+            id_field: done.instance_id,
             "load_time_seconds": round(done.seconds, 3),
             "status": "loaded",
         }
@@ -357,8 +394,14 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         name = self._required_string(request, body, "model")
         if name is None:
             return None
+        ttl = body.get("ttl")
+        if ttl is not None and (not payloads.is_number(ttl) or ttl <= 0):
+            self._error(
+                request, 400, "'ttl' must be a positive number of seconds", "invalid_request"
+            )
+            return None
         try:
-            model, loaded = self.state.resolve_for_inference(name)
+            model, request.instance = self.state.claim_for_inference(name)
         except NoSuchModel as exc:
             self._error(request, 404, str(exc), "invalid_request", "model_not_found")
             return None
@@ -366,7 +409,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             message = f"model '{name}' is a {model.type} model and cannot serve {kind} requests"
             self._error(request, 400, message, "invalid_request", "wrong_model_type")
             return None
-        if loaded:
+        if request.instance is not None:
             return name
         if not request.settings.jit:
             message = (
@@ -376,7 +419,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             self._error(request, 404, message, "invalid_request", "model_not_loaded")
             return None
         try:
-            self.state.load(model.key, {}, generation=request.generation, jit=True)
+            done = self.state.load(model.key, {}, generation=request.generation, jit=True, ttl=ttl)
+            request.instance = done.instance_id
         except InjectedLoadFailure as exc:
             self._error(request, exc.status, str(exc), "server_error", "model_load_failed")
             return None
@@ -456,13 +500,13 @@ def _parse_json(raw: bytes) -> tuple[Any, bool]:
         return None, False
 
 
-def _authorized(header: str | None, token: str | None) -> tuple[int, str] | None:
-    """None when the request may pass, else the (status, message) refusing it."""
+def _authorized(header: str | None, token: str | None) -> bool | None:
+    """None when the request may pass, else whether the token was missing (or wrong)."""
     if token is None:
         return None
     scheme, _, supplied = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not supplied.strip():
-        return 401, "authentication required: send 'Authorization: Bearer <token>'"
+        return True
     if not hmac.compare_digest(supplied.strip().encode("utf-8"), token.encode("utf-8")):
-        return 403, "invalid API token"
+        return False
     return None
