@@ -32,7 +32,6 @@ quoted in a message has the token scrubbed out first.
 from __future__ import annotations
 
 import asyncio
-import errno as errno_codes
 import os
 from collections.abc import Mapping
 from types import TracebackType
@@ -51,13 +50,16 @@ from lmkeeperd.errors import (
     ServerUnreachable,
 )
 from lmkeeperd.lmstudio.models import LoadResult, ModelInfo
+from lmkeeperd.lmstudio.transport import TooBig, decoded, describe, read_capped
 from lmkeeperd.lmstudio.wire import (
+    AUTH_WORDS,
     UNEXPECTED_ENDPOINT,
     ShapeError,
     error_code,
     error_member,
     parse_load_result,
     parse_models,
+    says_not_found,
 )
 
 log = structlog.get_logger()
@@ -276,15 +278,22 @@ class LMStudioClient:
                 async with self._http.stream(
                     method, url, json=json, headers=headers, timeout=timeout
                 ) as streamed:
-                    body = await self._read_capped(streamed, cap, method, path)
+                    body = await read_capped(streamed, cap)
         except TimeoutError:
             log.debug("lmstudio_request_failed", method=method, path=path, error="too slow")
             raise ServerUnreachable(
                 f"LM Studio at {self._base_url} did not finish answering the request to "
                 f"{action} within {whole:g}s"
             ) from None
+        except TooBig as too_big:
+            raise BadResponse(
+                f"LM Studio at {self._base_url} answered {method} {path} with {too_big}, more "
+                f"than the {cap / (1024 * 1024):g} MiB lmkeeperd reads for it; the answer "
+                "was dropped",
+                status_code=too_big.status_code,
+            ) from None
         except httpx.TransportError as error:
-            reason = self._describe(error, method, path, timeout)
+            reason = self._scrub(describe(error, method, path, timeout, self._request_timeout))
             log.debug("lmstudio_request_failed", method=method, path=path, error=reason)
             if isinstance(error, httpx.ReadTimeout) and path == LOAD_PATH:
                 message = (
@@ -310,55 +319,6 @@ class LMStudioClient:
             request=streamed.request,
         )
 
-    async def _read_capped(
-        self, response: httpx.Response, cap: int, method: str, path: str
-    ) -> bytes:
-        """The body, streamed: a server sending more than `cap` never inflates the daemon."""
-
-        def too_big(size: str) -> BadResponse:
-            return BadResponse(
-                f"LM Studio at {self._base_url} answered {method} {path} with {size}, more "
-                f"than the {_mib(cap)} lmkeeperd reads for it; the answer was dropped",
-                status_code=response.status_code,
-            )
-
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            raise too_big(f"a body of {int(declared)} bytes")
-        parts: list[bytes] = []
-        total = 0
-        async for chunk in response.aiter_bytes():
-            total += len(chunk)
-            if total > cap:
-                raise too_big("a body that kept growing")
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def _describe(
-        self, error: httpx.TransportError, method: str, path: str, timeout: httpx.Timeout
-    ) -> str:
-        if isinstance(error, httpx.TimeoutException):
-            limit = {
-                httpx.ReadTimeout: timeout.read,
-                httpx.WriteTimeout: timeout.write,
-                httpx.PoolTimeout: timeout.pool,
-            }.get(type(error), timeout.connect)
-            return f"{method} {path} timed out after {limit or self._request_timeout:g}s"
-        # httpx wraps httpcore's error, which wraps the OSError with the real cause.
-        cause: BaseException | None = error
-        for _ in range(6):
-            if cause is None:
-                break
-            code = cause.errno if isinstance(cause, OSError) else None
-            if code is not None and code in errno_codes.errorcode:
-                return os.strerror(code).lower()
-            cause = cause.__cause__ or cause.__context__
-        text = str(error).strip()
-        if text.startswith("[Errno"):
-            text = text.partition("]")[2].strip()
-        text = text[:1].lower() + text[1:]
-        return self._scrub(text[:_SNIPPET_CHARS]) or type(error).__name__
-
     async def _raise_if_too_old(self, *, v1_missing: bool = False) -> None:
         """Raises ServerTooOld when v1 is missing but v0 answers: LM Studio before 0.4.
 
@@ -376,7 +336,7 @@ class LMStudioClient:
             v0 = await self._send("GET", V0_MODELS_PATH, action="list models (v0)", cap=MODELS_CAP)
         except ServerError:
             return  # cannot tell; the caller reports the 404 it got
-        if v0.status_code == 200 and error_member(_decoded(v0)) is None:
+        if v0.status_code == 200 and error_member(decoded(v0)) is None:
             raise ServerTooOld(
                 f"LM Studio at {self._base_url} speaks only the old /api/v0 API: "
                 "LM Studio 0.4 or newer is needed for load/unload; please update LM Studio",
@@ -394,13 +354,13 @@ class LMStudioClient:
         200, lmstudio-real.md), so the body decides first and the status second.
         `model` is the key a load asked for (to recognise "no such model").
         """
-        body = _decoded(response)
+        body = decoded(response)
         error = error_member(body)
         status = response.status_code
         if response.is_success and error is None:
             return None
         said = self._server_message(response)
-        if status in (401, 403) or error_code(body) == "invalid_api_key" or _AUTH_WORDS in said:
+        if status in (401, 403) or error_code(body) == "invalid_api_key" or AUTH_WORDS in said:
             return self._auth_error(response, action)
         if UNEXPECTED_ENDPOINT in said:
             return self._too_old(response, said)
@@ -412,7 +372,7 @@ class LMStudioClient:
                 f"(HTTP 404: {said}); is server.url the address of an LM Studio server?",
                 status_code=404,
             )
-        if model is not None and (status == 404 or _says_not_found(body, said, model)):
+        if model is not None and (status == 404 or says_not_found(body, said, model)):
             if status == 404:
                 await self._raise_if_too_old()
             return ModelNotFound(
@@ -497,24 +457,3 @@ class LMStudioClient:
 
     def _scrub(self, text: str) -> str:
         return self._token.scrub(text) if self._token else text
-
-
-_AUTH_WORDS = "LM Studio API token"  # "An LM Studio ... is required", "Malformed LM Studio ..."
-
-
-def _decoded(response: httpx.Response) -> Any:
-    """The body as JSON, or None when it is not JSON."""
-    try:
-        return response.json()
-    except (ValueError, RecursionError):
-        return None
-
-
-def _says_not_found(body: object, said: str, model: str) -> bool:
-    """An error answer that says the model is not there (whatever its status code)."""
-    code = error_code(body) or ""
-    return code.endswith("not_found") or (model in said and "not found" in said.lower())
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):g} MiB"

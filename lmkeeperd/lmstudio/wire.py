@@ -16,6 +16,9 @@ from lmkeeperd.lmstudio.models import LoadedInstance, LoadResult, ModelInfo, Qua
 # What LM Studio answers for a path or method it does not serve: HTTP 200 (or,
 # rarely, 404) with this text in `error`. A 0.3.x server answers so for all of /api/v1.
 UNEXPECTED_ENDPOINT = "Unexpected endpoint or method"
+# In both auth refusals LM Studio is known to give: "An LM Studio API token is
+# required…" (no token) and "Malformed LM Studio API token provided" (a wrong one).
+AUTH_WORDS = "LM Studio API token"
 
 
 class ShapeError(Exception):
@@ -32,6 +35,12 @@ def error_code(body: object) -> str | None:
     error = error_member(body)
     code = error.get("code") if isinstance(error, dict) else None
     return code if isinstance(code, str) else None
+
+
+def says_not_found(body: object, said: str, model: str) -> bool:
+    """An error answer saying the model is not there (whatever its status code)."""
+    code = error_code(body) or ""
+    return code.endswith("not_found") or (model in said and "not found" in said.lower())
 
 
 def kind(value: object) -> str:
