@@ -7,7 +7,6 @@ use chunked transfer encoding, so the connection stays reusable after them.
 
 from __future__ import annotations
 
-import hmac
 import json
 import sys
 import time
@@ -17,7 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from lmkeeperd.emulator import payloads
+from lmkeeperd.emulator import auth, payloads
 from lmkeeperd.emulator.control import CONTROL_PREFIX, ControlRequest, handle_control
 from lmkeeperd.emulator.state import (
     LOAD_KEYS,
@@ -35,11 +34,6 @@ if TYPE_CHECKING:
     from lmkeeperd.emulator.server import Emulator
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-
-# LM Studio's words (lmstudio-real.md; the first is quoted from 0.4.18, the second
-# only by its start).
-MISSING_TOKEN_MESSAGE = "An LM Studio API token is required to make requests to this server."
-WRONG_TOKEN_MESSAGE = "Malformed LM Studio API token provided."
 
 # A peer that vanished mid-answer; never worth a traceback.
 CLIENT_GONE = (ConnectionError, TimeoutError)
@@ -129,7 +123,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
                 self._serve_control(method, split.path, split.query, parsed, json_ok)
             return
         settings = self.state.settings()
-        authorized = _authorized(self.headers.get("Authorization"), settings.token)
+        authorized = auth.refused(self.headers.get("Authorization"), settings.token)
         entry = self.state.record(arrived, method, self.path, parsed, authorized is None)
         request = _Request(
             method, split.path, parsed, json_ok, settings, self.state.generation(), entry
@@ -232,23 +226,9 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         self._send_json(200, {"error": message}, request.entry)
 
     def _refuse(self, request: _Request, missing: bool) -> None:
-        """LM Studio's auth failures (lmstudio-real.md); the status (401) is our choice."""
-        if missing:
-            body: dict[str, Any] = {
-                "error": {
-                    "type": "invalid_request",
-                    "code": "invalid_api_key",
-                    "message": MISSING_TOKEN_MESSAGE,
-                }
-            }
-        else:
-            body = payloads.error_body(
-                WRONG_TOKEN_MESSAGE,
-                request.settings.error_style,
-                error_type="invalid_request",
-                code=None,
-            )
-        self._send_json(401, body, request.entry, (("WWW-Authenticate", "Bearer"),))
+        body = auth.refusal_body(missing, request.settings.error_style)
+        headers = (("WWW-Authenticate", "Bearer"),)
+        self._send_json(auth.REFUSAL_STATUS, body, request.entry, headers)
 
     def _route(self, request: _Request) -> None:
         if request.settings.v0_only and request.path.startswith("/api/v1/"):
@@ -498,15 +478,3 @@ def _parse_json(raw: bytes) -> tuple[Any, bool]:
         return json.loads(raw), True
     except (ValueError, UnicodeDecodeError):
         return None, False
-
-
-def _authorized(header: str | None, token: str | None) -> bool | None:
-    """None when the request may pass, else whether the token was missing (or wrong)."""
-    if token is None:
-        return None
-    scheme, _, supplied = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not supplied.strip():
-        return True
-    if not hmac.compare_digest(supplied.strip().encode("utf-8"), token.encode("utf-8")):
-        return False
-    return None
