@@ -247,3 +247,33 @@ def test_L11_a_failed_idle_eject_is_reported_and_the_state_still_returns_to_idle
     st = d.wait_status(state="idle", model=None)
     assert A in st["last_error"]
     assert d.wait_event("unload_failed", model=A)["level"] == "warning"
+
+
+def test_an_lm_studio_older_than_0_4_is_named_in_status_and_log(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    # The 0.3 mode answers /api/v1 as real 0.3.x does: HTTP 200 with an `error` body.
+    emulator.set_v0_only(True)
+    d = daemon_factory(server=FAST)
+    st = wait_until(lambda: (s := d.status())["server"]["error"] and s, 10, "a server error")
+    assert "LM Studio 0.4 or newer is needed" in st["server"]["error"]
+    assert st["server"]["reachable"] is False
+    d.request({"op": "select", "model": A})
+    failed = d.wait_event("load_failed", model=A)
+    assert "LM Studio 0.4 or newer is needed" in failed["error"]
+    assert emulator.loaded() == {}
+    assert "LM Studio 0.4 or newer is needed" in d.log_text()
+
+
+def test_an_unload_answered_with_an_error_body_is_never_reported_done(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    d = daemon_factory()
+    d.request({"op": "select", "model": A})
+    d.wait_status(state="loaded", model=A)
+    emulator.set_v0_only(True)  # now every v1 call gets 200 "Unexpected endpoint or method"
+    d.request({"op": "unload"})
+    failed = d.wait_event("unload_failed", model=A)
+    assert "LM Studio 0.4 or newer is needed" in failed["error"]
+    assert emulator.loaded() == {A: [A]}
+    assert not d.events("unloaded", model=A)

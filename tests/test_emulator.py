@@ -377,11 +377,46 @@ def test_error_bodies_come_in_both_shapes(emu: Emulator, client: httpx.Client, s
         assert body["error"]["code"] == "model_not_found"
 
 
-def test_unknown_endpoints_answer_404(client: httpx.Client) -> None:
-    for method, path in [("GET", "/api/v1/nothing"), ("PUT", LOAD), ("GET", LOAD)]:
-        response = client.request(method, path)
-        assert response.status_code == 404
-        assert path in error_message(response)
+def test_unknown_endpoints_answer_200_with_lm_studios_error_text(
+    emu: Emulator, client: httpx.Client
+) -> None:
+    # Real LM Studio answers an unknown endpoint or method with HTTP 200 (lmstudio-real.md).
+    for style in ("object", "string"):
+        emu.set_error_style(style)
+        for method, path in [("GET", "/api/v1/nothing"), ("PUT", LOAD), ("GET", LOAD)]:
+            response = client.request(method, path)
+            assert response.status_code == 200
+            assert response.json() == {"error": f"Unexpected endpoint or method. ({method} {path})"}
+
+
+def test_load_refuses_unrecognized_keys_as_0_4_23_does(emu: Emulator, client: httpx.Client) -> None:
+    response = client.post(LOAD, json={"model": SMALL, "ttl": 60, "parallel": 2})
+    assert response.status_code == 400
+    assert error_message(response) == "Unrecognized key(s) in object: 'ttl', 'parallel'"
+    assert emu.loaded() == {}
+    accepted = {
+        "model": SMALL,
+        "context_length": 8192,
+        "eval_batch_size": 256,
+        "flash_attention": False,
+        "num_experts": 4,
+        "offload_kv_cache_to_gpu": False,
+        "echo_load_config": True,
+    }
+    assert client.post(LOAD, json=accepted).status_code == 200
+
+
+def test_legacy_load_answer_names_model_instance_id(emu: Emulator, client: httpx.Client) -> None:
+    emu.set_legacy_load_answer(True)
+    answer = client.post(LOAD, json={"model": SMALL}).json()
+    assert answer == {
+        "type": "llm",
+        "model_instance_id": SMALL,
+        "load_time_seconds": answer["load_time_seconds"],
+        "status": "loaded",
+    }
+    emu.set_legacy_load_answer(False)
+    assert client.post(LOAD, json={"model": SMALL}).json()["instance_id"] == f"{SMALL}:2"
 
 
 # -- faults: delays, failures, hung unloads ----------------------------------------------
@@ -491,12 +526,15 @@ def test_token_gates_every_request_but_control(emu: Emulator, client: httpx.Clie
     token = "s3cret-t0ken"
     emu.set_token(token)
     missing = client.get("/api/v1/models")
+    # LM Studio's bodies (lmstudio-real.md); the status is unknown: 401, as clients assume.
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer"
-    assert error_message(missing)
+    error = missing.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request", "invalid_api_key")
+    assert error["message"].startswith("An LM Studio API token is required")
     wrong = client.post(LOAD, json={"model": SMALL}, headers={"Authorization": "Bearer nope"})
-    assert wrong.status_code == 403
-    assert error_message(wrong)
+    assert wrong.status_code == 401
+    assert error_message(wrong).startswith("Malformed LM Studio API token provided")
     assert emu.loaded() == {}
     basic = client.get("/v1/models", headers={"Authorization": "Basic abc"})
     assert basic.status_code == 401
@@ -506,7 +544,7 @@ def test_token_gates_every_request_but_control(emu: Emulator, client: httpx.Clie
     assert control.status_code == 200
     assert control.json()["token_set"] is True
     assert [r.authorized for r in emu.requests()] == [False, False, False, True]
-    assert [r.status for r in emu.requests()] == [401, 403, 401, 200]
+    assert [r.status for r in emu.requests()] == [401, 401, 401, 200]
     for text in (repr(emu), str(emu.state()), control.text, missing.text, wrong.text):
         assert token not in text
     emu.set_token(None)
@@ -537,13 +575,21 @@ def test_v0_models_lists_types_and_states(emu: Emulator, client: httpx.Client) -
     assert client.get("/api/v0/models/nobody/nothing").status_code == 404
 
 
-def test_v0_only_hides_the_v1_api(emu: Emulator, client: httpx.Client) -> None:
+def test_0_3_mode_has_no_v1_api_but_v0_and_openai(emu: Emulator, client: httpx.Client) -> None:
     emu.set_v0_only(True)
-    assert client.get("/api/v1/models").status_code == 404
-    assert client.post(LOAD, json={"model": SMALL}).status_code == 404
-    assert client.post(UNLOAD, json={"instance_id": SMALL}).status_code == 404
+    emu.load_behind(SMALL)
+    for method, path, body in [
+        ("GET", "/api/v1/models", None),
+        ("POST", LOAD, {"model": EIGHT_B}),
+        ("POST", UNLOAD, {"instance_id": SMALL}),
+    ]:
+        response = client.request(method, path, json=body)
+        assert response.status_code == 200  # as 0.3.x does: the error is in the body
+        assert response.json() == {"error": f"Unexpected endpoint or method. ({method} {path})"}
     assert client.get("/api/v0/models").status_code == 200
-    assert emu.loaded() == {}
+    assert client.get("/v1/models").json()["data"][0]["id"] == SMALL
+    assert client.post(CHAT, json=chat_body(SMALL)).status_code == 200
+    assert emu.loaded() == {SMALL: [SMALL]}
     emu.set_v0_only(False)
     assert client.get("/api/v1/models").status_code == 200
 
@@ -652,6 +698,74 @@ def test_jit_loads_honours_the_delay_and_evicts_the_previous_jit_model(
     assert emu.loaded() == {VISION: [manual], SMALL: [SMALL]}
     assert client.post(CHAT, json=chat_body(EIGHT_B)).status_code == 200
     assert emu.loaded() == {VISION: [manual], EIGHT_B: [EIGHT_B]}
+    emu.set_auto_evict(False)
+    assert client.post(CHAT, json=chat_body(SMALL)).status_code == 200
+    assert emu.loaded() == {VISION: [manual], EIGHT_B: [EIGHT_B], SMALL: [SMALL]}
+
+
+def test_jit_ttl_defaults_to_an_hour_and_expires_an_idle_jit_model(
+    emu: Emulator, client: httpx.Client
+) -> None:
+    emu.set_jit(True)
+    manual = emu.load_behind(VISION)
+    assert client.post(CHAT, json=chat_body(SMALL)).status_code == 200
+    info = emu.instance_info()
+    assert (info[SMALL]["jit"], info[SMALL]["ttl"], info[SMALL]["in_use"]) == (True, 3600.0, 0)
+    assert (info[manual]["jit"], info[manual]["ttl"]) == (False, None)
+    emu.advance_clock(3000)
+    # A request resets the idle timer: 3000 s more is still within the hour.
+    assert client.post(CHAT, json=chat_body(SMALL)).status_code == 200
+    emu.advance_clock(3000)
+    assert emu.loaded() == {VISION: [manual], SMALL: [SMALL]}
+    emu.advance_clock(600)
+    assert emu.loaded() == {VISION: [manual]}  # a manual load has no TTL
+    listed = {m["key"]: m for m in client.get("/api/v1/models").json()["models"]}
+    assert listed[SMALL]["loaded_instances"] == []
+
+
+def test_the_requests_ttl_is_used_and_a_model_in_use_never_expires(
+    emu: Emulator, client: httpx.Client
+) -> None:
+    emu.set_jit(True)
+    emu.set_stream(0.01, 1000)  # a stream that lasts until the test has looked
+    body = {**chat_body(SMALL, stream=True), "ttl": 5}
+    with make_client(emu, timeout=30.0) as streamer, streamer.stream("POST", CHAT, json=body) as s:
+        assert s.status_code == 200
+        emu.wait_until(lambda: emu.instance_info().get(SMALL, {}).get("in_use") == 1)
+        assert emu.instance_info()[SMALL]["ttl"] == 5
+        emu.advance_clock(60)
+        assert emu.loaded() == {SMALL: [SMALL]}  # generating: not idle
+        emu.set_stream(0.0, 1000)
+        for _ in s.iter_bytes():
+            pass
+    emu.wait_until(lambda: emu.instance_info()[SMALL]["in_use"] == 0)
+    emu.advance_clock(4)
+    assert emu.loaded() == {SMALL: [SMALL]}
+    emu.advance_clock(1)
+    assert emu.loaded() == {}
+    bad = client.post(CHAT, json={**chat_body(SMALL), "ttl": 0})
+    assert bad.status_code == 400 and "'ttl'" in error_message(bad)
+
+
+def test_concurrent_jit_requests_for_one_model_load_several_instances(emu: Emulator) -> None:
+    # LM Studio bug-tracker #1751: each request arriving while the model is not loaded loads it.
+    emu.set_jit(True)
+    emu.set_load_delay(30.0)
+    first = Background(emu, "POST", CHAT, chat_body(SMALL))
+    second = Background(emu, "POST", CHAT, chat_body(SMALL))
+    emu.wait_until(lambda: sum(r.path == CHAT for r in emu.requests()) == 2)
+    emu.set_load_delay(0.0)
+    for request in (first, second):
+        outcome = request.join()
+        assert isinstance(outcome, httpx.Response) and outcome.status_code == 200
+    assert emu.loaded() == {SMALL: [SMALL, f"{SMALL}:2"]}
+    assert client_after_jit_uses_the_loaded_model(emu)
+
+
+def client_after_jit_uses_the_loaded_model(emu: Emulator) -> bool:
+    with make_client(emu) as c:
+        ok = c.post(CHAT, json=chat_body(SMALL)).status_code == 200
+    return ok and emu.loaded() == {SMALL: [SMALL, f"{SMALL}:2"]}
 
 
 def test_a_jit_load_can_fail(emu: Emulator, client: httpx.Client) -> None:
@@ -809,7 +923,12 @@ def test_control_endpoints_steer_the_emulator(emu: Emulator, client: httpx.Clien
     post("stream", {"interval": 0.25, "chunks": 3})
     post("error_style", {"style": "string"})
     post("token", {"token": "abc"})
+    post("auto_evict", {"on": False})
+    post("legacy_load_answer", {"on": True})
+    post("advance_clock", {"seconds": 90})
     state = emu.state()
+    assert (state["auto_evict"], state["legacy_load_answer"]) == (False, True)
+    assert state["clock_offset"] == 90
     assert state["model_load_delays"] == {SMALL: 0.5}
     assert state["fail_next_loads"] == 2
     assert state["hang_unloads"] is True
@@ -826,6 +945,14 @@ def test_control_endpoints_steer_the_emulator(emu: Emulator, client: httpx.Clien
     instance_id = post("load_behind", {"key": SMALL, "config": {"context_length": 2048}})
     assert instance_id == {"instance_id": SMALL}
     assert client.get("/_emulator/loaded").json() == {"loaded": {SMALL: [SMALL]}}
+    instances = client.get("/_emulator/instances").json()["instances"]
+    assert instances[SMALL] == {
+        "model": SMALL,
+        "jit": False,
+        "ttl": None,
+        "idle_seconds": instances[SMALL]["idle_seconds"],
+        "in_use": 0,
+    }
     post("unload_behind", {"instance_id": SMALL})
     assert emu.loaded() == {}
     assert client.get("/_emulator/state").json()["loaded"] == {}

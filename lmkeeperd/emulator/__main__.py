@@ -38,7 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", metavar="FILE", help="JSON catalog of models to serve")
     parser.add_argument("--load-delay", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--jit", action="store_true", help="load models on inference requests")
-    parser.add_argument("--v0-only", action="store_true", help="act as LM Studio 0.3.x")
+    parser.add_argument(
+        "--v0-only", action="store_true", help="act as LM Studio 0.3.x (no /api/v1)"
+    )
+    parser.add_argument(
+        "--no-auto-evict", action="store_true", help="JIT loads keep earlier JIT-loaded models"
+    )
+    parser.add_argument(
+        "--legacy-load-answer",
+        action="store_true",
+        help="answer loads with model_instance_id (LM Studio before 0.4.0)",
+    )
     parser.add_argument("--stream-interval", type=float, default=0.02, metavar="SECONDS")
     parser.add_argument("--stream-chunks", type=int, default=20, metavar="N")
     parser.add_argument("--error-style", choices=ERROR_STYLES, default="object")
@@ -66,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream_interval=args.stream_interval,
             stream_chunks=args.stream_chunks,
             error_style=args.error_style,
+            auto_evict=not args.no_auto_evict,
+            legacy_load_answer=args.legacy_load_answer,
             load_delay=args.load_delay,
             verbose=args.verbose,
         )

@@ -196,6 +196,11 @@ def _stream(emu: Emulator, request: ControlRequest) -> ControlAnswer:
     return ControlAnswer(200, _OK)
 
 
+def _advance_clock(emu: Emulator, request: ControlRequest) -> ControlAnswer:
+    emu.advance_clock(_number(_body(request), "seconds"))
+    return ControlAnswer(200, _OK)
+
+
 def _error_style(emu: Emulator, request: ControlRequest) -> ControlAnswer:
     style = _string(_body(request), "style")
     assert style is not None
@@ -207,6 +212,7 @@ _Handler = Callable[["Emulator", ControlRequest], ControlAnswer]
 
 _GET: dict[str, _Handler] = {
     "loaded": lambda emu, _: ControlAnswer(200, {"loaded": emu.loaded()}),
+    "instances": lambda emu, _: ControlAnswer(200, {"instances": emu.instance_info()}),
     "requests": _requests,
     "state": lambda emu, _: ControlAnswer(200, {**emu.state(), "loaded": emu.loaded()}),
 }
@@ -223,6 +229,9 @@ _POST: dict[str, _Handler] = {
     "token": _token,
     "v0_only": _switch(lambda emu, on: emu.set_v0_only(on)),
     "jit": _switch(lambda emu, on: emu.set_jit(on)),
+    "auto_evict": _switch(lambda emu, on: emu.set_auto_evict(on)),
+    "legacy_load_answer": _switch(lambda emu, on: emu.set_legacy_load_answer(on)),
+    "advance_clock": _advance_clock,
     "stream": _stream,
     "error_style": _error_style,
 }

@@ -7,7 +7,6 @@ use chunked transfer encoding, so the connection stays reusable after them.
 
 from __future__ import annotations
 
-import hmac
 import json
 import sys
 import time
@@ -17,9 +16,10 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from lmkeeperd.emulator import payloads
+from lmkeeperd.emulator import auth, payloads
 from lmkeeperd.emulator.control import CONTROL_PREFIX, ControlRequest, handle_control
 from lmkeeperd.emulator.state import (
+    LOAD_KEYS,
     LOAD_OPTIONS,
     EmulatorState,
     InjectedLoadFailure,
@@ -54,6 +54,8 @@ class _Request:
     settings: Settings
     generation: int
     entry: _LogEntry
+    # The loaded instance an inference request uses, released when the request ends.
+    instance: str | None = None
 
 
 class EmulatorRequestHandler(BaseHTTPRequestHandler):
@@ -121,7 +123,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
                 self._serve_control(method, split.path, split.query, parsed, json_ok)
             return
         settings = self.state.settings()
-        authorized = _authorized(self.headers.get("Authorization"), settings.token)
+        authorized = auth.refused(self.headers.get("Authorization"), settings.token)
         entry = self.state.record(arrived, method, self.path, parsed, authorized is None)
         request = _Request(
             method, split.path, parsed, json_ok, settings, self.state.generation(), entry
@@ -131,8 +133,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self._error(request, body_error.status, str(body_error), "invalid_request")
             elif authorized is not None:
-                status, message = authorized
-                self._error(request, status, message, "authentication_error")
+                self._refuse(request, authorized)
             else:
                 self._route(request)
         except Interrupted:
@@ -141,6 +142,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except CLIENT_GONE:
             self.close_connection = True
         finally:
+            if request.instance is not None:
+                self.state.release(request.instance)
             self.state.record_done(entry)
 
     def _read_body(self) -> bytes:
@@ -218,8 +221,14 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         self._send_json(status, body, request.entry, headers)
 
     def _unexpected(self, request: _Request) -> None:
+        # LM Studio's own answer, status and all: a 200 (lmstudio-real.md).
         message = f"Unexpected endpoint or method. ({request.method} {request.path})"
-        self._error(request, 404, message, "invalid_request", "not_found")
+        self._send_json(200, {"error": message}, request.entry)
+
+    def _refuse(self, request: _Request, missing: bool) -> None:
+        body = auth.refusal_body(missing, request.settings.error_style)
+        headers = (("WWW-Authenticate", "Bearer"),)
+        self._send_json(auth.REFUSAL_STATUS, body, request.entry, headers)
 
     def _route(self, request: _Request) -> None:
         if request.settings.v0_only and request.path.startswith("/api/v1/"):
@@ -285,6 +294,13 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         key = self._required_string(request, body, "model")
         if key is None:
             return
+        unknown = [name for name in body if name not in LOAD_KEYS]
+        if unknown:
+            # As 0.4.23 does (lmstudio-real.md); the wording is the zod validator's.
+            listed = ", ".join(f"'{name}'" for name in unknown)
+            message = f"Unrecognized key(s) in object: {listed}"
+            self._error(request, 400, message, "invalid_request", "unrecognized_keys")
+            return
         echo = body.get("echo_load_config", False)
         if not isinstance(echo, bool):
             message = "'echo_load_config' must be a boolean"
@@ -302,9 +318,10 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         except InjectedLoadFailure as exc:
             self._error(request, exc.status, str(exc), "server_error", "model_load_failed")
             return
+        id_field = "model_instance_id" if request.settings.legacy_load_answer else "instance_id"
         answer: dict[str, Any] = {
             "type": done.model.type,
-            "instance_id": done.instance_id,
+            id_field: done.instance_id,
             "load_time_seconds": round(done.seconds, 3),
             "status": "loaded",
         }
@@ -357,8 +374,14 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         name = self._required_string(request, body, "model")
         if name is None:
             return None
+        ttl = body.get("ttl")
+        if ttl is not None and (not payloads.is_number(ttl) or ttl <= 0):
+            self._error(
+                request, 400, "'ttl' must be a positive number of seconds", "invalid_request"
+            )
+            return None
         try:
-            model, loaded = self.state.resolve_for_inference(name)
+            model, request.instance = self.state.claim_for_inference(name)
         except NoSuchModel as exc:
             self._error(request, 404, str(exc), "invalid_request", "model_not_found")
             return None
@@ -366,7 +389,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             message = f"model '{name}' is a {model.type} model and cannot serve {kind} requests"
             self._error(request, 400, message, "invalid_request", "wrong_model_type")
             return None
-        if loaded:
+        if request.instance is not None:
             return name
         if not request.settings.jit:
             message = (
@@ -376,7 +399,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             self._error(request, 404, message, "invalid_request", "model_not_loaded")
             return None
         try:
-            self.state.load(model.key, {}, generation=request.generation, jit=True)
+            done = self.state.load(model.key, {}, generation=request.generation, jit=True, ttl=ttl)
+            request.instance = done.instance_id
         except InjectedLoadFailure as exc:
             self._error(request, exc.status, str(exc), "server_error", "model_load_failed")
             return None
@@ -454,15 +478,3 @@ def _parse_json(raw: bytes) -> tuple[Any, bool]:
         return json.loads(raw), True
     except (ValueError, UnicodeDecodeError):
         return None, False
-
-
-def _authorized(header: str | None, token: str | None) -> tuple[int, str] | None:
-    """None when the request may pass, else the (status, message) refusing it."""
-    if token is None:
-        return None
-    scheme, _, supplied = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not supplied.strip():
-        return 401, "authentication required: send 'Authorization: Bearer <token>'"
-    if not hmac.compare_digest(supplied.strip().encode("utf-8"), token.encode("utf-8")):
-        return 403, "invalid API token"
-    return None

@@ -96,6 +96,8 @@ class Emulator:
         stream_interval: float = 0.02,
         stream_chunks: int = 20,
         error_style: str = "object",
+        auto_evict: bool = True,
+        legacy_load_answer: bool = False,
         load_delay: float = 0.0,
         verbose: bool = False,
         request_log_limit: int = DEFAULT_LOG_LIMIT,
@@ -110,6 +112,7 @@ class Emulator:
             error_style=error_style,
             log_limit=request_log_limit,
         )
+        self._state.update_settings(auto_evict=auto_evict, legacy_load_answer=legacy_load_answer)
         self._state.set_load_delay(load_delay)
         self.verbose = verbose
         self._host = host
@@ -322,7 +325,24 @@ class Emulator:
         self._state.update_settings(token=token)
 
     def set_v0_only(self, on: bool) -> None:
+        """The 0.3 mode: no /api/v1 (answered as unknown endpoints); v0 and /v1 served."""
         self._state.update_settings(v0_only=bool(on))
+
+    def set_auto_evict(self, on: bool) -> None:
+        """LM Studio's auto-evict (on by default): a JIT load unloads earlier JIT loads."""
+        self._state.update_settings(auto_evict=bool(on))
+
+    def set_legacy_load_answer(self, on: bool) -> None:
+        """Answer loads with `model_instance_id`, as LM Studio before 0.4.0 did."""
+        self._state.update_settings(legacy_load_answer=bool(on))
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the TTL clock on by `seconds`: idle JIT instances past their TTL unload now."""
+        self._state.advance_clock(seconds)
+
+    def instance_info(self) -> dict[str, dict[str, Any]]:
+        """Instance id -> {model, jit, ttl, idle_seconds (None while in use), in_use}."""
+        return self._state.instance_info()
 
     def set_jit(self, on: bool) -> None:
         self._state.update_settings(jit=bool(on))

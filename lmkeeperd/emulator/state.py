@@ -34,10 +34,14 @@ DEFAULT_LOG_LIMIT = 100_000
 DEFAULT_CONTEXT_LENGTH = 4096
 DEFAULT_EVAL_BATCH_SIZE = 512
 DEFAULT_PARALLEL = 4
+# A JIT-loaded model's idle TTL when the request names none (ttl-and-auto-evict.md).
+DEFAULT_JIT_TTL = 3600.0
 
 _INT_OPTIONS = ("context_length", "eval_batch_size", "num_experts")
 _BOOL_OPTIONS = ("flash_attention", "offload_kv_cache_to_gpu")
 LOAD_OPTIONS = _INT_OPTIONS + _BOOL_OPTIONS
+# Every key `POST /api/v1/models/load` accepts (lmstudio-real.md): no `ttl`, no `parallel`.
+LOAD_KEYS = ("model", *LOAD_OPTIONS, "echo_load_config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +74,17 @@ class Settings:
     stream_interval: float
     stream_chunks: int
     error_style: str
+    auto_evict: bool = True
+    # Answer loads with `model_instance_id`, as LM Studio did before 0.4.0.
+    legacy_load_answer: bool = False
 
     def __repr__(self) -> str:
         # The token never appears in a repr.
         return (
             f"Settings(token_set={self.token is not None}, v0_only={self.v0_only}, "
             f"jit={self.jit}, stream_interval={self.stream_interval}, "
-            f"stream_chunks={self.stream_chunks}, error_style={self.error_style!r})"
+            f"stream_chunks={self.stream_chunks}, error_style={self.error_style!r}, "
+            f"auto_evict={self.auto_evict}, legacy_load_answer={self.legacy_load_answer})"
         )
 
 
@@ -113,12 +121,22 @@ class Interrupted(Exception):
 
 
 class _Instance:
-    __slots__ = ("config", "id", "jit")
+    __slots__ = ("busy", "config", "id", "jit", "last_used", "ttl")
 
-    def __init__(self, instance_id: str, config: dict[str, Any], jit: bool) -> None:
+    def __init__(
+        self, instance_id: str, config: dict[str, Any], jit: bool, ttl: float | None, now: float
+    ) -> None:
         self.id = instance_id
         self.config = config
         self.jit = jit
+        # Idle TTL in seconds (JIT loads only); the idle timer runs from `last_used`
+        # while no request is using the instance (`busy` counts those that are).
+        self.ttl = ttl
+        self.last_used = now
+        self.busy = 0
+
+    def expired(self, now: float) -> bool:
+        return self.ttl is not None and self.busy == 0 and now - self.last_used >= self.ttl
 
 
 class _LogEntry:
@@ -199,6 +217,9 @@ class EmulatorState:
         self._fail_message = ""
         self._fail_status = 500
         self._hang_unloads = False
+        # The TTL clock: monotonic time plus what advance_clock() added, so a test can
+        # expire an idle JIT model without waiting an hour.
+        self._clock_offset = 0.0
         self._settings = Settings(token, v0_only, jit, 0.0, 1, "object")
         self.update_settings(
             stream_interval=stream_interval, stream_chunks=stream_chunks, error_style=error_style
@@ -233,6 +254,9 @@ class EmulatorState:
                 raise ValueError("stream chunks must be an integer >= 1")
             if settings.error_style not in ERROR_STYLES:
                 raise ValueError(f"error style must be one of {ERROR_STYLES}")
+            for name in ("v0_only", "jit", "auto_evict", "legacy_load_answer"):
+                if not isinstance(getattr(settings, name), bool):
+                    raise ValueError(f"{name} must be true or false")
             self._settings = settings
             self._changed()
 
@@ -277,6 +301,9 @@ class EmulatorState:
                 "stream_interval": s.stream_interval,
                 "stream_chunks": s.stream_chunks,
                 "error_style": s.error_style,
+                "auto_evict": s.auto_evict,
+                "legacy_load_answer": s.legacy_load_answer,
+                "clock_offset": self._clock_offset,
                 "load_delay": self._default_delay,
                 "model_load_delays": dict(self._model_delays),
                 "fail_next_loads": self._fail_remaining,
@@ -342,9 +369,41 @@ class EmulatorState:
 
     # -- models and instances ------------------------------------------------------
 
+    def now(self) -> float:
+        """The emulator's clock for TTLs: monotonic time, plus advance_clock()'s offset."""
+        with self._cond:
+            return time.monotonic() + self._clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the TTL clock on; idle JIT instances whose TTL ran out are unloaded now."""
+        if not _is_number(seconds) or seconds < 0:
+            raise ValueError("seconds must be a number >= 0")
+        with self._cond:
+            self._clock_offset += float(seconds)
+            self._expire()
+            self._changed()
+
+    def instance_info(self) -> dict[str, dict[str, Any]]:
+        """Instance id -> model, jit, ttl, idle seconds (None while in use), requests in use."""
+        with self._cond:
+            self._expire()
+            now = self._now()
+            return {
+                i.id: {
+                    "model": key,
+                    "jit": i.jit,
+                    "ttl": i.ttl,
+                    "idle_seconds": None if i.busy else now - i.last_used,
+                    "in_use": i.busy,
+                }
+                for key, instances in self._instances.items()
+                for i in instances
+            }
+
     def models(self) -> list[tuple[CatalogModel, list[tuple[str, dict[str, Any]]]]]:
         """Every model with its loaded instances as (id, config), in catalog order."""
         with self._cond:
+            self._expire()
             return [
                 (
                     model,
@@ -355,6 +414,7 @@ class EmulatorState:
 
     def loaded(self) -> dict[str, list[str]]:
         with self._cond:
+            self._expire()
             return {key: [i.id for i in insts] for key, insts in self._instances.items() if insts}
 
     def model(self, key: str) -> CatalogModel:
@@ -362,15 +422,28 @@ class EmulatorState:
             return self._model(key)
 
     def load(
-        self, key: str, options: Mapping[str, Any], *, generation: int, jit: bool = False
+        self,
+        key: str,
+        options: Mapping[str, Any],
+        *,
+        generation: int,
+        jit: bool = False,
+        ttl: float | None = None,
     ) -> LoadDone:
         """Load `key` as a client would: honours the delay and injected failures.
 
-        Raises NoSuchModel, ValueError (bad options), InjectedLoadFailure or Interrupted.
+        A JIT load (`jit=True`) gets an idle TTL (`ttl`, else DEFAULT_JIT_TTL), first
+        unloads the previous JIT-loaded instances under auto-evict, and returns its
+        instance already claimed by the request that caused it (see `release`).
+        Concurrent JIT loads of one model each make their own instance, as LM Studio's
+        do (bug-tracker #1751). Raises NoSuchModel, ValueError (bad options),
+        InjectedLoadFailure or Interrupted.
         """
         with self._cond:
             model = self._model(key)
             config, echo = build_load_config(model, options)
+            if jit and self._settings.auto_evict:
+                self._evict_jit_instances()
             failure: InjectedLoadFailure | None = None
             if self._fail_remaining > 0:
                 self._fail_remaining -= 1
@@ -387,21 +460,19 @@ class EmulatorState:
             seconds = time.monotonic() - started
             if failure is not None:
                 raise failure
-            if jit and self._instances.get(key):
-                # Concurrent JIT requests for one model share a single load.
-                instance_id = self._instances[key][0].id
+            if jit:
+                instance = self._add_instance(key, config, jit=True, ttl=ttl or DEFAULT_JIT_TTL)
+                instance.busy += 1
             else:
-                if jit:
-                    self._evict_jit_instances()
-                instance_id = self._add_instance(key, config, jit=jit)
-            return LoadDone(model, instance_id, seconds, echo)
+                instance = self._add_instance(key, config, jit=False)
+            return LoadDone(model, instance.id, seconds, echo)
 
     def load_behind(self, key: str, config: Mapping[str, Any] | None) -> str:
         """Load at once, as the GUI would: no delay, no injected failure."""
         with self._cond:
             model = self._model(key)
             instance_config, _ = build_load_config(model, config or {})
-            return self._add_instance(key, instance_config, jit=False)
+            return self._add_instance(key, instance_config, jit=False).id
 
     def unload(self, instance_id: str, *, generation: int) -> None:
         """Unload as a client would: blocks while unloads are hung.
@@ -421,18 +492,41 @@ class EmulatorState:
         with self._cond:
             self._remove(instance_id)
 
-    def resolve_for_inference(self, name: str) -> tuple[CatalogModel, bool]:
-        """The model an inference request names (key or instance id), and if it is loaded."""
+    def claim_for_inference(self, name: str) -> tuple[CatalogModel, str | None]:
+        """The model an inference request names (key or instance id) and the instance serving it.
+
+        The instance (None when not loaded) is claimed: its idle timer stops until
+        `release` (LM Studio: "a model is considered idle if it's not doing any work").
+        """
         with self._cond:
+            self._expire()
             for key, instances in self._instances.items():
-                if any(i.id == name for i in instances):
-                    return self._models[key], True
+                for instance in instances:
+                    if instance.id == name:
+                        instance.busy += 1
+                        return self._models[key], instance.id
             model = self._model(name)
-            return model, bool(self._instances.get(name))
+            loaded = self._instances.get(name)
+            if not loaded:
+                return model, None
+            loaded[0].busy += 1
+            return model, loaded[0].id
+
+    def release(self, instance_id: str) -> None:
+        """A claimed request (or the JIT load it caused) ended: the idle timer restarts."""
+        with self._cond:
+            for instances in self._instances.values():
+                for instance in instances:
+                    if instance.id == instance_id:
+                        instance.busy = max(0, instance.busy - 1)
+                        instance.last_used = self._now()
+                        self._changed()
+                        return
 
     def inference_ids(self, include_unloaded: bool) -> list[tuple[str, CatalogModel]]:
         """What `/v1/models` lists: loaded instance ids, plus every key under JIT."""
         with self._cond:
+            self._expire()
             listed: list[tuple[str, CatalogModel]] = []
             for model in self._models.values():
                 ids = [i.id for i in self._instances.get(model.key, [])]
@@ -503,7 +597,23 @@ class EmulatorState:
             del self._instances[key]
         self._changed()
 
-    def _add_instance(self, key: str, config: dict[str, Any], *, jit: bool) -> str:
+    def _now(self) -> float:
+        return time.monotonic() + self._clock_offset
+
+    def _expire(self) -> None:
+        """Unload idle JIT instances whose TTL ran out (checked whenever the state is read)."""
+        now = self._now()
+        for key in list(self._instances):
+            kept = [i for i in self._instances[key] if not i.expired(now)]
+            if len(kept) != len(self._instances[key]):
+                self._instances[key] = kept
+                self._changed()
+            if not kept:
+                del self._instances[key]
+
+    def _add_instance(
+        self, key: str, config: dict[str, Any], *, jit: bool, ttl: float | None = None
+    ) -> _Instance:
         instances = self._instances.setdefault(key, [])
         taken = {i.id for i in instances}
         # The first instance is named after the key; later copies get ":2", ":3", ...
@@ -511,14 +621,18 @@ class EmulatorState:
         while instance_id in taken:
             n += 1
             instance_id = f"{key}:{n}"
-        instances.append(_Instance(instance_id, config, jit))
+        instance = _Instance(instance_id, config, jit, ttl, self._now())
+        instances.append(instance)
         self._changed()
-        return instance_id
+        return instance
 
     def _evict_jit_instances(self) -> None:
         for key in list(self._instances):
-            self._instances[key] = [i for i in self._instances[key] if not i.jit]
-            if not self._instances[key]:
+            kept = [i for i in self._instances[key] if not i.jit]
+            if len(kept) != len(self._instances[key]):
+                self._instances[key] = kept
+                self._changed()
+            if not kept:
                 del self._instances[key]
 
 

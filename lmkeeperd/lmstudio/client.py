@@ -5,14 +5,23 @@ an `httpx.MockTransport` or point it at the emulator.
 
 Every failure becomes one of lmkeeperd's ServerError subclasses (see
 lmkeeperd/errors.py) with a message that names the URL, the model or the
-environment variable involved:
+environment variable involved. LM Studio answers some errors with HTTP 200
+(lmstudio-real.md), so an answer is a success only when it is a 2xx whose JSON
+has no `error` member; the body decides before the status does:
 
-    transport error / timeout     -> ServerUnreachable
-    401 / 403                     -> AuthError
-    404 on load / unload          -> ModelNotFound  (ServerTooOld if v1 is missing)
-    404 on /api/v1/models         -> ServerTooOld when /api/v0/models answers 200
-    2xx that is not the shape     -> BadResponse
-    any other non-2xx             -> ServerRefused (with the server's own message)
+    transport error / timeout               -> ServerUnreachable
+    error.code "invalid_api_key", a message
+      about the "LM Studio API token", 401/403 -> AuthError
+    "Unexpected endpoint or method"          -> ServerTooOld (0.3.x has no /api/v1)
+    404 on /api/v1/models, /api/v0 answering -> ServerTooOld
+    load: 404, or an error saying not found  -> ModelNotFound
+    unload not confirmed by the answer       -> a fresh listing decides:
+                                                gone -> ModelNotFound, listed -> ServerRefused
+    not JSON, not the shape, over the cap    -> BadResponse
+    any other error                          -> ServerRefused (with the server's own message)
+
+Bodies are streamed and capped (MODELS_CAP for the model list, SMALL_CAP for
+the rest), so a runaway server cannot inflate the daemon.
 
 The API token is held in a `Secret` (lmkeeperd/secret.py) and sent as a per-request
 header (httpx masks it in `Headers` reprs). Errors are raised `from None`, so a
@@ -23,10 +32,8 @@ quoted in a message has the token scrubbed out first.
 from __future__ import annotations
 
 import asyncio
-import errno as errno_codes
-import os
 from collections.abc import Mapping
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, Self
 
 import httpx
@@ -41,7 +48,18 @@ from lmkeeperd.errors import (
     ServerTooOld,
     ServerUnreachable,
 )
-from lmkeeperd.lmstudio.models import LoadedInstance, LoadResult, ModelInfo, Quantization
+from lmkeeperd.lmstudio.models import LoadResult, ModelInfo
+from lmkeeperd.lmstudio.transport import TooBig, decoded, describe, read_capped
+from lmkeeperd.lmstudio.wire import (
+    AUTH_WORDS,
+    UNEXPECTED_ENDPOINT,
+    ShapeError,
+    error_code,
+    error_member,
+    parse_load_result,
+    parse_models,
+    says_not_found,
+)
 from lmkeeperd.secret import Secret
 
 log = structlog.get_logger()
@@ -50,6 +68,11 @@ MODELS_PATH = "/api/v1/models"
 LOAD_PATH = "/api/v1/models/load"
 UNLOAD_PATH = "/api/v1/models/unload"
 V0_MODELS_PATH = "/api/v0/models"
+
+# Body size caps. The model list of a big library is a few hundred kB; the
+# other answers are a few hundred bytes.
+MODELS_CAP = 32 * 1024 * 1024
+SMALL_CAP = 1024 * 1024
 
 _SNIPPET_CHARS = 200
 
@@ -141,20 +164,14 @@ class LMStudioClient:
 
     async def list_models(self) -> list[ModelInfo]:
         """Every downloaded model, with what is loaded right now (`loaded_instances`)."""
-        response = await self._send("GET", MODELS_PATH, action="list models")
-        if response.status_code == 404:
-            await self._raise_if_too_old(v1_missing=True)
-            raise ServerRefused(
-                f"The server at {self._base_url} has no {MODELS_PATH} "
-                f"(HTTP 404: {self._server_message(response)}); "
-                "is server.url the address of an LM Studio server?",
-                status_code=404,
-            )
-        self._raise_for_status(response, "list models")
+        response = await self._send("GET", MODELS_PATH, action="list models", cap=MODELS_CAP)
+        problem = await self._problem(response, "list models")
+        if problem is not None:
+            raise problem
         body = self._json(response, '{"models": [...]}')
         try:
-            return _parse_models(body)
-        except _Shape as shape:
+            return parse_models(body)
+        except ShapeError as shape:
             raise self._bad_shape(response, '{"models": [...]}', shape) from None
 
     async def load(self, key: str, load_config: Mapping[str, Any] | None = None) -> LoadResult:
@@ -164,35 +181,59 @@ class LMStudioClient:
         response = await self._send(
             "POST", LOAD_PATH, action=f"load {key}", json=payload, limits=timeout
         )
-        if response.status_code == 404:
-            await self._raise_if_too_old()
-            raise ModelNotFound(
-                f"LM Studio at {self._base_url} has no model {key!r} to load "
-                f"(HTTP 404: {self._server_message(response)}); "
-                f"the keys it has are listed by GET {MODELS_PATH}",
-                status_code=404,
-            )
-        self._raise_for_status(response, f"load {key}")
+        problem = await self._problem(response, f"load {key}", model=key)
+        if problem is not None:
+            raise problem
         body = self._json(response, '{"instance_id": "..."}')
         try:
-            return _parse_load_result(body)
-        except _Shape as shape:
+            return parse_load_result(body)
+        except ShapeError as shape:
             raise self._bad_shape(response, '{"instance_id": "..."}', shape) from None
 
     async def unload(self, instance_id: str) -> None:
-        """Unloads one loaded instance (an instance id, not a model key)."""
+        """Unloads one loaded instance (an instance id, not a model key).
+
+        Done only when the answer names the instance. Any other answer (an error
+        body, whatever its status; a body naming nothing) is checked against a fresh
+        listing, since the documentation does not say what an unknown or
+        already-unloaded instance gets: gone -> ModelNotFound (the caller's "already
+        gone"), still listed -> ServerRefused.
+        """
+        action = f"unload {instance_id}"
         response = await self._send(
-            "POST", UNLOAD_PATH, action=f"unload {instance_id}", json={"instance_id": instance_id}
+            "POST", UNLOAD_PATH, action=action, json={"instance_id": instance_id}
         )
-        if response.status_code == 404:
-            await self._raise_if_too_old()
-            raise ModelNotFound(
-                f"LM Studio at {self._base_url} has no loaded instance {instance_id!r} to unload "
-                f"(HTTP 404: {self._server_message(response)})",
-                status_code=404,
+        problem = await self._problem(response, action)
+        if problem is None:
+            body = self._json(response, '{"instance_id": "..."}')
+            if isinstance(body, dict) and body.get("instance_id") == instance_id:
+                return
+            problem = BadResponse(
+                f"LM Studio at {self._base_url} answered POST {UNLOAD_PATH} without naming "
+                f'the instance it unloaded (expected {{"instance_id": {instance_id!r}}}): '
+                f"{self._snippet(response)}",
+                status_code=response.status_code,
             )
-        self._raise_for_status(response, f"unload {instance_id}")
-        # The body ({"instance_id": ...}) tells nothing new: a 2xx is the answer.
+        if isinstance(problem, AuthError | ServerTooOld | ServerUnreachable):
+            raise problem
+        try:
+            models = await self.list_models()
+        except (AuthError, ServerTooOld, ServerUnreachable):
+            raise
+        except ServerError:
+            raise problem from None
+        said = self._server_message(response)
+        if any(instance_id in model.instance_ids for model in models):
+            raise ServerRefused(
+                f"LM Studio at {self._base_url} did not unload {instance_id!r} "
+                f"(HTTP {response.status_code}: {said}); it still lists it as loaded",
+                status_code=response.status_code,
+            )
+        raise ModelNotFound(
+            f"LM Studio at {self._base_url} has no loaded instance {instance_id!r} to unload "
+            f"(HTTP {response.status_code}: {said})",
+            status_code=response.status_code,
+        )
 
     # ------------------------------------------------------------ transport
 
@@ -204,7 +245,9 @@ class LMStudioClient:
         action: str,
         json: Mapping[str, Any] | None = None,
         limits: httpx.Timeout | None = None,
+        cap: int = SMALL_CAP,
     ) -> httpx.Response:
+        """The whole answer, its body read in full but never beyond `cap` bytes."""
         timeout = limits or httpx.Timeout(self._request_timeout)
         # httpx.Headers, not a dict: its repr masks the token in a traceback's locals.
         headers = httpx.Headers({"Authorization": self._token.bearer()}) if self._token else None
@@ -212,19 +255,28 @@ class LMStudioClient:
         # server that trickles its answer a byte at a time would hold the request forever
         # (tests/test_fuzz_client.py). This bounds the whole of it.
         whole = (timeout.connect or 0.0) + (timeout.read or self._request_timeout)
+        url = self._base_url + path
         try:
             async with asyncio.timeout(whole):
-                response = await self._http.request(
-                    method, self._base_url + path, json=json, headers=headers, timeout=timeout
-                )
+                async with self._http.stream(
+                    method, url, json=json, headers=headers, timeout=timeout
+                ) as streamed:
+                    body = await read_capped(streamed, cap)
         except TimeoutError:
             log.debug("lmstudio_request_failed", method=method, path=path, error="too slow")
             raise ServerUnreachable(
                 f"LM Studio at {self._base_url} did not finish answering the request to "
                 f"{action} within {whole:g}s"
             ) from None
+        except TooBig as too_big:
+            raise BadResponse(
+                f"LM Studio at {self._base_url} answered {method} {path} with {too_big}, more "
+                f"than the {cap / (1024 * 1024):g} MiB lmkeeperd reads for it; the answer "
+                "was dropped",
+                status_code=too_big.status_code,
+            ) from None
         except httpx.TransportError as error:
-            reason = self._describe(error, method, path, timeout)
+            reason = self._scrub(describe(error, method, path, timeout, self._request_timeout))
             log.debug("lmstudio_request_failed", method=method, path=path, error=reason)
             if isinstance(error, httpx.ReadTimeout) and path == LOAD_PATH:
                 message = (
@@ -234,51 +286,40 @@ class LMStudioClient:
             else:
                 message = f"LM Studio is not reachable at {self._base_url}: {reason}"
             raise ServerUnreachable(message) from None
-        log.debug("lmstudio_request", method=method, path=path, status=response.status_code)
-        if response.status_code in (401, 403):
-            raise self._auth_error(response, action)
-        return response
-
-    def _describe(
-        self, error: httpx.TransportError, method: str, path: str, timeout: httpx.Timeout
-    ) -> str:
-        if isinstance(error, httpx.TimeoutException):
-            limit = {
-                httpx.ReadTimeout: timeout.read,
-                httpx.WriteTimeout: timeout.write,
-                httpx.PoolTimeout: timeout.pool,
-            }.get(type(error), timeout.connect)
-            return f"{method} {path} timed out after {limit or self._request_timeout:g}s"
-        # httpx wraps httpcore's error, which wraps the OSError with the real cause.
-        cause: BaseException | None = error
-        for _ in range(6):
-            if cause is None:
-                break
-            code = cause.errno if isinstance(cause, OSError) else None
-            if code is not None and code in errno_codes.errorcode:
-                return os.strerror(code).lower()
-            cause = cause.__cause__ or cause.__context__
-        text = str(error).strip()
-        if text.startswith("[Errno"):
-            text = text.partition("]")[2].strip()
-        text = text[:1].lower() + text[1:]
-        return self._scrub(text[:_SNIPPET_CHARS]) or type(error).__name__
+        except httpx.DecodingError:
+            raise BadResponse(
+                f"LM Studio at {self._base_url} answered {method} {path} with a body that "
+                "cannot be decoded (its Content-Encoding does not match it)"
+            ) from None
+        log.debug("lmstudio_request", method=method, path=path, status=streamed.status_code)
+        # Rebuilt from the bytes already read (the decoded body, so no Content-Encoding):
+        # parsing and error messages need no second read.
+        content_type = streamed.headers.get("content-type")
+        return httpx.Response(
+            streamed.status_code,
+            headers={"content-type": content_type} if content_type else None,
+            content=body,
+            request=streamed.request,
+        )
 
     async def _raise_if_too_old(self, *, v1_missing: bool = False) -> None:
         """Raises ServerTooOld when v1 is missing but v0 answers: LM Studio before 0.4.
 
-        A 404 from load/unload may mean "no such model" or "no such endpoint"; only
-        a 404 on `GET /api/v1/models` as well tells the second apart.
+        Real LM Studio says "Unexpected endpoint or method" (with status 200) for a
+        missing endpoint, which `_problem` recognises at once. This probe is for a
+        server answering a bare 404 instead (one third-party report saw that): a 404
+        from load may mean "no such model" or "no such endpoint", and only a 404 on
+        `GET /api/v1/models` as well tells the second apart.
         """
         try:
             if not v1_missing:
-                v1 = await self._send("GET", MODELS_PATH, action="list models")
+                v1 = await self._send("GET", MODELS_PATH, action="list models", cap=MODELS_CAP)
                 if v1.status_code != 404:
                     return
-            v0 = await self._send("GET", V0_MODELS_PATH, action="list models (v0)")
+            v0 = await self._send("GET", V0_MODELS_PATH, action="list models (v0)", cap=MODELS_CAP)
         except ServerError:
             return  # cannot tell; the caller reports the 404 it got
-        if v0.status_code == 200:
+        if v0.status_code == 200 and error_member(decoded(v0)) is None:
             raise ServerTooOld(
                 f"LM Studio at {self._base_url} speaks only the old /api/v0 API: "
                 "LM Studio 0.4 or newer is needed for load/unload; please update LM Studio",
@@ -287,14 +328,60 @@ class LMStudioClient:
 
     # ------------------------------------------------------------ answers
 
-    def _raise_for_status(self, response: httpx.Response, action: str) -> None:
-        if response.is_success:
-            return
-        raise ServerRefused(
-            f"LM Studio at {self._base_url} refused to {action} "
-            f"(HTTP {response.status_code}): {self._server_message(response)}",
-            status_code=response.status_code,
+    async def _problem(
+        self, response: httpx.Response, action: str, *, model: str | None = None
+    ) -> ServerError | None:
+        """The error this answer is, or None: a success is a 2xx without an `error` member.
+
+        LM Studio's status codes do not tell errors apart (an unknown endpoint is a
+        200, lmstudio-real.md), so the body decides first and the status second.
+        `model` is the key a load asked for (to recognise "no such model").
+        """
+        body = decoded(response)
+        error = error_member(body)
+        status = response.status_code
+        if response.is_success and error is None:
+            return None
+        said = self._server_message(response)
+        if status in (401, 403) or error_code(body) == "invalid_api_key" or AUTH_WORDS in said:
+            return self._auth_error(response, action)
+        if UNEXPECTED_ENDPOINT in said:
+            return self._too_old(response, said)
+        path = response.request.url.path
+        if status == 404 and path == MODELS_PATH:
+            await self._raise_if_too_old(v1_missing=True)
+            return ServerRefused(
+                f"The server at {self._base_url} has no {MODELS_PATH} "
+                f"(HTTP 404: {said}); is server.url the address of an LM Studio server?",
+                status_code=404,
+            )
+        if model is not None and (status == 404 or says_not_found(body, said, model)):
+            if status == 404:
+                await self._raise_if_too_old()
+            return ModelNotFound(
+                f"LM Studio at {self._base_url} has no model {model!r} to load "
+                f"(HTTP {status}: {said}); the keys it has are listed by GET {MODELS_PATH}",
+                status_code=status,
+            )
+        return ServerRefused(
+            f"LM Studio at {self._base_url} refused to {action} (HTTP {status}): {said}",
+            status_code=status,
         )
+
+    def _too_old(self, response: httpx.Response, said: str) -> ServerTooOld:
+        request = response.request
+        message = (
+            f"LM Studio at {self._base_url} does not know {request.method} {request.url.path} "
+            f"(it answered: {said}): LM Studio 0.4 or newer is needed for load/unload; "
+            "please update LM Studio"
+        )
+        if self._token is None:
+            # Two 0.4.2 reports tie this answer to a request without a token (lmstudio-real.md).
+            message += (
+                f" (if it is 0.4 already and requires authentication, set {self._token_env} "
+                "to its API token)"
+            )
+        return ServerTooOld(message, status_code=response.status_code)
 
     def _auth_error(self, response: httpx.Response, action: str) -> AuthError:
         said = self._server_message(response)
@@ -322,7 +409,7 @@ class LMStudioClient:
                 status_code=response.status_code,
             ) from None
 
-    def _bad_shape(self, response: httpx.Response, expected: str, shape: _Shape) -> BadResponse:
+    def _bad_shape(self, response: httpx.Response, expected: str, shape: ShapeError) -> BadResponse:
         return BadResponse(
             f"LM Studio at {self._base_url} answered {response.request.method} "
             f"{response.request.url.path} with an unexpected body (expected {expected}): "
@@ -353,126 +440,3 @@ class LMStudioClient:
 
     def _scrub(self, text: str) -> str:
         return self._token.scrub(text) if self._token else text
-
-
-# ---------------------------------------------------------------- wire format -> records
-
-
-class _Shape(Exception):
-    """A field of a 2xx body is missing or has the wrong type; the message names it."""
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
-
-
-def _required_str(item: Mapping[str, Any], name: str, where: str) -> str:
-    value = item.get(name)
-    if not isinstance(value, str) or not value:
-        raise _Shape(f"{where}{name}: expected a non-empty string, got {_kind(value)}")
-    return value
-
-
-def _optional_str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _optional_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _optional_float(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _frozen_mapping(value: object) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value)) if isinstance(value, dict) else MappingProxyType({})
-
-
-def _quantization(value: object) -> Quantization | None:
-    if isinstance(value, dict):
-        return Quantization(
-            name=_optional_str(value.get("name")),
-            bits_per_weight=_optional_float(value.get("bits_per_weight")),
-        )
-    if isinstance(value, str):  # the v0 shape, in case a server mixes them
-        return Quantization(name=value)
-    return None
-
-
-def _instances(value: object, where: str) -> tuple[LoadedInstance, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise _Shape(f"{where}loaded_instances: expected a list, got {_kind(value)}")
-    instances = []
-    for index, item in enumerate(value):
-        here = f"{where}loaded_instances[{index}]."
-        if not isinstance(item, dict):
-            raise _Shape(f"{here[:-1]}: expected an object, got {_kind(item)}")
-        instances.append(
-            LoadedInstance(
-                id=_required_str(item, "id", here), config=_frozen_mapping(item.get("config"))
-            )
-        )
-    return tuple(instances)
-
-
-def _parse_models(body: object) -> list[ModelInfo]:
-    """`GET /api/v1/models`'s body as records; raises _Shape naming a bad required field."""
-    models = body.get("models") if isinstance(body, dict) else None
-    if not isinstance(models, list):
-        raise _Shape(f"models: expected a list, got {_kind(models)}")
-    parsed = []
-    for index, item in enumerate(models):
-        where = f"models[{index}]."
-        if not isinstance(item, dict):
-            raise _Shape(f"models[{index}]: expected an object, got {_kind(item)}")
-        parsed.append(
-            ModelInfo(
-                key=_required_str(item, "key", where),
-                type=_optional_str(item.get("type")) or "llm",
-                publisher=_optional_str(item.get("publisher")),
-                display_name=_optional_str(item.get("display_name")),
-                architecture=_optional_str(item.get("architecture")),
-                quantization=_quantization(item.get("quantization")),
-                size_bytes=_optional_int(item.get("size_bytes")),
-                params_string=_optional_str(item.get("params_string")),
-                format=_optional_str(item.get("format")),
-                max_context_length=_optional_int(item.get("max_context_length")),
-                loaded_instances=_instances(item.get("loaded_instances"), where),
-            )
-        )
-    return parsed
-
-
-def _parse_load_result(body: object) -> LoadResult:
-    """`POST /api/v1/models/load`'s body as a record; raises _Shape if it has no instance id."""
-    if not isinstance(body, dict):
-        raise _Shape(f"expected an object, got {_kind(body)}")
-    load_config = body.get("load_config")
-    return LoadResult(
-        instance_id=_required_str(body, "instance_id", ""),
-        type=_optional_str(body.get("type")),
-        load_time_seconds=_optional_float(body.get("load_time_seconds")),
-        status=_optional_str(body.get("status")),
-        load_config=_frozen_mapping(load_config) if isinstance(load_config, dict) else None,
-    )
