@@ -18,15 +18,20 @@ the model, the URL or the environment variable involved, never a secret.
     │   ├── DaemonNotRunning        no daemon answers on the socket (CLI exit code 3)
     │   └── SocketInUse             another live daemon already owns the socket
     ├── GGUFError                   a model file's header cannot be read (memory.gguf)
-    └── ServiceError                installing/querying the service failed (service.manage)
-        └── UnsupportedPlatform, WrongUser, NotInstalledByUs,
-            ServiceManagerUnavailable, ServiceCommandFailed
+    └── ServiceError                installing/querying the service failed (CLI exit 1)
+        ├── UnsupportedPlatform     no systemd/launchd support here (exit 2)
+        ├── WrongUser               needs root, or must not run as root (exit 2)
+        ├── NotInstalledByUs        the service file was not written by us
+        ├── ServiceManagerUnavailable  systemctl/launchctl missing or unreachable
+        └── ServiceCommandFailed    a systemctl/launchctl command failed (names it)
 
 The errors of a part that only that part raises live beside it (marked with
 their module above); everything else lives here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class LmkeeperError(Exception):
@@ -89,3 +94,47 @@ class DaemonNotRunning(DaemonError):
 
 class SocketInUse(DaemonError):
     """Another live daemon already listens on the control socket."""
+
+
+class ServiceError(LmkeeperError):
+    """Installing, removing or querying the service failed; `exit_code` is the CLI's."""
+
+    exit_code = 1
+
+
+class UnsupportedPlatform(ServiceError):
+    """No service manager lmkeeperd knows how to use on this platform."""
+
+    exit_code = 2
+
+
+class WrongUser(ServiceError):
+    """The command needs root (system unit) or must not run as root (user unit)."""
+
+    exit_code = 2
+
+
+class NotInstalledByUs(ServiceError):
+    """A service file exists that `service install` did not write."""
+
+
+class ServiceManagerUnavailable(ServiceError):
+    """systemctl/launchctl is missing, or its manager cannot be reached."""
+
+
+class ServiceCommandFailed(ServiceError):
+    """A systemctl/launchctl command exited non-zero; `output` is what it said."""
+
+    def __init__(
+        self, argv: Sequence[str], returncode: int, output: str = "", hint: str = ""
+    ) -> None:
+        import shlex  # here: every CLI call imports this module, few raise this error
+
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        message = f"`{shlex.join(argv)}` failed (exit {returncode})"
+        if output.strip():
+            message += f": {output.strip()}"
+        if hint:
+            message += f"\n{hint}"
+        super().__init__(message)

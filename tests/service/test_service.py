@@ -5,6 +5,8 @@ record their arguments (and, for `enable`, make the symlink the real one makes).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import plistlib
 import shutil
@@ -17,14 +19,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from lmkeeperd.service import manage, render
-from lmkeeperd.service.cli import service_app
+from lmkeeperd import cli
+from lmkeeperd.errors import ServiceManagerUnavailable, WrongUser
+from lmkeeperd.service import render
+from lmkeeperd.service.execute import (
+    CommandResult,
+    check_manager,
+    check_privileges,
+    execute,
+    systemd_booted,
+)
+from lmkeeperd.service.plan import RunCommand, example_config, plan_install, plan_uninstall
 from lmkeeperd.service.render import InstallRecord, PlistParams, UnitParams
+from lmkeeperd.service.target import Host, Target, installed_command, resolve_target
 
-REPO = Path(__file__).resolve().parent.parent
-EXEC = manage.installed_command()
+REPO = Path(__file__).resolve().parents[2]
+EXEC = installed_command()
 
 
 # --- helpers -----------------------------------------------------------------
@@ -116,8 +127,14 @@ def fakes(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(service_app, list(args))
-    return result.exit_code, result.output
+    """`lmkeeperd service ARGS` in this process: exit code, and stdout and stderr together."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            code = cli.run(["service", *args])
+        except SystemExit as e:  # argparse on bad usage
+            code = int(e.code or 0)
+    return code, output.getvalue()
 
 
 def user_unit(home: Path) -> Path:
@@ -293,17 +310,17 @@ def test_console_script_path_is_kept_without_resolving_symlinks(tmp_path: Path) 
     link = tmp_path / "bin/lmkeeperd"
     link.parent.mkdir()
     link.symlink_to(real)
-    assert manage.installed_command(str(link), "/nowhere/python") == (str(link),)
+    assert installed_command(str(link), "/nowhere/python") == (str(link),)
 
 
 def test_without_the_console_script_the_one_beside_the_interpreter_is_used() -> None:
     venv_bin = Path(sys.executable).parent
-    assert manage.installed_command("-c", sys.executable) == (str(venv_bin / "lmkeeperd"),)
+    assert installed_command("-c", sys.executable) == (str(venv_bin / "lmkeeperd"),)
 
 
 def test_with_no_script_anywhere_python_dash_m_is_used(tmp_path: Path) -> None:
     python = tmp_path / "python3"
-    assert manage.installed_command("-c", str(python)) == (str(python), "-m", "lmkeeperd")
+    assert installed_command("-c", str(python)) == (str(python), "-m", "lmkeeperd")
 
 
 # --- dry runs --------------------------------------------------------------------
@@ -337,8 +354,9 @@ def test_dry_run_as_a_real_process(home: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
-            "-c",
-            "from lmkeeperd.service.cli import service_app; service_app()",
+            "-m",
+            "lmkeeperd",
+            "service",
             "install",
             "--dry-run",
             "--platform",
@@ -362,9 +380,9 @@ def test_system_flag_on_macos_is_a_usage_error(home: Path) -> None:
 
 
 def test_a_user_service_under_sudo_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    host = replace(manage.Host.current(), euid=0, sudo_user="alice")
-    with pytest.raises(manage.WrongUser, match="without sudo"):
-        manage.resolve_target(host, "linux", "user")
+    host = replace(Host.current(), euid=0, sudo_user="alice")
+    with pytest.raises(WrongUser, match="without sudo"):
+        resolve_target(host, "linux", "user")
 
 
 # --- install and uninstall, Linux user service -------------------------------------
@@ -376,7 +394,7 @@ def test_install_then_uninstall_leaves_nothing_behind(home: Path, fakes: Fakes) 
     unit = user_unit(home)
     config = home / ".config/lmkeeperd/config.toml"
     assert f"ExecStart={EXEC[0]} run --config {config}" in unit.read_text()
-    example = manage.example_config()
+    example = example_config()
     assert example is not None and config.read_text() == example
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert (unit.parent / "default.target.wants/lmkeeperd.service").is_symlink()
@@ -489,14 +507,14 @@ def test_a_file_in_the_way_is_an_error_not_a_traceback(home: Path, fakes: Fakes)
 
 
 @pytest.mark.skipif(
-    shutil.which("systemctl") is None or manage.systemd_booted(),
+    shutil.which("systemctl") is None or systemd_booted(),
     reason="needs systemctl on a machine where systemd is not PID 1",
 )
 def test_real_systemctl_without_systemd_running_is_recognised(home: Path) -> None:
-    host = manage.Host.current()
-    target = manage.resolve_target(host, "linux", "user")
-    with pytest.raises(manage.ServiceManagerUnavailable, match="systemd is not running"):
-        manage.check_manager(target)
+    host = Host.current()
+    target = resolve_target(host, "linux", "user")
+    with pytest.raises(ServiceManagerUnavailable, match="systemd is not running"):
+        check_manager(target)
 
 
 def test_status_reports_installed_enabled_running(home: Path, fakes: Fakes) -> None:
@@ -579,9 +597,7 @@ def test_launch_agent_reinstall_keeps_added_variables_and_masks_them(
     assert "sk-secret-123" not in output
     assert "(kept from the current plist)" in output
 
-    plan = manage.plan_install(
-        manage.resolve_target(manage.Host.current(), "darwin", "user"), manage.example_config()
-    )
+    plan = plan_install(resolve_target(Host.current(), "darwin", "user"), example_config())
     assert "sk-secret-123" not in repr(plan)
 
     fakes.log.unlink()
@@ -612,16 +628,16 @@ def test_launch_agent_status(home: Path, fakes: Fakes) -> None:
 class Recorder:
     calls: list[tuple[str, ...]]
 
-    def __call__(self, argv: object) -> manage.CommandResult:
+    def __call__(self, argv: object) -> CommandResult:
         assert isinstance(argv, tuple)
         self.calls.append(argv)
-        return manage.CommandResult(0)
+        return CommandResult(0)
 
 
-def system_target(root: Path, run_as: str | None = "alice") -> manage.Target:
+def system_target(root: Path, run_as: str | None = "alice") -> Target:
     units = root / "etc/systemd/system"
     units.mkdir(parents=True, exist_ok=True)
-    return manage.Target(
+    return Target(
         platform="linux",
         scope="system",
         service_file=units / "lmkeeperd.service",
@@ -641,21 +657,21 @@ def test_system_install_plan_and_round_trip(tmp_path: Path) -> None:
         # "" = the user runtime folder
         socket = ""
         """)
-    plan = manage.plan_install(target, example)
-    commands = [step.argv for step in plan.steps if isinstance(step, manage.RunCommand)]
+    plan = plan_install(target, example)
+    commands = [step.argv for step in plan.steps if isinstance(step, RunCommand)]
     assert commands == [
         ("systemctl", "daemon-reload"),
         ("systemctl", "enable", "--now", "lmkeeperd.service"),
     ]
     assert any("LMKEEPERD_CONFIG=" in note for note in plan.notes)
     recorder = Recorder([])
-    manage.execute(plan, recorder, report=lambda _line: None)
+    execute(plan, recorder, report=lambda _line: None)
     assert 'socket = "/run/lmkeeperd/lmkeeperd.sock"' in target.config_path.read_text()
     assert stat.S_IMODE(target.config_path.parent.stat().st_mode) == 0o755
     assert unit_settings(target.service_file.read_text())["Service"]["User"] == ["alice"]
 
-    uninstall = manage.plan_uninstall(target)
-    manage.execute(uninstall, recorder, report=lambda _line: None)
+    uninstall = plan_uninstall(target)
+    execute(uninstall, recorder, report=lambda _line: None)
     assert recorder.calls[2:] == [
         ("systemctl", "disable", "--now", "lmkeeperd.service"),
         ("systemctl", "daemon-reload"),
@@ -666,30 +682,28 @@ def test_system_install_plan_and_round_trip(tmp_path: Path) -> None:
 
 def test_system_unit_needs_a_user_other_than_root(tmp_path: Path) -> None:
     for run_as in (None, "root"):
-        with pytest.raises(manage.WrongUser, match="--run-as"):
-            manage.plan_install(system_target(tmp_path, run_as), None)
+        with pytest.raises(WrongUser, match="--run-as"):
+            plan_install(system_target(tmp_path, run_as), None)
 
 
 def test_system_unit_needs_root_to_install() -> None:
-    host = replace(manage.Host.current(), euid=1000, uid=1000, user="alice")
-    system = manage.resolve_target(host, "linux", "system")
+    host = replace(Host.current(), euid=1000, uid=1000, user="alice")
+    system = resolve_target(host, "linux", "system")
     assert system.run_as == "alice"
-    with pytest.raises(manage.WrongUser, match="sudo"):
-        manage.check_privileges(system, euid=1000)
-    manage.check_privileges(system, euid=0)
+    with pytest.raises(WrongUser, match="sudo"):
+        check_privileges(system, euid=1000)
+    check_privileges(system, euid=0)
 
 
 def test_under_sudo_the_system_unit_runs_as_the_sudo_user() -> None:
-    host = replace(manage.Host.current(), euid=0, uid=0, user="root", sudo_user="bob")
-    assert manage.resolve_target(host, "linux", "system").run_as == "bob"
+    host = replace(Host.current(), euid=0, uid=0, user="root", sudo_user="bob")
+    assert resolve_target(host, "linux", "system").run_as == "bob"
 
 
 def test_linger_hint_only_when_lingering_is_off(tmp_path: Path, home: Path) -> None:
     linger_file = tmp_path / "linger/me"
-    target = replace(
-        manage.resolve_target(manage.Host.current(), "linux", "user"), linger_file=linger_file
-    )
-    assert any("loginctl enable-linger me" in n for n in manage.plan_install(target, None).notes)
+    target = replace(resolve_target(Host.current(), "linux", "user"), linger_file=linger_file)
+    assert any("loginctl enable-linger me" in n for n in plan_install(target, None).notes)
     linger_file.parent.mkdir()
     linger_file.touch()
-    assert not any("enable-linger" in n for n in manage.plan_install(target, None).notes)
+    assert not any("enable-linger" in n for n in plan_install(target, None).notes)
