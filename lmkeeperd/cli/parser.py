@@ -1,27 +1,30 @@
-"""The stdlib parser, generated from the command table (cli/table.py).
+"""The parsers, both generated from the command table (cli/table.py).
 
-One generator, two ways to use it. A call that names a command
-(`lmkeeperd status --json`) builds that command's parser only; anything else
-(no command, `-h` at the top, an unknown word, a group without its
-subcommand) builds the whole tree, whose help lists every command. Both add
-each argument and option through `_add_command`, so they parse alike; tests
-check that for every row of the table.
+`quick` reads the plain forms every script and editor uses (`status --json`,
+`select MODEL --config=PATH`): known options, their values, the positionals.
+Anything else (`-h`, an unknown or abbreviated option, a missing argument, a
+value that does not convert, no command at all) goes to the argparse tree
+built by `full_parser`, which prints the help and the usage errors. Both read
+the same rows, so an option is added once; tests/cli/test_cli_table.py checks
+that every row parses alike through both.
 
-argparse rather than typer: typer with click and rich costs ~60 ms of imports
-on every call, several times Python's own start-up, while argparse costs ~2 ms
-once `re` is loaded (which reading a config needs anyway); see
-bench/bench_status_cli.py and the closing note of issue 12.
+Why two: argparse (with gettext) costs ~3-4 ms to import on every call, a
+noticeable part of the 2.5x-of-`python -c pass` budget issue 13 sets for
+`lmkeeperd status`; typer, the former full parser, cost ~60 ms (with click and
+rich). Figures: bench/bench_status_cli.py and docs/performance.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmkeeperd.cli.table import COMMANDS, DESCRIPTION, PROG, Command, Group, Opt, find
+
+if TYPE_CHECKING:
+    import argparse
 
 Handler = Callable[..., int]
 _TYPES: Mapping[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
@@ -46,6 +49,8 @@ def _summary(text: str) -> str:
 
 
 def _add_option(parser: argparse.ArgumentParser, opt: Opt) -> None:
+    import argparse
+
     help_text = argparse.SUPPRESS if opt.hidden else opt.help
     if opt.kind == "flag":
         parser.add_argument(opt.flag, dest=opt.dest, action="store_true", help=help_text)
@@ -72,20 +77,11 @@ def _add_command(parser: argparse.ArgumentParser, command: Command) -> None:
     parser.set_defaults(_command=command)
 
 
-def _new(prog: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, **kwargs)
-
-
-def command_parser(command: Command, words: Sequence[str]) -> argparse.ArgumentParser:
-    """The parser of one command; `words` name it (["service", "install"])."""
-    parser = _new(" ".join((PROG, *words)), command.help)
-    _add_command(parser, command)
-    return parser
-
-
 def full_parser() -> argparse.ArgumentParser:
-    """Every command of the table, for the top-level help and for errors."""
-    top = _new(PROG, DESCRIPTION)
+    """Every command of the table, for the help and for errors."""
+    import argparse
+
+    top = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     top.set_defaults(_help=top)
     commands = top.add_subparsers(metavar="COMMAND", title="commands")
     for entry in COMMANDS:
@@ -115,16 +111,53 @@ def _add_group(parser: argparse.ArgumentParser, group: Group) -> None:
         _add_command(sub, command)
 
 
+def quick(command: Command, rest: Sequence[str]) -> dict[str, Any] | None:
+    """The keywords for `rest` in a plain form; None for anything argparse should judge."""
+    by_flag = {opt.flag: opt for opt in command.opts}
+    values: dict[str, Any] = {opt.dest: opt.default for opt in command.opts}
+    positionals: list[str] = []
+    words = list(rest)
+    while words:
+        word = words.pop(0)
+        if not word.startswith("-") or word == "-":
+            positionals.append(word)
+            continue
+        flag, has_value, value = word.partition("=")
+        opt = by_flag.get(flag)
+        if opt is None:  # -h, --, an abbreviation, a typo
+            return None
+        if opt.kind == "flag":
+            if has_value:
+                return None
+            values[opt.dest] = True
+            continue
+        if not has_value:
+            # A value that looks like an option is argparse's call (it refuses most).
+            if not words or words[0].startswith("-"):
+                return None
+            value = words.pop(0)
+        try:
+            values[opt.dest] = _TYPES[opt.kind](value)
+        except ValueError:
+            return None
+    required = sum(1 for arg in command.args if not arg.optional)
+    if not required <= len(positionals) <= len(command.args):
+        return None
+    for index, arg in enumerate(command.args):
+        values[arg.dest] = positionals[index] if index < len(positionals) else None
+    return values
+
+
 def parse(argv: Sequence[str]) -> Parsed:
     """Parse `argv` (without the program name); argparse exits 2 on bad usage, 0 on -h."""
     words = list(argv)
     found = find(words)
     if found is not None:
         command, depth = found
-        namespace = command_parser(command, words[:depth]).parse_args(words[depth:])
-    else:
-        namespace = full_parser().parse_args(words)
-    values = vars(namespace)
+        keywords = quick(command, words[depth:])
+        if keywords is not None:
+            return Parsed(command, keywords)
+    values = vars(full_parser().parse_args(words))
     chosen: Command | None = values.pop("_command", None)
     help_parser: argparse.ArgumentParser | None = values.pop("_help", None)
     if chosen is None:  # `lmkeeperd` or `lmkeeperd service` alone: show what there is

@@ -13,50 +13,80 @@ Standard library only, and nothing slow: this module is imported on every call.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING
 
-Kind = Literal["flag", "str", "int", "float"]
+if TYPE_CHECKING:
+    from typing import Literal, TypeAlias
+
+    Kind: TypeAlias = Literal["flag", "str", "int", "float"]
 
 
-class Opt(NamedTuple):
+# Plain classes, not NamedTuple or dataclasses: those cost milliseconds to import
+# or to build, and this module is imported on every call (bench/bench_status_cli.py).
+class Opt:
     """An option: `--flag VALUE`, or a bare `--flag` when kind is "flag"."""
 
-    flag: str
-    help: str
-    kind: Kind = "str"
-    metavar: str | None = None
-    default: str | int | float | bool | None = None
-    hidden: bool = False  # for tests only; left out of --help
-    keyword: str | None = None  # the handler's parameter, when not the flag's name
+    __slots__ = ("default", "dest", "flag", "help", "hidden", "kind", "metavar")
 
-    @property
-    def dest(self) -> str:
-        return self.keyword or self.flag.lstrip("-").replace("-", "_")
+    def __init__(
+        self,
+        flag: str,
+        help: str,
+        kind: Kind = "str",
+        metavar: str | None = None,
+        default: str | int | float | bool | None = None,
+        *,
+        hidden: bool = False,  # for tests only; left out of --help
+        keyword: str | None = None,  # the handler's parameter, when not the flag's name
+    ) -> None:
+        self.flag = flag
+        self.help = help
+        self.kind = kind
+        self.metavar = metavar
+        self.default = False if kind == "flag" else default
+        self.hidden = hidden
+        self.dest = keyword or flag.lstrip("-").replace("-", "_")
 
 
-class Arg(NamedTuple):
+class Arg:
     """A positional argument; `optional` ones may be left out (then None)."""
 
-    dest: str
-    metavar: str
-    help: str
-    optional: bool = False
+    __slots__ = ("dest", "help", "metavar", "optional")
+
+    def __init__(self, dest: str, metavar: str, help: str, optional: bool = False) -> None:
+        self.dest = dest
+        self.metavar = metavar
+        self.help = help
+        self.optional = optional
 
 
-class Command(NamedTuple):
-    name: str
-    help: str  # the first line is the summary in the command list
-    handler: str  # "module:function", imported when the command runs
-    args: tuple[Arg, ...] = ()
-    opts: tuple[Opt, ...] = ()
+class Command:
+    __slots__ = ("args", "handler", "help", "name", "opts")
+
+    def __init__(
+        self,
+        name: str,
+        help: str,  # the first line is the summary in the command list
+        handler: str,  # "module:function", imported when the command runs
+        args: tuple[Arg, ...] = (),
+        opts: tuple[Opt, ...] = (),
+    ) -> None:
+        self.name = name
+        self.help = help
+        self.handler = handler
+        self.args = args
+        self.opts = opts
 
 
-class Group(NamedTuple):
+class Group:
     """Commands under a common word: `lmkeeperd service install`."""
 
-    name: str
-    help: str
-    commands: tuple[Command, ...]
+    __slots__ = ("commands", "help", "name")
+
+    def __init__(self, name: str, help: str, commands: tuple[Command, ...]) -> None:
+        self.name = name
+        self.help = help
+        self.commands = commands
 
 
 PROG = "lmkeeperd"
@@ -70,17 +100,16 @@ CONFIG = Opt(
     "Config file (default: $LMKEEPERD_CONFIG, else config.toml in the user config folder).",
     metavar="PATH",
 )
-JSON = Opt("--json", "One JSON object.", kind="flag", default=False, keyword="as_json")
+JSON = Opt("--json", "One JSON object.", "flag", keyword="as_json")
 MODEL = Arg("model", "MODEL", "Model key, as `lms ls` shows it.")
 
 _SERVICE = "lmkeeperd.cli.service"
 SYSTEM = Opt(
     "--system",
     "A system unit that starts at boot (Linux, needs sudo), instead of a user service.",
-    kind="flag",
-    default=False,
+    "flag",
 )
-DRY_RUN = Opt("--dry-run", "Print the files and commands; change nothing.", "flag", default=False)
+DRY_RUN = Opt("--dry-run", "Print the files and commands; change nothing.", "flag")
 # Tests render the other platform's service on this one.
 PLATFORM = Opt("--platform", "linux or darwin", hidden=True)
 

@@ -1,12 +1,13 @@
-"""The command table (cli/table.py) and the parser generated from it.
+"""The command table (cli/table.py) and the two parsers generated from it.
 
-Every row must parse alike through its own parser (what a call naming the command
-builds) and through the whole tree (what `lmkeeperd -h` and errors build), and
-its handler must take exactly the keywords the row produces.
+Every row must parse alike through the quick parser (what a plain call takes)
+and through the argparse tree (help and errors), and its handler must take
+exactly the keywords the row produces.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import subprocess
@@ -51,16 +52,66 @@ def via_full_tree(words: list[str], rest: list[str]) -> parser.Parsed:
     return parser.Parsed(command, values)
 
 
+def spellings(command: Command) -> list[list[str]]:
+    """Plain command lines for `command`: the bare minimum, everything, `--opt=value`,
+    positionals first, and an option given twice (the last one counts)."""
+    required = [f"{a.dest}-value" for a in command.args if not a.optional]
+    every = full_argv(command)
+    lines = [required, every]
+    equals = [f"{o.flag}={SAMPLE[o.kind]}" if o.kind != "flag" else o.flag for o in command.opts]
+    lines.append([f"{a.dest}-value" for a in command.args] + equals)
+    valued = [o for o in command.opts if o.kind != "flag"]
+    if valued:
+        lines.append([*required, valued[0].flag, SAMPLE[valued[0].kind], valued[0].flag, "9"])
+    return lines
+
+
 @pytest.mark.parametrize(("words", "command"), ROWS, ids=IDS)
 def test_every_command_parses_the_same_through_both_parsers(
     words: list[str], command: Command
 ) -> None:
-    required = [f"{a.dest}-value" for a in command.args if not a.optional]
-    for rest in (required, full_argv(command)):
-        direct = parser.parse([*words, *rest])
+    for rest in spellings(command):
+        quick = parser.quick(command, rest)
         tree = via_full_tree(words, rest)
-        assert direct.command is command and tree.command is command
-        assert direct.keywords == tree.keywords, rest
+        assert quick is not None, rest  # plain forms never need argparse
+        assert tree.command is command
+        assert quick == tree.keywords, rest
+        assert parser.parse([*words, *rest]).keywords == quick
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "-h"],
+        ["status", "--js"],  # argparse's abbreviation
+        ["status", "--json=yes"],
+        ["select"],
+        ["select", "a", "b"],
+        ["select", "--config"],
+        ["select", "--config", "--json", "a"],
+        ["estimate", "m", "--context", "abc"],
+        ["demo", "--load-delay", "-1"],  # a negative number, argparse's rules
+        ["select", "--", "-weird"],
+        ["unload", "-x"],
+    ],
+)
+def test_anything_but_a_plain_form_goes_to_argparse(argv: list[str]) -> None:
+    found = table.find(argv)
+    assert found is not None
+    command, depth = found
+    assert parser.quick(command, argv[depth:]) is None
+    try:
+        expected: object = vars(parser.full_parser().parse_args(argv))
+    except SystemExit as e:
+        expected = e.code
+    try:
+        got: object = parser.parse(argv).keywords
+        assert isinstance(expected, dict)
+        expected.pop("_command")
+        expected.pop("_help", None)
+    except SystemExit as e:
+        got = e.code
+    assert got == expected
 
 
 @pytest.mark.parametrize(("words", "command"), ROWS, ids=IDS)
@@ -75,7 +126,7 @@ def test_every_option_reaches_the_handler_as_its_keyword(
         assert keywords[arg.dest] == f"{arg.dest}-value"
     defaults = parser.parse([*words, *(f"{a.dest}-x" for a in command.args if not a.optional)])
     for opt in command.opts:
-        assert defaults.keywords[opt.dest] == (False if opt.kind == "flag" else opt.default)
+        assert defaults.keywords[opt.dest] == opt.default
 
 
 @pytest.mark.parametrize(("words", "command"), ROWS, ids=IDS)
@@ -89,7 +140,7 @@ def test_every_handler_takes_exactly_its_rows_keywords(words: list[str], command
         has_default = params[arg.dest].default is not inspect.Parameter.empty
         assert has_default == arg.optional, arg.dest
     for opt in command.opts:
-        assert params[opt.dest].default == (False if opt.kind == "flag" else opt.default)
+        assert params[opt.dest].default == opt.default
 
 
 def test_find_names_each_row_and_nothing_else() -> None:
@@ -104,7 +155,7 @@ def test_options_are_unique_per_command_and_hidden_ones_stay_out_of_help() -> No
         flags = [o.flag for o in command.opts]
         dests = [o.dest for o in command.opts] + [a.dest for a in command.args]
         assert len(set(flags)) == len(flags) and len(set(dests)) == len(dests), words
-        shown = parser.command_parser(command, words).format_help()
+        shown = subparser(words).format_help()
         for opt in command.opts:
             assert (opt.flag in shown) != opt.hidden, (words, opt.flag)
     top = parser.full_parser().format_help()
@@ -112,15 +163,25 @@ def test_options_are_unique_per_command_and_hidden_ones_stay_out_of_help() -> No
         assert entry.name in top
 
 
+def subparser(words: list[str]) -> argparse.ArgumentParser:
+    """The argparse parser of one row, out of the whole tree."""
+    found: argparse.ArgumentParser = parser.full_parser()
+    for word in words:
+        actions = [a for a in found._actions if isinstance(a, argparse._SubParsersAction)]
+        found = actions[0].choices[word]
+    return found
+
+
 def test_a_new_option_needs_one_line_in_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
     status = next(c for w, c in ROWS if w == ["status"])
-    extended = status._replace(opts=(*status.opts, Opt("--wait", "Wait.", "flag", default=False)))
+    wait = Opt("--wait", "Wait.", "flag")
+    extended = Command(status.name, status.help, status.handler, status.args, (*status.opts, wait))
     entries = tuple(extended if e is status else e for e in table.COMMANDS)
     monkeypatch.setattr(parser, "COMMANDS", entries)
     monkeypatch.setattr(table, "COMMANDS", entries)
     assert parser.parse(["status", "--wait"]).keywords["wait"] is True
     assert via_full_tree(["status"], ["--wait"]).keywords["wait"] is True
-    assert "--wait" in parser.command_parser(extended, ["status"]).format_help()
+    assert "--wait" in subparser(["status"]).format_help()
 
 
 def test_a_group_alone_or_nothing_shows_help_and_exits_2(
