@@ -62,7 +62,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def warm_bytecode() -> None:
     """Compile lmkeeperd and its dependencies into the cache once, before anything is timed."""
-    code = "import lmkeeperd.daemon, lmkeeperd.cli_app, lmkeeperd.emulator, lmkeeperd.status"
+    code = "import lmkeeperd.daemon, lmkeeperd.cli.parser, lmkeeperd.emulator, lmkeeperd.cli.render"
     subprocess.run([PYTHON, "-c", code], env=child_env(), check=True)
 
 

@@ -100,30 +100,25 @@ The driver waits for the next event or deadline, never polls; an idle daemon wak
 the deliberate server reconcile (every `reconcile_interval`, 15 s by default), which is all
 the CPU and wake-ups measured here. Two fixes were needed. `lmkeeperd run` went through the
 typer app, which imports click, pydantic and rich and kept ~10 MiB of them resident; `run`
-now takes the CLI's fast path (lmkeeperd/cli.py). And each reconcile cost ~10 ms of CPU,
+no longer imports typer at all (lmkeeperd/cli/). And each reconcile cost ~10 ms of CPU,
 half of it httpcore importing `sniffio` (not installed: anyio 4 dropped it) in every lock
 it creates, a failed import that searches the whole path every time; the daemon now marks
 sniffio as absent once (lmkeeperd/daemon.py), which Python remembers. CPU time is counted in
 10 ms clock ticks, so a 120 s window resolves to about ±0.3 s per hour.""",
     "status_cli": """\
-Borderline: over the last three full runs the ratio was 2.29-2.43 with the explicit set-up and
-2.49-2.79 with the defaults: whether a run meets the target depends on what else the machine
-is doing.
-`lmkeeperd status` skips typer (a stdlib-only fast path in lmkeeperd/cli.py) but still
-imports the config module to find the socket, and validates the whole config file so that a
-bad file exits 2 (interface.md, tests/test_e2e_cli.py). Of its ~70 ms of imports on this
-machine about 25 ms are the config module's frozen dataclasses (dataclasses imports inspect)
-and tomllib, ~13 ms platformdirs, the rest socket, json and typing. platformdirs is now
-imported only when a path has to come from it (lmkeeperd/paths.py), which is what brings the
-"explicit" set-up (config named by $LMKEEPERD_CONFIG, socket named in it) near or under the
-target; the "defaults" set-up needs platformdirs for both. The bare interpreter is itself slow
-to start in this venv: the editable install imports pathlib and more from a .pth file at every
-start (~24 ms), which `python -c pass` pays too and which flatters the ratio; with a regular
-install the ratio grows. Meeting the target everywhere needs a status path that does not
-import the config module: for instance read only `[control] socket` with tomllib, ask the
-daemon, and validate the file fully only when the daemon does not answer or reports having
-loaded a different version of the file. That changes what `status` does with a broken config
-file while a daemon runs, an interface decision left to the maintainers.""",
+Missed. Measured since issue 12 in a non-editable venv that the benchmark builds itself
+(`python -m venv` + `pip install .`), as a user gets it; the earlier figures (2.29-2.79) came
+from the editable development venv, whose bare interpreter pays ~24 ms for a .pth import and
+so flattered the ratio. The CLI has no typer any more: one command table (lmkeeperd/cli/
+table.py) generates a quick stdlib parser for plain calls and an argparse tree for help and
+errors, and the CLI's own modules cost under 1 ms of imports. What `status` still imports
+(`python -X importtime`, this machine): the config module ~18 ms (it validates the whole file
+so that a bad one exits 2: frozen dataclasses with inspect, tomllib), platformdirs ~5 ms when
+the socket comes from the runtime folder, typing and re ~6 ms (wanted by config, paths and
+platformdirs alike), pathlib ~3 ms, socket with the control client ~3 ms, json ~2 ms. Meeting
+2.5x needs a `status` that does not import the config module (issue 13: read `[control]
+socket` leniently with tomllib alone), the runtime folder found without platformdirs, and no
+typing on that path.""",
     "roundtrip": """\
 A request is one line read from the connection's buffered stream, parsed into a frozen
 record, handed to the core, answered with one line; the driver's loop wakes for it but feeds

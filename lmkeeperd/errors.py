@@ -20,9 +20,12 @@ the model, the URL or the environment variable involved, never a secret.
     ├── SelectionError              the proxy could not switch to a request's model (503/504)
     ├── LifecycleError              an event the core cannot accept in its state (a driver bug)
     ├── GGUFError                   a model file's header cannot be read
-    └── ServiceError                installing/querying the service failed (service.manage)
-        └── UnsupportedPlatform, WrongUser, NotInstalledByUs,
-            ServiceManagerUnavailable, ServiceCommandFailed
+    └── ServiceError                installing/querying the service failed (CLI exit 1)
+        ├── UnsupportedPlatform     no systemd/launchd support here (exit 2)
+        ├── WrongUser               needs root, or must not run as root (exit 2)
+        ├── NotInstalledByUs        the service file was not written by us
+        ├── ServiceManagerUnavailable  systemctl/launchctl missing or unreachable
+        └── ServiceCommandFailed    a systemctl/launchctl command failed (names it)
 
 The errors of a part that only that part raises live beside it (marked with
 their module above); everything else lives here.
@@ -129,3 +132,44 @@ class DaemonNotRunning(DaemonError):
 
 class SocketInUse(DaemonError):
     """Another live daemon already listens on the control socket."""
+
+
+class ServiceError(LmkeeperError):
+    """Installing, removing or querying the service failed; `exit_code` is the CLI's."""
+
+    exit_code = 1
+
+
+class UnsupportedPlatform(ServiceError):
+    """No service manager lmkeeperd knows how to use on this platform."""
+
+    exit_code = 2
+
+
+class WrongUser(ServiceError):
+    """The command needs root (system unit) or must not run as root (user unit)."""
+
+    exit_code = 2
+
+
+class NotInstalledByUs(ServiceError):
+    """A service file exists that `service install` did not write."""
+
+
+class ServiceManagerUnavailable(ServiceError):
+    """systemctl/launchctl is missing, or its manager cannot be reached."""
+
+
+class ServiceCommandFailed(ServiceError):
+    """A systemctl/launchctl command exited non-zero; `output` is what it said."""
+
+    def __init__(self, command: str, returncode: int, output: str = "", hint: str = "") -> None:
+        # `command` comes already quoted (shlex.join): this module imports nothing.
+        self.command = command
+        self.returncode = returncode
+        message = f"`{command}` failed (exit {returncode})"
+        if output.strip():
+            message += f": {output.strip()}"
+        if hint:
+            message += f"\n{hint}"
+        super().__init__(message)

@@ -1,93 +1,101 @@
-"""The status object (interface.md) rendered for people.
+"""The status object (interface.md), typed: what `Daemon.status()` builds and the
+`status` reply carries, read back by the CLI's renderer and by `estimate`.
 
-Imported by the CLI's `status` command on every call: standard library only.
+A shared leaf: typing only, so the CLI's `status` can import it for free. The
+shapes are checked against a running daemon's reply by tests/cli/test_status_shape.py.
+Readers still use `.get()`: the reply may come from a daemon of another version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TypedDict
 
 
-def _fmt_seconds(value: Any) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    seconds = int(value)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{value:.1f}s"
+class ServerStatus(TypedDict):
+    url: str
+    reachable: bool | None  # None: not checked yet
+    loaded: list[str]  # every model the server holds, ours or not, sorted
+    error: str | None  # why the last listing failed
 
 
-def _or_dash(value: Any) -> str:
-    return "-" if value in (None, "", []) else str(value)
+class MemoryStatus(TypedDict, total=False):
+    """Either `error` alone (the probe failed) or the figures, in decimal GB."""
+
+    error: str
+    total_gb: float
+    available_gb: float
+    budget_gb: float
+    ram_gb: float  # with limited_by_cgroup: the machine's RAM
+    limited_by_cgroup: bool
+    unified_memory: bool  # Apple silicon: RAM is also the GPU's memory
+    vram_total_gb: float
+    vram_free_gb: float
 
 
-def _proxy_row(proxy: Mapping[str, Any]) -> str:
-    in_flight = proxy.get("requests_in_flight") or 0
-    text = f"{_or_dash(proxy.get('listen'))}, {in_flight} request{'s' if in_flight != 1 else ''}"
-    text += " in flight"
-    waiting = proxy.get("waiting_for_switch") or 0
-    if waiting:
-        text += f", {waiting} waiting for a switch"
-    ago = proxy.get("last_request_ago_s")
-    text += ", no request yet" if ago is None else f", last request {_fmt_seconds(ago)} ago"
-    return text
+class _AdvisoryFigures(TypedDict):
+    """The last `memory_advisory` event's fields, without "event" (MemoryCheck.advise)."""
+
+    model: str
+    required_gb: float
+    budget_gb: float
+    available_gb: float
+    total_gb: float
+    weights_gb: float
+    kv_cache_gb: float
+    overhead_gb: float
+    context_length: int
+    fitting_context: int | None
+    suggested_quantization: str | None
+    confidence: str
+    source: str
+    message: str
 
 
-def render(status: Mapping[str, Any]) -> str:
-    """A short, readable table of the daemon's status."""
-    server = status.get("server") or {}
-    memory = status.get("memory") or {}
-    loaded = server.get("loaded") or []
-    if server.get("reachable") is True:
-        reach = "reachable"
-    elif server.get("reachable") is False:
-        reach = "UNREACHABLE"
-    else:
-        reach = "not checked yet"
-    state = str(status.get("state", "?"))
-    if status.get("active_streams"):
-        state += (
-            f" ({status['active_streams']} stream{'s' if status['active_streams'] > 1 else ''})"
-        )
-    if status.get("engine") not in (None, "lmstudio"):
-        state += f" — hands-off, engine is {status['engine']}"
-    model = _or_dash(status.get("model"))
-    if status.get("adopted"):
-        model += " (adopted)"
-    rows = [
-        ("state", state),
-        ("model", model),
-        ("selected", _or_dash(status.get("selected"))),
-        ("pending", _or_dash(status.get("pending"))),
-        ("idle eject in", _fmt_seconds(status.get("idle_eject_in_s"))),
-        ("server", f"{_or_dash(server.get('url'))} ({reach})"),
-        ("server loaded", ", ".join(map(str, loaded)) if loaded else "nothing"),
-    ]
-    if memory:
-        rows.append(
-            (
-                "memory",
-                f"{memory.get('available_gb', '?')} GB free of {memory.get('total_gb', '?')} GB, "
-                f"budget {memory.get('budget_gb', '?')} GB",
-            )
-        )
-    proxy = status.get("proxy")
-    if isinstance(proxy, Mapping):
-        rows.append(("proxy", _proxy_row(proxy)))
-    if status.get("last_error"):
-        rows.append(("last error", str(status["last_error"])))
-    advisory = status.get("last_advisory")
-    if isinstance(advisory, Mapping):
-        rows.append(("last advisory", str(advisory.get("message", advisory))))
-    rows.append(
-        (
-            "daemon",
-            f"pid {_or_dash(status.get('pid'))}, v{_or_dash(status.get('version'))}, "
-            f"up {_fmt_seconds(status.get('uptime_s'))}",
-        )
-    )
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+# A subclass rather than NotRequired[...]: Python 3.11 ignores NotRequired under
+# `from __future__ import annotations` at run time (typing.get_type_hints readers).
+class AdvisoryStatus(_AdvisoryFigures, total=False):
+    """With the GPU figures, only where a GPU's own memory was measured."""
+
+    ram_required_gb: float
+    gpu_offload_gb: float
+    vram_total_gb: float
+    vram_free_gb: float
+
+
+class ProxyStatus(TypedDict):
+    listen: str
+    requests_in_flight: int
+    streams_open: int
+    requests_total: int
+    waiting_for_switch: int
+    last_request_at: str | None  # ISO 8601 UTC, "...Z"
+    last_request_ago_s: float | None
+    select_on_request: bool
+
+
+class MetricsStatus(TypedDict):
+    listen: str
+
+
+class Status(TypedDict):
+    state: str  # idle | loading | loaded | streaming | unloading (core.State)
+    model: str | None
+    selected: str | None
+    pending: str | None
+    engine: str  # "lmstudio", or the other engine the user moved to
+    active_streams: int
+    idle_eject_in_s: float | None
+    server: ServerStatus
+    memory: MemoryStatus
+    last_error: str | None
+    last_advisory: AdvisoryStatus | None
+    pid: int
+    version: str
+    uptime_s: float
+    adopted: bool
+    draft: str | None
+    config: str
+    subscribers: int
+    dropped_events: int
+    proxy: ProxyStatus | None
+    metrics: MetricsStatus | None

@@ -1,8 +1,7 @@
-"""What the client-side CLI commands do: talk to the running daemon and print.
+"""`run`, `status`, `select`, `unload` and `config check`: talk to the daemon and print.
 
-Shared by the typer app and by the CLI's fast path (see cli.py), so both
-behave the same. Lean imports only: `lmkeeperd status` is meant to cost little
-more than starting Python.
+Handlers of the command table (cli/table.py). Lean imports only: `lmkeeperd
+status` is meant to cost little more than starting Python.
 
 Exit codes (interface.md): 0 success, 1 the daemon or server refused the
 request, 2 bad usage or bad config, 3 no daemon running.
@@ -11,11 +10,15 @@ request, 2 bad usage or bad config, 3 no daemon running.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmkeeperd.errors import ConfigError, DaemonNotRunning, LmkeeperError
+
+if TYPE_CHECKING:
+    from lmkeeperd.status import Status
 
 OK, REFUSED, BAD_USAGE, NO_DAEMON = 0, 1, 2, 3
 
@@ -57,47 +60,59 @@ def _ask(config_arg: str | None, obj: dict[str, Any], *, slow: bool = False) -> 
     return OK, reply
 
 
-def status(config_arg: str | None, as_json: bool) -> int:
-    code, reply = _ask(config_arg, {"op": "status"})
+def run(config: str | None = None) -> int:
+    """The daemon in the foreground. Its memory never holds the other commands' code."""
+    from lmkeeperd.daemon import run as run_daemon
+    from lmkeeperd.paths import config_path
+
+    try:
+        return run_daemon(config_path(config))
+    except BrokenPipeError:
+        return 1  # its log's reader went away: a failure, unlike `status | head` in main()
+
+
+def status(config: str | None = None, as_json: bool = False) -> int:
+    code, reply = _ask(config, {"op": "status"})
     if code != OK:
         return code
-    payload = reply.get("status", {})
+    payload: Status = reply.get("status", {})
     if as_json:
         print(json.dumps(payload))
     else:
-        from lmkeeperd.status import render
+        from lmkeeperd.cli.render import render
 
         print(render(payload))
     return OK
 
 
-def select(config_arg: str | None, model: str) -> int:
+def select(model: str, config: str | None = None) -> int:
     if not model.strip():
         error("select: the model key is empty")
         return BAD_USAGE
-    code, _ = _ask(config_arg, {"op": "select", "model": model})
+    code, _ = _ask(config, {"op": "select", "model": model})
     if code == OK:
         print(f"selected {model.strip()}")
     return code
 
 
-def unload(config_arg: str | None, model: str | None) -> int:
+def unload(model: str | None = None, config: str | None = None) -> int:
     obj: dict[str, Any] = {"op": "unload"}
     if model is not None:
         obj["model"] = model
-    code, _ = _ask(config_arg, obj, slow=True)
+    code, _ = _ask(config, obj, slow=True)
     if code == OK:
         print(f"unloaded {model}" if model else "unloaded")
     return code
 
 
-def config_check(config_arg: str | None) -> int:
+def config_check(config: str | None = None) -> int:
     from lmkeeperd.config import load_config
-    from lmkeeperd.paths import config_path
+    from lmkeeperd.paths import CONFIG_ENV, config_path
 
-    path = config_path(config_arg)
+    path = config_path(config)
     if not path.exists():
-        if config_arg is not None:
+        # A file named on purpose (option or environment) must exist; the default need not.
+        if config is not None or os.environ.get(CONFIG_ENV, "").strip():
             error(f"no config file at {path}")
             return BAD_USAGE
         print(f"{path}: no file; every default applies")

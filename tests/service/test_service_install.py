@@ -1,10 +1,13 @@
-"""`lmkeeperd service`: rendered units and plist, install plans, and install /
-uninstall / status against fake `systemctl` and `launchctl` programs that
-record their arguments (and, for `enable`, make the symlink the real one makes).
+"""`lmkeeperd service`: dry runs, install plans, and install / uninstall / status
+against fake `systemctl` and `launchctl` programs that record their arguments
+(and, for `enable`, make the symlink the real one makes). Rendering is in
+test_service_render.py, finding the installation in test_service_target.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import plistlib
 import shutil
@@ -17,33 +20,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from unit_reader import unit_settings
 
-from lmkeeperd.service import manage, render
-from lmkeeperd.service.cli import service_app
-from lmkeeperd.service.render import InstallRecord, PlistParams, UnitParams
+from lmkeeperd import cli
+from lmkeeperd.errors import ServiceManagerUnavailable, WrongUser
+from lmkeeperd.service import render
+from lmkeeperd.service.execute import (
+    CommandResult,
+    check_manager,
+    check_privileges,
+    execute,
+    systemd_booted,
+)
+from lmkeeperd.service.plan import RunCommand, example_config, plan_install, plan_uninstall
+from lmkeeperd.service.target import Host, Target, installed_command, resolve_target
 
-REPO = Path(__file__).resolve().parent.parent
-EXEC = manage.installed_command()
+EXEC = installed_command()
 
 
 # --- helpers -----------------------------------------------------------------
-
-
-def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
-    """Section -> key -> values (a key may repeat), as systemd reads them."""
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            current = sections.setdefault(line.strip("[]"), {})
-            continue
-        key, _, value = line.partition("=")
-        current.setdefault(key, []).append(value)
-    return sections
 
 
 def tree(root: Path) -> list[str]:
@@ -116,8 +111,14 @@ def fakes(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(service_app, list(args))
-    return result.exit_code, result.output
+    """`lmkeeperd service ARGS` in this process: exit code, and stdout and stderr together."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            code = cli.run(["service", *args])
+        except SystemExit as e:  # argparse on bad usage
+            code = int(e.code or 0)
+    return code, output.getvalue()
 
 
 def user_unit(home: Path) -> Path:
@@ -126,184 +127,6 @@ def user_unit(home: Path) -> Path:
 
 def plist_path(home: Path) -> Path:
     return home / "Library/LaunchAgents" / f"{render.LAUNCHD_LABEL}.plist"
-
-
-# --- templates and rendering ---------------------------------------------------
-
-
-@pytest.mark.parametrize("scope", ["user", "system"])
-def test_repo_root_unit_files_are_the_packaged_templates(scope: render.Scope) -> None:
-    root_copy = REPO / "systemd" / render.TEMPLATE_NAMES[scope]
-    assert root_copy.read_text(encoding="utf-8") == render.load_template(scope)
-
-
-def test_user_unit_has_every_setting_the_issue_asks_for(tmp_path: Path) -> None:
-    params = UnitParams(EXEC, tmp_path / "config.toml", tmp_path / "env")
-    text = render.render_systemd_unit("user", params)
-    unit = unit_settings(text)
-    service = unit["Service"]
-    assert "@" not in "".join(service["ExecStart"]).split("lmkeeperd")[0]
-    assert service["ExecStart"] == [f"{' '.join(EXEC)} run --config {tmp_path}/config.toml"]
-    assert service["Type"] == ["notify"]
-    assert service["WatchdogSec"] == ["30s"]
-    assert service["Restart"] == ["on-failure"]
-    assert service["ExecReload"] == ["kill -HUP $MAINPID"]
-    assert service["RuntimeDirectory"] == ["lmkeeperd"]
-    assert service["StateDirectory"] == ["lmkeeperd"]
-    assert service["SyslogIdentifier"] == ["lmkeeperd"]
-    assert service["EnvironmentFile"] == [f"-{tmp_path}/env"]
-    assert service["NoNewPrivileges"] == ["yes"]
-    assert service["ProtectSystem"] == ["strict"]
-    assert service["ProtectHome"] == ["read-only"]
-    assert service["PrivateTmp"] == ["yes"]
-    assert service["PrivateUsers"] == ["yes"]
-    assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
-    assert "@system-service" in service["SystemCallFilter"]
-    assert "User" not in service
-    assert unit["Install"]["WantedBy"] == ["default.target"]
-    assert "@EXEC@" not in text and "@CONFIG@" not in text and "@ENV_FILE@" not in text
-
-
-def test_system_unit_runs_as_the_named_user_from_boot(tmp_path: Path) -> None:
-    params = UnitParams(
-        EXEC, Path("/etc/lmkeeperd/config.toml"), Path("/etc/lmkeeperd/env"), "alice"
-    )
-    unit = unit_settings(render.render_systemd_unit("system", params))
-    service = unit["Service"]
-    assert service["User"] == ["alice"]
-    assert service["ExecStart"] == [f"{' '.join(EXEC)} run --config /etc/lmkeeperd/config.toml"]
-    assert service["EnvironmentFile"] == ["-/etc/lmkeeperd/env"]
-    assert service["Type"] == ["notify"]
-    assert service["ProtectHome"] == ["read-only"]
-    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
-
-
-@pytest.mark.parametrize("run_as", [None, "bad user", "x\ny", ""])
-def test_system_unit_refuses_a_missing_or_malformed_user(run_as: str | None) -> None:
-    params = UnitParams(EXEC, Path("/etc/c.toml"), Path("/etc/env"), run_as)
-    with pytest.raises(ValueError, match="user name"):
-        render.render_systemd_unit("system", params)
-
-
-def test_relative_executable_or_config_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="absolute"):
-        render.render_systemd_unit("user", UnitParams(("lmkeeperd",), tmp_path, tmp_path))
-    with pytest.raises(ValueError, match="absolute"):
-        render.render_systemd_unit("user", UnitParams(EXEC, Path("c.toml"), tmp_path))
-
-
-@pytest.mark.parametrize(
-    ("word", "quoted"),
-    [
-        ("/home/al/.local/bin/lmkeeperd", "/home/al/.local/bin/lmkeeperd"),
-        ("/home/al b/x", '"/home/al b/x"'),
-        ("/50%/x", '"/50%%/x"'),
-        ("/a$HOME/x", '"/a$$HOME/x"'),
-        ('/a"b\\c', '"/a\\"b\\\\c"'),
-    ],
-)
-def test_systemd_quote_keeps_words_literal(word: str, quoted: str) -> None:
-    assert render.systemd_quote(word) == quoted
-
-
-def test_the_program_path_keeps_its_dollar_signs() -> None:
-    # systemd expands variables in arguments only, never in the program path.
-    assert render.systemd_quote("/a$HOME/x", program=True) == '"/a$HOME/x"'
-
-
-def test_control_characters_never_reach_a_unit() -> None:
-    with pytest.raises(ValueError, match="control characters"):
-        render.systemd_quote("/a\nExecStartPre=/bin/evil")
-
-
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
-def test_systemd_reads_back_an_awkward_executable_path(tmp_path: Path) -> None:
-    # If the quoting were wrong, systemd would look for a different file and
-    # `verify` would say the command is not executable.
-    folder = tmp_path / "My Tools 100%" / "$HOME"
-    folder.mkdir(parents=True)
-    executable = folder / "lmkeeperd"
-    executable.write_text("#!/bin/sh\n")
-    executable.chmod(0o755)
-    params = UnitParams((str(executable),), tmp_path / "c.toml", tmp_path / "env", "daemon")
-    unit = tmp_path / "lmkeeperd.service"
-    unit.write_text(render.render_systemd_unit("system", params))
-    result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert (result.returncode, result.stdout + result.stderr) == (0, "")
-
-
-def test_plist_has_every_key_the_issue_asks_for(tmp_path: Path) -> None:
-    log = tmp_path / "Library/Logs/lmkeeperd/lmkeeperd.log"
-    params = PlistParams(EXEC, tmp_path / "config.toml", log)
-    job = plistlib.loads(render.render_launchd_plist(params).encode())
-    assert job["Label"] == render.LAUNCHD_LABEL
-    assert job["ProgramArguments"] == [*EXEC, "run", "--config", f"{tmp_path}/config.toml"]
-    program = Path(job["ProgramArguments"][0])
-    assert program.is_absolute() and program.is_file() and os.access(program, os.X_OK)
-    assert job["RunAtLoad"] is True
-    assert job["KeepAlive"] == {"SuccessfulExit": False}
-    assert job["ProcessType"] == "Background"
-    assert job["ThrottleInterval"] == render.LAUNCHD_THROTTLE_S
-    assert job["StandardOutPath"] == job["StandardErrorPath"] == str(log)
-    assert Path(job["StandardOutPath"]).parent.parts[-2:] == ("Logs", "lmkeeperd")
-    assert job["EnvironmentVariables"] == {"PYTHONUNBUFFERED": "1"}
-
-
-def test_the_plist_in_the_launchd_readme_is_what_the_generator_makes() -> None:
-    readme = (REPO / "launchd" / "README.md").read_text(encoding="utf-8")
-    shown = readme.split("```xml\n")[1].split("```")[0]
-    you = Path("/Users/you")
-    params = PlistParams(
-        ("/Users/you/.local/bin/lmkeeperd",),
-        you / "Library/Application Support/lmkeeperd/config.toml",
-        you / "Library/Logs/lmkeeperd/lmkeeperd.log",
-    )
-    marker = InstallRecord(kind="marker", version="0.1.0")
-    assert shown == render.render_launchd_plist(params, [marker])
-
-
-def test_install_records_survive_both_formats(tmp_path: Path) -> None:
-    records = [
-        InstallRecord(kind="marker", version="0.1.0"),
-        InstallRecord(kind="dir", path="/home/a--b/x y"),
-        InstallRecord(kind="file", path="/home/a/c.toml", sha256="ab" * 32),
-    ]
-    unit = render.render_systemd_unit("user", UnitParams(EXEC, tmp_path, tmp_path), records)
-    plist = render.render_launchd_plist(PlistParams(EXEC, tmp_path, tmp_path / "l"), records)
-    assert render.parse_install_records(unit) == records
-    assert render.parse_install_records(plist) == records
-    plistlib.loads(plist.encode())  # "--" in a path must not break the XML comment
-    assert render.parse_install_records(render.load_template("user")) == []
-
-
-# --- finding the installation ----------------------------------------------------
-
-
-def test_console_script_path_is_kept_without_resolving_symlinks(tmp_path: Path) -> None:
-    real = tmp_path / "venv/bin/lmkeeperd"
-    real.parent.mkdir(parents=True)
-    real.write_text("#!/bin/sh\n")
-    real.chmod(0o755)
-    link = tmp_path / "bin/lmkeeperd"
-    link.parent.mkdir()
-    link.symlink_to(real)
-    assert manage.installed_command(str(link), "/nowhere/python") == (str(link),)
-
-
-def test_without_the_console_script_the_one_beside_the_interpreter_is_used() -> None:
-    venv_bin = Path(sys.executable).parent
-    assert manage.installed_command("-c", sys.executable) == (str(venv_bin / "lmkeeperd"),)
-
-
-def test_with_no_script_anywhere_python_dash_m_is_used(tmp_path: Path) -> None:
-    python = tmp_path / "python3"
-    assert manage.installed_command("-c", str(python)) == (str(python), "-m", "lmkeeperd")
 
 
 # --- dry runs --------------------------------------------------------------------
@@ -337,8 +160,9 @@ def test_dry_run_as_a_real_process(home: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
-            "-c",
-            "from lmkeeperd.service.cli import service_app; service_app()",
+            "-m",
+            "lmkeeperd",
+            "service",
             "install",
             "--dry-run",
             "--platform",
@@ -362,9 +186,9 @@ def test_system_flag_on_macos_is_a_usage_error(home: Path) -> None:
 
 
 def test_a_user_service_under_sudo_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    host = replace(manage.Host.current(), euid=0, sudo_user="alice")
-    with pytest.raises(manage.WrongUser, match="without sudo"):
-        manage.resolve_target(host, "linux", "user")
+    host = replace(Host.current(), euid=0, sudo_user="alice")
+    with pytest.raises(WrongUser, match="without sudo"):
+        resolve_target(host, "linux", "user")
 
 
 # --- install and uninstall, Linux user service -------------------------------------
@@ -376,7 +200,7 @@ def test_install_then_uninstall_leaves_nothing_behind(home: Path, fakes: Fakes) 
     unit = user_unit(home)
     config = home / ".config/lmkeeperd/config.toml"
     assert f"ExecStart={EXEC[0]} run --config {config}" in unit.read_text()
-    example = manage.example_config()
+    example = example_config()
     assert example is not None and config.read_text() == example
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert (unit.parent / "default.target.wants/lmkeeperd.service").is_symlink()
@@ -489,14 +313,14 @@ def test_a_file_in_the_way_is_an_error_not_a_traceback(home: Path, fakes: Fakes)
 
 
 @pytest.mark.skipif(
-    shutil.which("systemctl") is None or manage.systemd_booted(),
+    shutil.which("systemctl") is None or systemd_booted(),
     reason="needs systemctl on a machine where systemd is not PID 1",
 )
 def test_real_systemctl_without_systemd_running_is_recognised(home: Path) -> None:
-    host = manage.Host.current()
-    target = manage.resolve_target(host, "linux", "user")
-    with pytest.raises(manage.ServiceManagerUnavailable, match="systemd is not running"):
-        manage.check_manager(target)
+    host = Host.current()
+    target = resolve_target(host, "linux", "user")
+    with pytest.raises(ServiceManagerUnavailable, match="systemd is not running"):
+        check_manager(target)
 
 
 def test_status_reports_installed_enabled_running(home: Path, fakes: Fakes) -> None:
@@ -579,9 +403,7 @@ def test_launch_agent_reinstall_keeps_added_variables_and_masks_them(
     assert "sk-secret-123" not in output
     assert "(kept from the current plist)" in output
 
-    plan = manage.plan_install(
-        manage.resolve_target(manage.Host.current(), "darwin", "user"), manage.example_config()
-    )
+    plan = plan_install(resolve_target(Host.current(), "darwin", "user"), example_config())
     assert "sk-secret-123" not in repr(plan)
 
     fakes.log.unlink()
@@ -612,16 +434,16 @@ def test_launch_agent_status(home: Path, fakes: Fakes) -> None:
 class Recorder:
     calls: list[tuple[str, ...]]
 
-    def __call__(self, argv: object) -> manage.CommandResult:
+    def __call__(self, argv: object) -> CommandResult:
         assert isinstance(argv, tuple)
         self.calls.append(argv)
-        return manage.CommandResult(0)
+        return CommandResult(0)
 
 
-def system_target(root: Path, run_as: str | None = "alice") -> manage.Target:
+def system_target(root: Path, run_as: str | None = "alice") -> Target:
     units = root / "etc/systemd/system"
     units.mkdir(parents=True, exist_ok=True)
-    return manage.Target(
+    return Target(
         platform="linux",
         scope="system",
         service_file=units / "lmkeeperd.service",
@@ -641,21 +463,21 @@ def test_system_install_plan_and_round_trip(tmp_path: Path) -> None:
         # "" = the user runtime folder
         socket = ""
         """)
-    plan = manage.plan_install(target, example)
-    commands = [step.argv for step in plan.steps if isinstance(step, manage.RunCommand)]
+    plan = plan_install(target, example)
+    commands = [step.argv for step in plan.steps if isinstance(step, RunCommand)]
     assert commands == [
         ("systemctl", "daemon-reload"),
         ("systemctl", "enable", "--now", "lmkeeperd.service"),
     ]
     assert any("LMKEEPERD_CONFIG=" in note for note in plan.notes)
     recorder = Recorder([])
-    manage.execute(plan, recorder, report=lambda _line: None)
+    execute(plan, recorder, report=lambda _line: None)
     assert 'socket = "/run/lmkeeperd/lmkeeperd.sock"' in target.config_path.read_text()
     assert stat.S_IMODE(target.config_path.parent.stat().st_mode) == 0o755
     assert unit_settings(target.service_file.read_text())["Service"]["User"] == ["alice"]
 
-    uninstall = manage.plan_uninstall(target)
-    manage.execute(uninstall, recorder, report=lambda _line: None)
+    uninstall = plan_uninstall(target)
+    execute(uninstall, recorder, report=lambda _line: None)
     assert recorder.calls[2:] == [
         ("systemctl", "disable", "--now", "lmkeeperd.service"),
         ("systemctl", "daemon-reload"),
@@ -666,30 +488,28 @@ def test_system_install_plan_and_round_trip(tmp_path: Path) -> None:
 
 def test_system_unit_needs_a_user_other_than_root(tmp_path: Path) -> None:
     for run_as in (None, "root"):
-        with pytest.raises(manage.WrongUser, match="--run-as"):
-            manage.plan_install(system_target(tmp_path, run_as), None)
+        with pytest.raises(WrongUser, match="--run-as"):
+            plan_install(system_target(tmp_path, run_as), None)
 
 
 def test_system_unit_needs_root_to_install() -> None:
-    host = replace(manage.Host.current(), euid=1000, uid=1000, user="alice")
-    system = manage.resolve_target(host, "linux", "system")
+    host = replace(Host.current(), euid=1000, uid=1000, user="alice")
+    system = resolve_target(host, "linux", "system")
     assert system.run_as == "alice"
-    with pytest.raises(manage.WrongUser, match="sudo"):
-        manage.check_privileges(system, euid=1000)
-    manage.check_privileges(system, euid=0)
+    with pytest.raises(WrongUser, match="sudo"):
+        check_privileges(system, euid=1000)
+    check_privileges(system, euid=0)
 
 
 def test_under_sudo_the_system_unit_runs_as_the_sudo_user() -> None:
-    host = replace(manage.Host.current(), euid=0, uid=0, user="root", sudo_user="bob")
-    assert manage.resolve_target(host, "linux", "system").run_as == "bob"
+    host = replace(Host.current(), euid=0, uid=0, user="root", sudo_user="bob")
+    assert resolve_target(host, "linux", "system").run_as == "bob"
 
 
 def test_linger_hint_only_when_lingering_is_off(tmp_path: Path, home: Path) -> None:
     linger_file = tmp_path / "linger/me"
-    target = replace(
-        manage.resolve_target(manage.Host.current(), "linux", "user"), linger_file=linger_file
-    )
-    assert any("loginctl enable-linger me" in n for n in manage.plan_install(target, None).notes)
+    target = replace(resolve_target(Host.current(), "linux", "user"), linger_file=linger_file)
+    assert any("loginctl enable-linger me" in n for n in plan_install(target, None).notes)
     linger_file.parent.mkdir()
     linger_file.touch()
-    assert not any("enable-linger" in n for n in manage.plan_install(target, None).notes)
+    assert not any("enable-linger" in n for n in plan_install(target, None).notes)

@@ -14,15 +14,13 @@ import sys
 from typing import Any
 
 from lmkeeperd import logs
-from lmkeeperd.commands import BAD_USAGE, OK, REFUSED, error
+from lmkeeperd.cli.commands import BAD_USAGE, OK, REFUSED, error
 from lmkeeperd.config import Config, load_config
 from lmkeeperd.errors import ConfigError, LmkeeperError
 from lmkeeperd.lmstudio.models import ModelInfo
+from lmkeeperd.memory.sizes import to_gb
 from lmkeeperd.paths import config_path, socket_path
-
-
-def _gb(n: float) -> float:
-    return round(n / 1e9, 2)
+from lmkeeperd.status import Status
 
 
 async def _models(config: Config) -> list[ModelInfo]:
@@ -43,7 +41,10 @@ def _daemon_model(config: Config) -> str | None:
         reply = request(socket_path(config), {"op": "status"}, timeout=2)
     except (LmkeeperError, OSError):
         return None
-    model = reply.get("status", {}).get("model") if reply.get("ok") else None
+    if not reply.get("ok"):
+        return None
+    status: Status = reply.get("status", {})
+    model = status.get("model")
     return model if isinstance(model, str) else None
 
 
@@ -70,10 +71,10 @@ def report(
     return {
         "model": key,
         "estimate": {
-            "weights_gb": _gb(est.weights_bytes),
-            "kv_cache_gb": _gb(est.kv_cache_bytes),
-            "overhead_gb": _gb(est.overhead_bytes),
-            "total_gb": _gb(est.total_bytes),
+            "weights_gb": to_gb(est.weights_bytes),
+            "kv_cache_gb": to_gb(est.kv_cache_bytes),
+            "overhead_gb": to_gb(est.overhead_bytes),
+            "total_gb": to_gb(est.total_bytes),
             "context_length": est.context_length,
             "kv_bytes_per_token": round(per_token),
             "confidence": est.confidence,
@@ -82,11 +83,11 @@ def report(
             "notes": list(est.notes),
         },
         "budget": {
-            "budget_gb": _gb(b.budget_bytes),
-            "available_gb": _gb(b.available_bytes),
-            "total_gb": _gb(b.effective_total_bytes),
+            "budget_gb": to_gb(b.budget_bytes),
+            "available_gb": to_gb(b.available_bytes),
+            "total_gb": to_gb(b.effective_total_bytes),
             "fraction": b.fraction,
-            "freed_gb": _gb(b.freed_bytes),
+            "freed_gb": to_gb(b.freed_bytes),
             "freed_model": freed_model.key if freed_model and freed else None,
         },
         "fits": advisory is None,
@@ -120,20 +121,22 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(config_arg: str | None, model: str, context: int | None, as_json: bool) -> int:
+def run(
+    model: str, context: int | None = None, as_json: bool = False, config: str | None = None
+) -> int:
     if context is not None and context <= 0:
         error("estimate: --context must be a positive number of tokens")
         return BAD_USAGE
     try:
-        config = load_config(config_path(config_arg))
+        loaded = load_config(config_path(config))
     except ConfigError as e:
         error(str(e))
         return BAD_USAGE
     # Warnings only, and on stderr: stdout carries the answer (JSON with --json).
-    logs.setup("warning", config.log.format, stream=sys.stderr)
+    logs.setup("warning", loaded.log.format, stream=sys.stderr)
     try:
-        models = asyncio.run(_models(config))
-        result = report(config, models, model.strip(), context)
+        models = asyncio.run(_models(loaded))
+        result = report(loaded, models, model.strip(), context)
     except LmkeeperError as e:
         error(str(e))
         return REFUSED

@@ -41,6 +41,7 @@ def write_demo_config(folder: Path, server_url: str, idle_timeout: str) -> Path:
 
 
 def run_demo(idle_timeout: str = "60s", load_delay: float = 2.0) -> int:
+    """The `demo` command's handler."""
     from lmkeeperd.daemon import Daemon
 
     # A short path under /tmp: socket paths are limited to 104-108 bytes.
