@@ -20,6 +20,7 @@ the model, the URL or the environment variable involved, never a secret.
     ├── SelectionError              the proxy could not switch to a request's model (503/504)
     ├── LifecycleError              an event the core cannot accept in its state (a driver bug)
     ├── GGUFError                   a model file's header cannot be read
+    ├── UnsafeFileError             a file we read is a FIFO, device, folder or too big (fileio)
     └── ServiceError                installing/querying the service failed (CLI exit 1)
         ├── UnsupportedPlatform     no systemd/launchd support here (exit 2)
         ├── WrongUser               needs root, or must not run as root (exit 2)
@@ -132,6 +133,10 @@ class DaemonNotRunning(DaemonError):
 
 class SocketInUse(DaemonError):
     """Another live daemon already listens on the control socket."""
+
+
+class UnsafeFileError(LmkeeperError):
+    """A file lmkeeperd reads is not a regular file, or is larger than it may be."""
 
 
 class ServiceError(LmkeeperError):
