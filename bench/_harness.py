@@ -31,6 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "daemon"))  # bench_soak.py imports the soak
 
 from daemon_harness import DaemonProc  # noqa: E402
 
