@@ -4,20 +4,33 @@ The driver loop and the control socket are not started, so no timer fires and
 nothing listens: a test feeds events or calls a role (the control handler, the
 proxy bridge, the server sync) and waits for what the real emulator and the
 real core make of it. `shutdown()` at the end is the daemon's own (L16).
+
+    def test_x(emulator: Emulator, tmp_path: Path) -> None:
+        async def main() -> None:
+            async with inprocess_daemon(emulator, tmp_path) as d:
+                await load(d, A)
+                ...
+        run(main())
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lmkeeperd.config import Config, ModelConfig, ServerConfig
+from lmkeeperd.core import Select, State
 from lmkeeperd.daemon import Daemon
 from lmkeeperd.emulator import Emulator
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
 
 
 def config_for(emulator: Emulator, **model: Any) -> Config:
@@ -32,12 +45,29 @@ def config_for(emulator: Emulator, **model: Any) -> Config:
 async def inprocess_daemon(
     emulator: Emulator, folder: Path, config: Config | None = None
 ) -> AsyncIterator[Daemon]:
-    """A `Daemon` for `emulator`; the caller points $STATE_DIRECTORY at `folder` first."""
-    daemon = Daemon(config or config_for(emulator), folder / "config.toml")
+    """A `Daemon` for `emulator`, keeping its state (the stored selection) in `folder`."""
+    before = os.environ.get("STATE_DIRECTORY")
+    os.environ["STATE_DIRECTORY"] = str(folder)  # never the user's real selection
     try:
-        yield daemon
+        daemon = Daemon(config or config_for(emulator), folder / "config.toml")
+        try:
+            yield daemon
+        finally:
+            await daemon.shutdown()
     finally:
-        await daemon.shutdown()
+        if before is None:
+            del os.environ["STATE_DIRECTORY"]
+        else:
+            os.environ["STATE_DIRECTORY"] = before
+
+
+async def load(daemon: Daemon, model: str) -> None:
+    """Select `model` and wait until the core has it loaded."""
+    daemon.feed(Select(model))
+    await until(
+        lambda: daemon.core.state is State.LOADED and daemon.core.model == model,
+        f"{model} loaded",
+    )
 
 
 async def until(predicate: Callable[[], Any], what: str, within: float = 10.0) -> Any:

@@ -19,15 +19,32 @@ A selection from the socket, hop by hop: docs/architecture.md.
 
 from __future__ import annotations
 
-from lmkeeperd.daemon.driver import Daemon, run
-from lmkeeperd.daemon.memory_advisor import MemoryCheck
-from lmkeeperd.daemon.wiring import (
-    loaded_map,
-    make_client,
-    make_memory_check,
-    proxy_settings,
-    settings_from,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lmkeeperd.daemon.driver import Daemon, run
+    from lmkeeperd.daemon.memory_advisor import MemoryCheck
+    from lmkeeperd.daemon.wiring import (
+        loaded_map,
+        make_client,
+        make_memory_check,
+        proxy_settings,
+        settings_from,
+    )
+
+# Names resolve on first use, as in lmkeeperd.memory: `lmkeeperd estimate` needs the
+# wiring and the memory advisor, not the driver with the control server and the proxy.
+_EXPORTS = {
+    "Daemon": "driver",
+    "run": "driver",
+    "MemoryCheck": "memory_advisor",
+    "loaded_map": "wiring",
+    "make_client": "wiring",
+    "make_memory_check": "wiring",
+    "proxy_settings": "wiring",
+    "settings_from": "wiring",
+}
 
 __all__ = [
     "Daemon",
@@ -39,3 +56,12 @@ __all__ = [
     "run",
     "settings_from",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -6,14 +6,10 @@ itself (framing, modes, peers) is tested in tests/test_control_server.py.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
-import pytest
 from daemon_harness import loads_of, unloads_of
-from inprocess_harness import inprocess_daemon, until
+from inprocess_harness import inprocess_daemon, load, run, until
 
 from lmkeeperd import paths
 from lmkeeperd.control import protocol as proto
@@ -24,15 +20,6 @@ from lmkeeperd.emulator import Emulator
 
 A = "qwen/qwen3-4b-2507"
 B = "meta-llama/llama-3.1-8b-instruct"
-
-
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
 
 
 def test_select_is_stored_for_the_next_start_and_loads(emulator: Emulator, tmp_path: Path) -> None:
@@ -77,8 +64,7 @@ def test_unload_waits_for_the_server_and_names_a_model_loaded_behind_our_back(
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
             conn = Connection(1, None)
-            await d.handler.handle(conn, proto.Select(A))
-            await until(lambda: d.core.state is State.LOADED, "the load")
+            await load(d, A)
             (ours,) = emulator.loaded()[A]
             assert await d.handler.handle(conn, proto.Unload()) == {"ok": True}
             assert unloads_of(emulator) == [ours] and A not in emulator.loaded()

@@ -6,17 +6,14 @@ and the driver feeds it after the event that caused it, never from inside a feed
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 import pytest
 from daemon_harness import loads_of
-from inprocess_harness import inprocess_daemon, until
+from inprocess_harness import inprocess_daemon, load, run
 from structlog.testing import capture_logs
 
-from lmkeeperd.core import Select, State, Verdict
+from lmkeeperd.core import State, Verdict
 from lmkeeperd.emulator import Emulator
 from lmkeeperd.proxy import SelectionError
 
@@ -29,22 +26,12 @@ DRIVER_EVENTS = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
-
-
 def test_a_request_for_another_model_switches_then_gets_its_stream_in_order(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
-            d.feed(Select(A))
-            await until(lambda: d.core.state is State.LOADED, "A loaded")
+            await load(d, A)
             assert d.bridge.verdict(B) is Verdict.SWITCH and d.bridge.verdict(A) is Verdict.READY
             with capture_logs() as logs:
                 stream = await d.bridge.stream_for(B, max_wait=30)
@@ -71,8 +58,7 @@ def test_models_the_daemon_does_not_switch_to_go_at_once(
 ) -> None:
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
-            d.feed(Select(A))
-            await until(lambda: d.core.state is State.LOADED, "A loaded")
+            await load(d, A)
             for model in (EMBED, "not/on-the-server", A):
                 stream = await d.bridge.stream_for(model, max_wait=30)
                 assert d.core.model == A and d.core.active_streams == 1
@@ -85,8 +71,7 @@ def test_models_the_daemon_does_not_switch_to_go_at_once(
 def test_a_failed_switch_rejects_the_waiting_request(emulator: Emulator, tmp_path: Path) -> None:
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
-            d.feed(Select(A))
-            await until(lambda: d.core.state is State.LOADED, "A loaded")
+            await load(d, A)
             emulator.fail_next_loads(1)
             with pytest.raises(SelectionError) as caught:
                 await d.bridge.stream_for(B, max_wait=30)
@@ -99,8 +84,7 @@ def test_a_failed_switch_rejects_the_waiting_request(emulator: Emulator, tmp_pat
 def test_metrics_and_proxy_status_without_listeners(emulator: Emulator, tmp_path: Path) -> None:
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
-            d.feed(Select(A))
-            await until(lambda: d.core.state is State.LOADED, "A loaded")
+            await load(d, A)
             text = d.bridge.metrics_text()
             # Counted from the announced events (Daemon.announce -> ProxyBridge.observe).
             assert 'lmkeeperd_loads_total{kind="main",adopted="false"} 1' in text

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
-import pytest
 from daemon_harness import loads_of
-from inprocess_harness import inprocess_daemon, until
+from inprocess_harness import inprocess_daemon, load, run, until
 
 from lmkeeperd.core import Select, State
 from lmkeeperd.emulator import Emulator
@@ -25,22 +21,12 @@ STATUS_KEYS = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
-
-
 def test_a_selection_loads_through_the_server_and_status_shows_it(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
-            d.feed(Select(A))
-            await until(lambda: d.core.state is State.LOADED, "the load")
+            await load(d, A)
             (instance,) = emulator.loaded()[A]
             assert d.core.instance_id == instance and not d.core.adopted
             assert loads_of(emulator) == [A]
@@ -63,8 +49,7 @@ def test_L17_an_instance_already_on_the_server_is_adopted_not_loaded_again(
 
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
-            d.feed(Select(A))
-            await until(lambda: d.core.state is State.LOADED, "the adoption")
+            await load(d, A)
             assert d.core.adopted and d.core.instance_id == instance
             assert loads_of(emulator) == []
 
