@@ -63,7 +63,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def warm_bytecode() -> None:
     """Compile lmkeeperd and its dependencies into the cache once, before anything is timed."""
-    code = "import lmkeeperd.daemon, lmkeeperd.cli_app, lmkeeperd.emulator, lmkeeperd.status"
+    code = "import lmkeeperd.daemon.driver, lmkeeperd.cli_app, lmkeeperd.emulator, lmkeeperd.status"
     subprocess.run([PYTHON, "-c", code], env=child_env(), check=True)
 
 
