@@ -31,6 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "daemon"))  # bench_soak.py imports the soak
 
 from daemon_harness import DaemonProc  # noqa: E402
 
@@ -62,7 +63,8 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def warm_bytecode() -> None:
     """Compile lmkeeperd and its dependencies into the cache once, before anything is timed."""
-    code = "import lmkeeperd.daemon, lmkeeperd.cli.parser, lmkeeperd.emulator, lmkeeperd.cli.render"
+    modules = ("daemon.driver", "cli.parser", "emulator", "cli.render")
+    code = "import " + ", ".join(f"lmkeeperd.{m}" for m in modules)
     subprocess.run([PYTHON, "-c", code], env=child_env(), check=True)
 
 

@@ -1,6 +1,6 @@
 """The chaos soak at full size: 20,000 seeded random events against the real daemon.
 
-The same code as the CI soak (tests/test_soak.py, about 2,000 events), with ten times the
+The same code as the CI soak (tests/daemon/test_e2e_soak.py, about 2,000 events), with ten times the
 events; its module docstring defines the invariants. The emulator runs in this process (the
 soak drives its faults through the Python API); the daemon is its own process.
 
@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from _harness import Figure, child_env, emit
-from test_soak import DEFAULT_SEED, SoakPlan, SoakResult, run_soak
+from test_e2e_soak import DEFAULT_SEED, SoakPlan, SoakResult, run_soak
 
 FAULTS = (
     "fault_load_delay",

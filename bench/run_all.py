@@ -103,7 +103,7 @@ typer app, which imports click, pydantic and rich and kept ~10 MiB of them resid
 no longer imports typer at all (lmkeeperd/cli/). And each reconcile cost ~10 ms of CPU,
 half of it httpcore importing `sniffio` (not installed: anyio 4 dropped it) in every lock
 it creates, a failed import that searches the whole path every time; the daemon now marks
-sniffio as absent once (lmkeeperd/daemon.py), which Python remembers. CPU time is counted in
+sniffio as absent once (lmkeeperd/daemon/driver.py), which Python remembers. CPU time is counted in
 10 ms clock ticks, so a 120 s window resolves to about ±0.3 s per hour.""",
     "status_cli": """\
 Missed. Measured since issue 12 in a non-editable venv that the benchmark builds itself
@@ -140,17 +140,17 @@ The idle deadline is the core's `next_deadline()`; the driver sleeps on exactly 
 (asyncio timer, millisecond resolution) and sends the unload when it fires. The lateness is
 the timer's rounding plus one HTTP request.""",
     "soak": """\
-See tests/test_soak.py for the invariants and how each is checked. The soak found two ways
-to put two instances of one model on the server, both now fixed in the core
-(lmkeeperd/core/machine.py, with rule tests in tests/test_core_rules.py): switching away
+See tests/daemon/test_e2e_soak.py for the invariants and how each is checked. The soak found two
+ways to put two instances of one model on the server, both now fixed in the core
+(lmkeeperd/core/machine.py, with rule tests in tests/core/test_core_rules.py): switching away
 and back while a slow load ran (A, B, A) started a second load of A beside the first, and
 four copies of one model were seen at once (the core now resumes the superseded load,
 `ResumeLoad`); and a stray instance waiting for streams to end before its unload was avoided
 instead of adopted when its model was selected again (now adopted and kept). It also found
 that the daemon could outlive SIGTERM: on Python 3.11 `asyncio.wait_for` swallows a
 cancellation that arrives as its event is set, which the stop's own unload did to the
-reconcile loop (lmkeeperd/daemon.py now uses `asyncio.timeout`). RSS grew by 1.4 MiB over
-20,000 events in each of the last two full runs (40.0 → 41.4 MiB), against 0.1-0.2 MiB over
+reconcile loop (lmkeeperd/daemon/server_sync.py now uses `asyncio.timeout`). RSS grew by 1.4 MiB
+over 20,000 events in each of the last two full runs (40.0 → 41.4 MiB), against 0.1-0.2 MiB over
 100,000 requests in the clients benchmark: not shown to be flat over longer runs, and not
 investigated further (allocator fragmentation, or a slow leak on a fault path).""",
     "fuzz": """\

@@ -2,6 +2,8 @@
 
 The world here is a few lines standing in for the daemon's verdicts and the
 core's loading; the gate's ordering, releasing and rejecting is what is tested.
+Like the daemon, the world does the work the gate returns after each event
+(`after_event`): the gate itself never calls back into it while deciding.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from lmkeeperd.proxy import SelectionError, SwitchGate, Verdict
+from lmkeeperd.proxy import OpenStreams, SelectionError, SelectModel, SwitchGate, Verdict
 
 T = TypeVar("T")
 LONG = 30.0
@@ -38,25 +40,40 @@ class World:
     def selected_model(self) -> str | None:
         return self.selected
 
-    def select_model(self, model: str) -> None:
-        self.selected = model
-        self.selections.append(model)
-        self.gate.changed()
-
     def stream_opened(self) -> int:
-        self.opened += 1
-        self.streams.add(self.opened)
-        self.gate.changed()
-        return self.opened
+        stream = self._open()
+        self.after_event()
+        return stream
 
     def stream_closed(self, stream: int) -> None:
         self.streams.remove(stream)
-        self.gate.changed()
+        self.after_event()
+
+    def gate_moved(self) -> None:
+        self.after_event()
+
+    # what the daemon's driver does after each event
+    def after_event(self) -> None:
+        while work := self.gate.changed():
+            for item in work:
+                match item:
+                    case SelectModel(model=model):
+                        self.selected = model
+                        self.selections.append(model)
+                    case OpenStreams(waiters=waiters):
+                        for waiter in waiters:
+                            if not waiter.done():
+                                waiter.set_result(self._open())
+
+    def _open(self) -> int:
+        self.opened += 1
+        self.streams.add(self.opened)
+        return self.opened
 
     # what the core would do
     def load(self, model: str) -> None:
         self.loaded = model
-        self.gate.changed()
+        self.after_event()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -133,7 +150,7 @@ def test_a_failed_load_rejects_its_waiters_and_a_new_request_selects_again() -> 
         await settle()
         world.gate.load_failed("B", "out of memory")
         assert world.gate.target == "B"  # acted on once the event is handled:
-        world.gate.changed()
+        world.after_event()
         with pytest.raises(SelectionError) as caught:
             await waiting
         assert caught.value.status == 503 and "out of memory" in str(caught.value)
@@ -152,7 +169,7 @@ def test_a_selection_made_elsewhere_overrides_the_switch() -> None:
         waiting = asyncio.create_task(world.gate.stream_for("B", max_wait=LONG))
         await settle()
         world.selected = "C"  # the control socket or the config selected C
-        world.gate.changed()
+        world.after_event()
         with pytest.raises(SelectionError) as caught:
             await waiting
         assert caught.value.status == 503 and "C" in str(caught.value)

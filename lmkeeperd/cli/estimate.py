@@ -52,8 +52,8 @@ def report(
     config: Config, models: list[ModelInfo], key: str, context: int | None
 ) -> dict[str, Any]:
     """The estimate as one JSON-ready object (what --json prints)."""
+    from lmkeeperd.daemon.memory_advisor import MemoryCheck
     from lmkeeperd.memory import advisory_event, budget, check
-    from lmkeeperd.memory_check import MemoryCheck
 
     info = next((m for m in models if m.key == key), None)
     if info is None:

@@ -31,20 +31,33 @@ from lmkeeperd.core.events import (
     UnloadFinished,
 )
 from lmkeeperd.core.machine import LMSTUDIO, Lifecycle, LifecycleError, State
+from lmkeeperd.core.policy import (
+    Adopt,
+    Load,
+    LoadPlan,
+    Missing,
+    Verdict,
+    adopt_or_load,
+    proxy_verdict,
+)
 
 __all__ = [
     "LMSTUDIO",
     "Action",
     "Activity",
+    "Adopt",
     "CancelLoad",
     "CommandDone",
     "EngineChanged",
     "Event",
     "Lifecycle",
     "LifecycleError",
+    "Load",
     "LoadFailed",
     "LoadFinished",
+    "LoadPlan",
     "MemoryPressure",
+    "Missing",
     "Notify",
     "ResumeLoad",
     "Select",
@@ -61,4 +74,7 @@ __all__ = [
     "UnloadCommand",
     "UnloadFailed",
     "UnloadFinished",
+    "Verdict",
+    "adopt_or_load",
+    "proxy_verdict",
 ]

@@ -336,8 +336,8 @@ class Lifecycle:
 
         Switching away and back while a slow load runs (A, B, A) would otherwise have two
         loads of A in flight, and both instances on the server when they finish: the chaos
-        soak (tests/test_soak.py) saw four copies of one model at once. The load under way
-        is as good as a new one, and done sooner; only one with other load settings is not.
+        soak (tests/daemon/test_e2e_soak.py) saw four copies of one model at once. The load under
+        way is as good as a new one, and done sooner; only one with other load settings is not.
         """
         for op_id in sorted(self._ops, reverse=True):
             op = self._ops[op_id]

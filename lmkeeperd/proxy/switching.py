@@ -30,30 +30,45 @@ made elsewhere (socket, config), rejects the target's waiters with a
 `SelectionError` (503). A waiter that gives up (`max_wait`, or its client
 left) just leaves its group.
 
-The world calls `changed()` after every event the core handles, once that
-event's actions are all performed; the gate re-checks the target then. Its own
-calls into the world (selecting, opening streams) come back into `changed()`
-and are folded into the running pass.
+The gate never feeds the core itself. `changed()` returns what it wants done
+(`SelectModel`, `OpenStreams`); the daemon calls it after every event the core
+handles, once that event's actions are all performed, does the work as events
+of its own, and asks again until the gate wants nothing more. So events stay
+in order and no call ever comes back into the gate while it decides. When a
+waiter arrives or leaves outside any event, the gate asks the world to do the
+same (`SwitchWorld.gate_moved`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
+from lmkeeperd.core.policy import Verdict
 from lmkeeperd.proxy.hooks import SelectionError
 
 log = structlog.get_logger()
 
 
-class Verdict(enum.Enum):
-    READY = "ready"  # loaded by lmkeeperd: requests for it may go
-    PASS = "pass"  # not lmkeeperd's to switch to: forward as is
-    SWITCH = "switch"  # select it and wait until it is loaded
+@dataclass(frozen=True, slots=True)
+class SelectModel:
+    """Select `model`, as a client on the control socket would."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStreams:
+    """Open one stream per waiter still waiting, and hand it its id (`set_result`)."""
+
+    waiters: tuple[asyncio.Future[int], ...]
+
+
+GateWork = SelectModel | OpenStreams
 
 
 class SwitchWorld(Protocol):
@@ -65,11 +80,15 @@ class SwitchWorld(Protocol):
         """The core's latest selection (to notice one made elsewhere)."""
         ...
 
-    def select_model(self, model: str) -> None: ...
-
-    def stream_opened(self) -> int: ...
+    def stream_opened(self) -> int:
+        """Open a stream for a request that goes at once (never called from `changed()`)."""
+        ...
 
     def stream_closed(self, stream: int) -> None: ...
+
+    def gate_moved(self) -> None:
+        """A waiter came or went: call `changed()` and do the work it returns."""
+        ...
 
 
 class SwitchGate:
@@ -80,8 +99,7 @@ class SwitchGate:
         self._target: str | None = None
         self._failure: str | None = None
         self._waiting: dict[str, list[asyncio.Future[int]]] = {}
-        self._running = False
-        self._again = False
+        self._work: list[GateWork] = []
         self.selections = 0  # switches proxied requests asked for
 
     @property
@@ -98,7 +116,7 @@ class SwitchGate:
             return self._world.stream_opened()
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(model, []).append(waiter)
-        self._advance()
+        self._world.gate_moved()
         try:
             async with asyncio.timeout(max_wait):
                 return await waiter
@@ -113,18 +131,22 @@ class SwitchGate:
             self._leave(model, waiter)
             raise
 
-    def changed(self) -> None:
-        """The core handled an event: the target may be loaded now."""
-        if self._target is not None or self._waiting:
-            self._advance()
+    def changed(self) -> list[GateWork]:
+        """The core handled an event: the work the gate wants done now, in order.
+
+        Empty when there is nothing to do. After a `SelectModel` the gate stops
+        deciding until the selection is made: call `changed()` again then.
+        """
+        if self._target is None and not self._waiting:
+            return []
+        self._work = []
+        while self._step():
+            pass
+        work, self._work = self._work, []
+        return work
 
     def load_failed(self, model: str, error: str) -> None:
-        """The load of `model` failed; acted on at the next `changed()`.
-
-        Not at once: this is called while the daemon is still performing the
-        actions of one event, and selecting the next model now would feed the
-        core from inside that (its later events would be announced out of order).
-        """
+        """The load of `model` failed; acted on at the next `changed()`."""
         if model == self._target:
             self._failure = error
 
@@ -143,22 +165,10 @@ class SwitchGate:
                 group.remove(waiter)
             if not group:
                 del self._waiting[model]
-        self._advance()
+        self._world.gate_moved()
 
-    def _advance(self) -> None:
-        if self._running:
-            self._again = True
-            return
-        self._running = True
-        try:
-            self._again = True
-            while self._again:
-                self._again = False
-                self._step()
-        finally:
-            self._running = False
-
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One decision; True when the gate should decide again at once."""
         world = self._world
         target = self._target
         if target is not None:
@@ -179,9 +189,8 @@ class SwitchGate:
             elif not self._waiting.get(target):
                 self._target = None  # everybody gave up; the core goes on with the selection
             else:
-                return
-            self._again = True
-            return
+                return False
+            return True
         for model in list(self._waiting):
             if world.verdict(model) is not Verdict.SWITCH:
                 self._release(model)
@@ -190,14 +199,17 @@ class SwitchGate:
             self._failure = None
             self.selections += 1
             log.info("proxy_switch", model=model, waiting=len(self._waiting[model]))
-            world.select_model(model)
-            self._again = True
-            return
+            # The gate cannot judge the target again before this selection is made.
+            self._work.append(SelectModel(model))
+            return False
+        return False
 
     def _release(self, model: str) -> None:
-        for waiter in self._waiting.pop(model, []):
-            if not waiter.done():
-                waiter.set_result(self._world.stream_opened())
+        # Their streams open in the same step the model is seen loaded, before
+        # anything else (a selection, the idle timer) can unload it.
+        waiters = tuple(self._waiting.pop(model, []))
+        if waiters:
+            self._work.append(OpenStreams(waiters))
 
     def _reject(self, model: str, message: str) -> None:
         for waiter in self._waiting.pop(model, []):

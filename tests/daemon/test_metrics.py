@@ -1,4 +1,4 @@
-"""Metrics (lmkeeperd/metrics.py): counted from events, rendered as Prometheus text.
+"""Metrics (lmkeeperd/daemon/metrics.py): counted from events, rendered as Prometheus text.
 
 `parse_exposition` below is an independent reader of the text format (0.0.4):
 it checks the grammar line by line and the rules a scraper relies on (a TYPE
@@ -16,8 +16,8 @@ import httpx
 import pytest
 from daemon_harness import DaemonProc
 
+from lmkeeperd.daemon.metrics import Metrics, Snapshot
 from lmkeeperd.emulator import Emulator
-from lmkeeperd.metrics import Metrics, Snapshot
 from lmkeeperd.proxy import ProxyStats
 
 A = "qwen/qwen3-4b-2507"

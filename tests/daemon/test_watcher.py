@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from lmkeeperd.watcher import FileWatcher, InotifyWatcher, PollingWatcher, watch_file
+from lmkeeperd.daemon.watcher import FileWatcher, InotifyWatcher, PollingWatcher, watch_file
 
 T = TypeVar("T")
 WAIT_S = 5.0

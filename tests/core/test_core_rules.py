@@ -159,7 +159,7 @@ def test_L5_superseded_load_that_finished_is_unloaded() -> None:
 
 
 def test_L5_switching_back_during_a_slow_load_waits_for_it_instead_of_loading_twice() -> None:
-    # Found by the chaos soak (tests/test_soak.py): A, B, A while A's load runs put two
+    # Found by the chaos soak (tests/daemon/test_e2e_soak.py): A, B, A while A's load runs put two
     # loads of A in flight, and two instances of A on the server when both finished.
     h = Harness(switch_debounce=0)
     (first,) = h.loads(h.send(Select(A)))

@@ -22,13 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from lmkeeperd.config import Config
 from lmkeeperd.lmstudio.models import ModelInfo
+from lmkeeperd.memory.sizes import to_gb
+from lmkeeperd.status import MemoryStatus
 
 if TYPE_CHECKING:
     from lmkeeperd.memory import Estimate, MemoryProbe
-
-
-def _gb(n: float) -> float:
-    return round(n / 1e9, 2)
 
 
 class MemoryCheck:
@@ -61,26 +59,26 @@ class MemoryCheck:
             flash_attention=flash if isinstance(flash, bool) else None,
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> MemoryStatus:
         from lmkeeperd.memory import budget
 
         try:
             b = budget(self._probe.read(), self._config.memory.budget_fraction)
         except Exception as e:  # status must answer even when the probe cannot
             return {"error": str(e)}
-        figures: dict[str, Any] = {
-            "total_gb": _gb(b.effective_total_bytes),
-            "available_gb": _gb(b.available_bytes),
-            "budget_gb": _gb(b.budget_bytes),
+        figures: MemoryStatus = {
+            "total_gb": to_gb(b.effective_total_bytes),
+            "available_gb": to_gb(b.available_bytes),
+            "budget_gb": to_gb(b.budget_bytes),
         }
         if b.limited_by_cgroup:
-            figures["ram_gb"] = _gb(b.total_bytes)
+            figures["ram_gb"] = to_gb(b.total_bytes)
             figures["limited_by_cgroup"] = True
         if b.is_apple_silicon:
             figures["unified_memory"] = True  # RAM is also the GPU's memory
         if b.gpu is not None:
-            figures["vram_total_gb"] = _gb(b.gpu.total_bytes)
-            figures["vram_free_gb"] = _gb(b.gpu.free_bytes)
+            figures["vram_total_gb"] = to_gb(b.gpu.total_bytes)
+            figures["vram_free_gb"] = to_gb(b.gpu.free_bytes)
         return figures
 
     def advise(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from lmkeeperd.sdnotify import Notifier
+from lmkeeperd.daemon.sdnotify import Notifier
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ edits (valid and invalid), SIGHUP, `unload` commands, malformed requests and pau
 timers fire. Interleaved with them, the in-process emulator injects faults: slow loads, failed
 loads, hung unloads, server restarts (everything forgotten), and loads and unloads behind the
 daemon's back. The CI run plays about 2,000 events ($LMKEEPERD_SOAK_EVENTS changes that);
-`bench/bench_soak.py` (or `python tests/test_soak.py --events 20000 [--seed N]`) plays the
-same code with more.
+`bench/bench_soak.py` (or `PYTHONPATH=tests python tests/daemon/test_e2e_soak.py --events 20000
+[--seed N]`) plays the same code with more.
 
 Ground truth is what the soak itself did and saw (with `time.monotonic()` timestamps) and the
 emulator's request log (arrival time of every request the daemon sent). The daemon's own debug

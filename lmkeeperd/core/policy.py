@@ -1,0 +1,92 @@
+"""Pure decisions the daemon's I/O edges ask for: no I/O, no clock, no tasks.
+
+Two questions are answered here, from what the caller already knows:
+
+- `adopt_or_load`: a load is about to start and the server was just listed.
+  Adopt an instance of the model that is already there (L17: lmkeeperd never
+  loads a second instance of a model), load it, or give up because the server
+  does not have the model at all.
+- `proxy_verdict`: a proxied request names a model. Let it through as it is,
+  let it through because that model is the loaded one, or switch to it first
+  (select-on-request, lmkeeperd/proxy/switching.py).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from lmkeeperd.core.machine import LMSTUDIO, Lifecycle, State
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """Use this instance, already loaded on the server."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Ask the server for a new instance."""
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """The server does not have the model: the load fails with this message."""
+
+    message: str
+
+
+LoadPlan = Adopt | Load | Missing
+
+
+def adopt_or_load(
+    model: str,
+    instances: Sequence[str] | None,
+    avoid: Collection[str],
+    *,
+    server: str,
+) -> LoadPlan:
+    """What to do for a load of `model`.
+
+    `instances` are the ids of its loaded instances in the server's listing, or
+    None when the listing does not have the model. `avoid` are instances the
+    core is unloading (a stray, a superseded load): adopting one would hand the
+    user a model that is about to go. `server` names the server in the message.
+    """
+    if instances is None:
+        return Missing(
+            f"model {model!r} is not downloaded on the LM Studio server at {server} (see `lms ls`)"
+        )
+    for instance in instances:
+        if instance not in avoid:
+            return Adopt(instance)
+    return Load()
+
+
+class Verdict(enum.Enum):
+    READY = "ready"  # loaded by lmkeeperd: requests for it may go
+    PASS = "pass"  # not lmkeeperd's to switch to: forward as is
+    SWITCH = "switch"  # select it and wait until it is loaded
+
+
+def proxy_verdict(core: Lifecycle, model: str, model_type: str | None) -> Verdict:
+    """The verdict for a request naming `model`.
+
+    `model_type` is the type the server lists for it ("llm", "embedding", ...),
+    None when the server does not list it (or has not been listed yet): then
+    LM Studio answers the request for itself.
+    """
+    if (
+        model_type is None
+        or model_type.startswith("embedding")  # served beside the chat model, never instead
+        or core.engine != LMSTUDIO
+        or core.stopped
+        or not core.settings.auto_load
+    ):
+        return Verdict.PASS
+    if core.model == model and core.state in (State.LOADED, State.STREAMING):
+        return Verdict.READY
+    return Verdict.SWITCH

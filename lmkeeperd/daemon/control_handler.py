@@ -1,0 +1,141 @@
+"""Requests on the control socket, turned into core events (the `RequestHandler`).
+
+The control server (lmkeeperd/control/server.py) reads and checks each frame
+and calls `handle`; this module decides what a request means for the core:
+
+- `select`: store it for the next start (selection.py), then `Select`;
+- `activity`, `engine`: `Activity`, `EngineChanged`;
+- `stream_start` / `stream_end`: streams, each owned by the connection that
+  opened it, so a client that goes away ends its streams (L8);
+- `unload`: a fresh server listing when a model is named, then an
+  `UnloadCommand` whose reply waits for the core's `CommandDone`;
+- `status`: the snapshot (status.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from lmkeeperd.control import protocol as proto
+from lmkeeperd.control.server import Connection
+from lmkeeperd.core import (
+    Activity,
+    EngineChanged,
+    Select,
+    StreamEnded,
+    StreamStarted,
+    UnloadCommand,
+)
+from lmkeeperd.daemon import selection
+from lmkeeperd.daemon.context import Host
+from lmkeeperd.daemon.server_sync import ServerSync
+from lmkeeperd.errors import DaemonError
+from lmkeeperd.status import Status
+
+log = structlog.get_logger()
+
+
+class ControlHandler:
+    """Answers control-socket requests; see the module docstring."""
+
+    def __init__(
+        self,
+        host: Host,
+        sync: ServerSync,
+        *,
+        state_file: Path,
+        status: Callable[[], Status],
+    ) -> None:
+        self._host = host
+        self._sync = sync
+        self._state_file = state_file
+        self._status = status
+        self._commands: dict[int, asyncio.Future[str | None]] = {}
+        self._request_ids = itertools.count(1)
+        self._conn_streams: dict[int, list[int]] = {}
+        self._stream_owner: dict[int, int] = {}
+
+    async def handle(self, conn: Connection, request: proto.Request) -> dict[str, Any]:
+        host = self._host
+        match request:
+            case proto.Select(model=model):
+                key = model.strip()
+                if not key:
+                    return {"ok": True, "ignored": "empty model key"}
+                selection.save(
+                    self._state_file, selection.StoredSelection(key, host.config.model.selected)
+                )
+                host.feed(Select(key))
+            case proto.Activity():
+                host.feed(Activity())
+            case proto.StreamStart():
+                stream = host.next_stream()
+                self._conn_streams.setdefault(conn.id, []).append(stream)
+                self._stream_owner[stream] = conn.id
+                host.feed(StreamStarted(stream))
+                # After the feed: a deadline that fell due before the stream fires first in it.
+                log.debug("stream_opened", stream=stream, conn=conn.id)
+                return {"ok": True, "stream": stream}
+            case proto.StreamEnd(stream=stream):
+                return self._end_stream(conn, stream)
+            case proto.Engine(name=name):
+                host.feed(EngineChanged(name))
+            case proto.Unload(model=model):
+                return await self._unload_command(model)
+            case proto.Status():
+                return {"ok": True, "status": self._status()}
+            case _:
+                raise DaemonError(f"op {request.op!r} is not handled here")
+        return {"ok": True}
+
+    def _end_stream(self, conn: Connection, stream: int | None) -> dict[str, Any]:
+        mine = self._conn_streams.get(conn.id, [])
+        if stream is None:
+            if not mine:
+                return {"ok": False, "error": "stream_end: this connection has no open stream"}
+            stream = mine[-1]
+        owner = self._stream_owner.pop(stream, None)
+        if owner is None:
+            return {"ok": False, "error": f"stream_end: no open stream {stream}"}
+        with contextlib.suppress(ValueError):
+            self._conn_streams.get(owner, []).remove(stream)
+        self._host.feed(StreamEnded(stream))
+        return {"ok": True}
+
+    async def _unload_command(self, model: str | None) -> dict[str, Any]:
+        if model is not None and model.strip():
+            # Unloading a model by name needs the server's current instance ids.
+            error = await self._sync.refresh()
+            if error is not None:
+                return {"ok": False, "error": error}
+        request = next(self._request_ids)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._commands[request] = future
+        self._host.feed(UnloadCommand(request, model))
+        error = await future
+        return {"ok": True} if error is None else {"ok": False, "error": error}
+
+    def command_done(self, request: int, error: str | None) -> None:
+        """The core finished unload command `request` (its `CommandDone` action)."""
+        future = self._commands.pop(request, None)
+        if future is not None and not future.done():
+            future.set_result(error)
+
+    def fail_commands(self, error: str) -> None:
+        """Answer every unload command still waiting with `error` (at shutdown)."""
+        for future in self._commands.values():
+            if not future.done():
+                future.set_result(error)
+
+    def connection_closed(self, conn: Connection) -> None:
+        """L8: a client that goes away ends the streams it opened."""
+        for stream in self._conn_streams.pop(conn.id, []):
+            if self._stream_owner.pop(stream, None) is not None:
+                self._host.feed(StreamEnded(stream))

@@ -1,0 +1,443 @@
+"""The driver: the one place that feeds the lifecycle core and performs its actions.
+
+    config file ──watcher/SIGHUP──┐
+    control socket ──requests─────┤            ┌─▶ LM Studio client (load, unload)
+    proxy ──requests, switches────┤            │   (server_sync.py)
+    server reconcile ──snapshots──┼─▶ feed() ─▶│─▶ control socket subscribers, log
+    load/unload outcomes ─────────┘  core      └─▶ sd_notify, command replies
+
+Everything runs on one asyncio loop. `feed(event)` hands an event to the pure
+core and performs the actions it returns at once; loads and unloads run as
+tasks that feed their outcome back. Then the proxy's switch gate says what it
+wants done (a selection, streams for requests it lets go), and the driver
+feeds that too, in order: `feed` is never re-entered. The driver loop sleeps
+until the core's next deadline (debounce, idle timer) or until something
+feeds it: an idle daemon is asleep, except for the deliberate server reconcile
+every `[server] reconcile_interval`.
+
+The roles it wires (each sees the driver as a `Host`, context.py):
+control_handler.py (the control socket), proxy_bridge.py (the proxy and
+metrics), server_sync.py (LM Studio), status.py (the status snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import itertools
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from lmkeeperd import __version__, logs, paths
+from lmkeeperd.config import Config, load_config
+from lmkeeperd.control.server import ControlServer
+from lmkeeperd.core import (
+    Action,
+    CancelLoad,
+    CommandDone,
+    Event,
+    Lifecycle,
+    LifecycleError,
+    Notify,
+    ResumeLoad,
+    Select,
+    SettingsChanged,
+    Shutdown,
+    StartLoad,
+    StartUnload,
+    StreamStarted,
+    Tick,
+)
+from lmkeeperd.daemon import selection
+from lmkeeperd.daemon.control_handler import ControlHandler
+from lmkeeperd.daemon.proxy_bridge import ProxyBridge
+from lmkeeperd.daemon.sdnotify import Notifier
+from lmkeeperd.daemon.server_sync import ServerSync
+from lmkeeperd.daemon.status import build_status
+from lmkeeperd.daemon.watcher import watch_file
+from lmkeeperd.daemon.wiring import settings_from
+from lmkeeperd.errors import ConfigError, DaemonError
+from lmkeeperd.proxy import OpenStreams, SelectModel
+from lmkeeperd.status import Status
+
+log = structlog.get_logger()
+
+_WARNING_EVENTS = frozenset(
+    {"load_failed", "unload_failed", "config_invalid", "server_unreachable", "memory_advisory"}
+)
+_STREAM_FLIP = frozenset({"loaded", "streaming"})
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Daemon:
+    """Runs lmkeeperd until stopped. `run()` returns the process exit code."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self._config = config
+        self.config_path = config_path
+        self._clock = clock
+        self._notifier = notifier or Notifier.from_env()
+        self._core = Lifecycle(settings_from(config))
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stream_ids = itertools.count(1)
+        self._feeding = False
+        self._started = clock()
+        self._sigint_count = 0
+        self._control: ControlServer | None = None
+        self._state_file = paths.selection_file()
+        self.sync = ServerSync(self, config)
+        self.bridge = ProxyBridge(self, self.sync)
+        self.handler = ControlHandler(
+            self, self.sync, state_file=self._state_file, status=self.status
+        )
+
+    # --- Host (context.py) ----------------------------------------------------
+
+    @property
+    def core(self) -> Lifecycle:
+        return self._core
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def next_stream(self) -> int:
+        return next(self._stream_ids)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.track(task)
+        return task
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the core -------------------------------------------------------------
+
+    def feed(self, event: Event) -> None:
+        """Hand `event` to the core and perform what it asks, right now; then the gate's work.
+
+        Nothing performed here feeds back synchronously: loads and unloads are
+        tasks, and the switch gate returns its work instead of calling back.
+        """
+        if self._feeding:  # a bug of ours: events would be handled out of order
+            log.error("lifecycle_error", error=f"feed({type(event).__name__}) re-entered")
+            return
+        self._feeding = True
+        try:
+            self._handle(event)
+            self._gate_work()
+        finally:
+            self._feeding = False
+        self._wake.set()
+
+    def settle(self) -> None:
+        """The gate moved outside any event (a request came or left): do its work now."""
+        if self._feeding:
+            return  # the running feed asks the gate when its own actions are done
+        self._feeding = True
+        try:
+            self._gate_work()
+        finally:
+            self._feeding = False
+        self._wake.set()
+
+    def _handle(self, event: Event) -> None:
+        try:
+            actions = self._core.handle(event, self._clock())
+        except LifecycleError as e:  # a bug of ours: say so, keep running
+            log.error("lifecycle_error", error=str(e))
+            return
+        for action in actions:
+            self._perform(action)
+        self.sync.sync_pressure_watch()
+
+    def _gate_work(self) -> None:
+        """What the proxy's switch gate wants after the event: events of their own, in order."""
+        while work := self.bridge.gate_work():
+            for item in work:
+                match item:
+                    case SelectModel(model=model):
+                        # Not saved as the selection to restore at start: a request is a
+                        # passing use; the control socket and the config say what to keep.
+                        self._handle(Select(model))
+                    case OpenStreams(waiters=waiters):
+                        for waiter in waiters:
+                            if waiter.done():
+                                continue  # its request gave up
+                            stream = self.next_stream()
+                            log.debug("stream_opened", stream=stream, conn="proxy")
+                            self._handle(StreamStarted(stream))
+                            waiter.set_result(stream)
+
+    def _perform(self, action: Action) -> None:
+        match action:
+            case StartLoad():
+                self.sync.start_load(action)
+            case StartUnload():
+                # With `stream_opened`, this orders decisions against streams in the log:
+                # the soak test (tests/daemon/test_e2e_soak.py) reads both.
+                log.debug(
+                    "unload_started",
+                    op=action.op,
+                    model=action.model,
+                    instance_id=action.instance_id,
+                    reason=action.reason,
+                )
+                self.sync.start_unload(action)
+            case CancelLoad(op=op):
+                # The request keeps running in the background so that, should the
+                # server finish the load anyway, its outcome reaches the core (L5).
+                log.debug("load_superseded", op=op)
+            case ResumeLoad(op=op):
+                log.debug("load_resumed", op=op)  # its request never stopped: nothing to do
+            case Notify(event=name, fields=fields):
+                self.announce(name, fields)
+            case CommandDone(request=request, error=error):
+                self.handler.command_done(request, error)
+
+    def announce(self, name: str, fields: Mapping[str, Any]) -> None:
+        level = "warning" if name in _WARNING_EVENTS else "info"
+        if name == "state_changed" and {fields.get("from"), fields.get("to")} == _STREAM_FLIP:
+            level = "debug"  # every proxied request flips these two: noise at info level
+        getattr(log, level)(name, **fields)
+        self.bridge.observe(name, fields)
+        if self._control is not None:
+            self._control.publish({"event": name, **fields, "time": _utc_now()})
+        if name == "state_changed":
+            self._notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        model = self._core.model
+        return f"{self._core.state.value}" + (f": {model}" if model else "")
+
+    def status(self) -> Status:
+        return build_status(
+            core=self._core,
+            now=self._clock(),
+            started=self._started,
+            config_path=self.config_path,
+            sync=self.sync,
+            bridge=self.bridge,
+            control=self._control,
+        )
+
+    # --- config ---------------------------------------------------------------
+
+    async def _watch_config(self) -> None:
+        watcher = watch_file(self.config_path)
+        try:
+            while True:
+                await watcher.wait_changed()
+                self.reload(source="file")
+        finally:
+            watcher.close()
+
+    def reload(self, source: str) -> None:
+        """Re-read the config; an invalid one keeps the last good config running."""
+        self._notifier.reloading()
+        if not self.config_path.exists():
+            # Mid-run, a vanished file is far more often an editor's save dance or a
+            # slip than a wish for every default: keep what runs (defaults apply at start).
+            log.warning("config_missing", path=str(self.config_path), kept="last good config")
+            self._notifier.ready(self._status_line())
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            self.announce("config_invalid", {"error": str(e), "path": str(self.config_path)})
+            self._notifier.ready(self._status_line())
+            return
+        old, self._config = self._config, new
+        if new == old and source == "file":
+            self._notifier.ready(self._status_line())
+            return  # touched, not changed
+        if new.log != old.log:
+            logs.setup(new.log.level, new.log.format)
+        self.sync.configure(old, new)
+        if new.control != old.control:
+            log.warning("config_needs_restart", key="control.socket")
+        for key, before, after in (
+            ("proxy.listen", old.proxy.listen, new.proxy.listen),
+            ("metrics.listen", old.metrics.listen, new.metrics.listen),
+        ):
+            if before != after:
+                log.warning("config_needs_restart", key=key)
+        self.bridge.configure(old, new)
+        self.feed(SettingsChanged(settings_from(new)))
+        self.announce("config_reloaded", {"path": str(self.config_path), "source": source})
+        if new.model.selected != old.model.selected and new.model.selected.strip():
+            # A changed `selected` is a selection, and the newest one: it replaces what an
+            # older socket selection stored, or a restart would bring that one back.
+            selection.save(
+                self._state_file,
+                selection.StoredSelection(new.model.selected.strip(), new.model.selected),
+            )
+            self.feed(Select(new.model.selected))
+        self._notifier.ready(self._status_line())
+
+    # --- life -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._control = ControlServer(paths.socket_path(self.config), self.handler)
+        try:
+            await self._control.start()
+            await self.bridge.start_listeners()
+        except DaemonError as e:
+            log.error("daemon_start_failed", error=str(e))
+            await self.bridge.close_listeners()
+            await self._control.close()
+            await self.sync.aclose()
+            return 1
+        self._install_signals(loop)
+        log.info(
+            "daemon_started",
+            version=__version__,
+            pid=os.getpid(),
+            config=str(self.config_path),
+            socket=str(self._control.path),
+            server=self.sync.base_url,
+        )
+        initial = selection.initial_selection(
+            self.config.model.selected, selection.load(self._state_file)
+        )
+        if initial.strip():
+            self.feed(Select(initial))
+        self.spawn(self.sync.reconcile_loop())
+        self.spawn(self._watch_config())
+        interval = self._notifier.watchdog_interval()
+        if interval is not None:
+            self.spawn(self._watchdog(interval))
+        self._notifier.ready(self._status_line())
+        try:
+            await self._drive()
+        finally:
+            await self.shutdown()
+        return 0
+
+    async def _drive(self) -> None:
+        """Sleep until the next deadline or until something was fed; tick when one is due."""
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            deadline = self._core.next_deadline()
+            self._wake.clear()
+            # A timer handle rather than wait_for(), which makes a task per wake-up: every
+            # request on the socket wakes this loop (bench/bench_roundtrip.py).
+            timer = None
+            if deadline is not None:
+                timer = loop.call_later(max(0.0, deadline - self._clock()), self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            due = self._core.next_deadline()
+            # Every event fires what fell due before it; a Tick is needed only when none came.
+            if not self._stop.is_set() and due is not None and due <= self._clock():
+                self.feed(Tick())
+
+    async def shutdown(self) -> None:
+        """L16: cancel pending work, unload within `shutdown_timeout`, always finish."""
+        bound = self.config.model.shutdown_timeout
+        deadline = self._clock() + bound
+        self._notifier.stopping()
+        log.info("daemon_stopping", timeout_s=bound)
+        self.feed(Shutdown())
+        self.bridge.stop_accepting()  # requests under way finish while we unload
+        while self._shutdown_waits_on_server() and self._clock() < deadline:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - self._clock()))
+        if self._shutdown_waits_on_server():
+            log.warning("shutdown_unload_timed_out", timeout_s=bound)
+        await self.bridge.close_listeners()  # before the sweep below: its stream ends feed the core
+        for task in list(self._tasks):
+            task.cancel()
+        self.handler.fail_commands("lmkeeperd is shutting down")
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._control is not None:
+            await self._control.close()
+        await self.sync.aclose()
+        log.info("daemon_stopped")
+
+    def _shutdown_waits_on_server(self) -> bool:
+        # A load cut short by the stop may still finish on the server (LM Studio does not
+        # abandon a load whose client left); its outcome makes the core unload that instance,
+        # so with unload_on_exit it is waited for too, within the same bound.
+        if self._core.unloads_in_flight:
+            return True
+        return self._config.model.unload_on_exit and self.sync.requests_in_flight
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the event loop itself: a blocked loop stops the pings.
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.reload(source="sighup"))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _on_sigint(self) -> None:
+        self._sigint_count += 1
+        if self._sigint_count > 1:
+            os._exit(130)  # a second Ctrl-C means now
+        self.request_stop()
+
+
+def _remember_missing_sniffio() -> None:
+    """Make a missing `sniffio` fail its import at once, every time after the first.
+
+    httpcore imports sniffio inside every lock and cancellation shield it sets up, and
+    Python does not remember a failed import: without sniffio (anyio 4 no longer needs it)
+    each request searched the whole import path several times, about half the CPU of an
+    idle daemon's reconcile (bench/bench_idle.py). None in sys.modules is Python's own
+    marker for "this module is not there".
+    """
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+def run(config_path: Path) -> int:
+    """Entry point of `lmkeeperd run`."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        logs.setup()
+        log.error("config_invalid", error=str(e), path=str(config_path))
+        return 2
+    logs.setup(config.log.level, config.log.format)
+    _remember_missing_sniffio()
+
+    async def main() -> int:
+        return await Daemon(config, config_path).run()
+
+    return asyncio.run(main())

@@ -1,0 +1,268 @@
+"""The daemon's side of LM Studio: loads, unloads, the reconcile, memory pressure.
+
+Every request to the server runs as a task and feeds its outcome back to the
+core as an event (`LoadFinished`, `UnloadFailed`, `ServerSnapshot`, ...).
+What to do is decided in the pure core (lmkeeperd/core/policy.py for
+adopt-or-load); this module only asks the server and reports what it said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from lmkeeperd.config import Config
+from lmkeeperd.core import (
+    Adopt,
+    Event,
+    LoadFailed,
+    LoadFinished,
+    MemoryPressure,
+    Missing,
+    ServerSnapshot,
+    StartLoad,
+    StartUnload,
+    State,
+    UnloadFailed,
+    UnloadFinished,
+    adopt_or_load,
+)
+from lmkeeperd.daemon.context import Host
+from lmkeeperd.daemon.memory_advisor import MemoryCheck
+from lmkeeperd.daemon.wiring import loaded_map, make_client, make_memory_check
+from lmkeeperd.errors import LmkeeperError, ModelNotFound, ServerUnreachable
+from lmkeeperd.lmstudio.client import LMStudioClient
+from lmkeeperd.lmstudio.models import ModelInfo
+from lmkeeperd.memory.sizes import to_gb
+
+log = structlog.get_logger()
+
+_FIRST_RETRY_S = 1.0
+
+
+class ServerSync:
+    """Talks to LM Studio for the core, and keeps the server's latest view."""
+
+    def __init__(self, host: Host, config: Config) -> None:
+        self._host = host
+        self.client: LMStudioClient = make_client(config)
+        self._old_clients: list[LMStudioClient] = []
+        self.memory: MemoryCheck = make_memory_check(config)
+        self._recheck = asyncio.Event()
+        self._op_tasks: dict[int, asyncio.Task[None]] = {}
+        self._outcomes = 0  # counts load/unload outcomes: a snapshot older than one is stale
+        self._pressure_task: asyncio.Task[None] | None = None
+        self.reachable: bool | None = None
+        self.error: str | None = None
+        self.loaded: dict[str, tuple[str, ...]] = {}
+        self.last_advisory: dict[str, Any] | None = None
+        self._models: dict[str, ModelInfo] = {}
+
+    # --- what others read ---------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return self.client.base_url
+
+    @property
+    def requests_in_flight(self) -> bool:
+        """A load or unload request has not returned yet."""
+        return bool(self._op_tasks)
+
+    def model_type(self, model: str) -> str | None:
+        """The type the server listed for `model` ("llm", "embedding"); None if unlisted."""
+        info = self._models.get(model)
+        return None if info is None else info.type
+
+    # --- loads and unloads --------------------------------------------------
+
+    def start_load(self, action: StartLoad) -> None:
+        self._op_tasks[action.op] = self._host.spawn(self._load(action))
+
+    def start_unload(self, action: StartUnload) -> None:
+        self._op_tasks[action.op] = self._host.spawn(self._unload(action))
+
+    def _outcome(self, event: Event) -> None:
+        self._outcomes += 1
+        self._recheck.set()  # let status show the server's new view soon
+        self._host.feed(event)
+
+    async def _load(self, action: StartLoad) -> None:
+        try:
+            # A fresh look at the server first: lmkeeperd never loads a model that
+            # already has an instance; it adopts it instead (L17).
+            models = await self.client.list_models()
+            self._note_models(models)
+            info = self._models.get(action.model)
+            plan = adopt_or_load(
+                action.model,
+                None if info is None else info.instance_ids,
+                action.avoid,
+                server=self.client.base_url,
+            )
+            if isinstance(plan, Missing):
+                raise ModelNotFound(plan.message)
+            if isinstance(plan, Adopt):
+                self._outcome(LoadFinished(action.op, plan.instance_id, adopted=True))
+                return
+            assert info is not None  # Load: the listing had the model
+            self._advise(info)  # runs beside the load: it must never delay it (L12)
+            result = await self.client.load(action.model, action.load_config)
+            self._outcome(LoadFinished(action.op, result.instance_id))
+        except ServerUnreachable as e:
+            self._recheck.set()  # the reconcile loop notices the outage and retries
+            self._outcome(LoadFailed(action.op, str(e), unreachable=True))
+        except LmkeeperError as e:
+            self._outcome(LoadFailed(action.op, str(e)))
+        except Exception as e:  # never let a bug in here stop the daemon
+            log.exception("load_crashed", model=action.model)
+            self._outcome(LoadFailed(action.op, f"internal error: {e!r}"))
+        finally:
+            self._op_tasks.pop(action.op, None)
+
+    async def _unload(self, action: StartUnload) -> None:
+        try:
+            await self.client.unload(action.instance_id)
+            self._outcome(UnloadFinished(action.op))
+        except ModelNotFound:
+            self._outcome(UnloadFinished(action.op))  # already gone: what we wanted
+        except LmkeeperError as e:
+            if isinstance(e, ServerUnreachable):
+                self._recheck.set()
+            self._outcome(UnloadFailed(action.op, str(e)))
+        except Exception as e:
+            log.exception("unload_crashed", model=action.model)
+            self._outcome(UnloadFailed(action.op, f"internal error: {e!r}"))
+        finally:
+            self._op_tasks.pop(action.op, None)
+
+    def _advise(self, info: ModelInfo) -> None:
+        """L12: warn before a load that likely will not fit; never block or delay it.
+
+        Reading a GGUF header can take tens of milliseconds, so the check runs in a
+        thread while the load request is already on its way.
+        """
+        check = self.memory.advise
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(check, info))
+        self._host.track(task)
+
+        def done(task: asyncio.Task[Mapping[str, Any] | None]) -> None:
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is not None:
+                log.error("memory_check_failed", model=info.key, error=str(error))
+                return
+            advisory = task.result()
+            if advisory is not None:
+                self.last_advisory = dict(advisory)
+                self._host.announce("memory_advisory", advisory)
+
+        task.add_done_callback(done)
+
+    # --- memory-pressure eject ----------------------------------------------
+
+    def sync_pressure_watch(self) -> None:
+        """Watch memory only while a model of ours is loaded and the feature is on."""
+        below = self._host.config.memory.pressure_eject_below
+        wanted = below is not None and self._host.core.state in (State.LOADED, State.STREAMING)
+        task = self._pressure_task
+        if wanted and (task is None or task.done()):
+            self._pressure_task = self._host.spawn(self._watch_pressure())
+        elif not wanted and task is not None:
+            task.cancel()
+            self._pressure_task = None
+
+    async def _watch_pressure(self) -> None:
+        from lmkeeperd.memory import PressureWatcher
+
+        watcher = PressureWatcher(self.memory.probe)
+        while (below := self._host.config.memory.pressure_eject_below) is not None:
+            grace = self._host.config.memory.pressure_grace
+            available = await watcher.wait_pressure(below, grace)
+            log.warning("memory_pressure", available_gb=to_gb(available), threshold_gb=to_gb(below))
+            self._host.feed(MemoryPressure())  # the core ejects only when no stream is open
+
+    # --- the server's view (L17, L18) ---------------------------------------
+
+    def _note_models(self, models: list[ModelInfo]) -> None:
+        self._models = {m.key: m for m in models}
+        self.loaded = loaded_map(models)
+
+    async def refresh(self, tries: int = 3) -> str | None:
+        """List the server now and hand the core the snapshot; the error, if any.
+
+        A listing that raced a load or unload outcome is stale and taken again,
+        up to `tries` times (then the core keeps its view).
+        """
+        for _ in range(tries):
+            outcomes = self._outcomes
+            try:
+                models = await self.client.list_models()
+            except LmkeeperError as e:
+                return str(e)
+            if outcomes == self._outcomes:
+                self._note_models(models)
+                self._host.feed(ServerSnapshot(loaded_map(models)))
+                break
+        return None
+
+    async def reconcile_loop(self) -> None:
+        retry = _FIRST_RETRY_S
+        while True:
+            self._recheck.clear()
+            interval = self._host.config.server.reconcile_interval
+            outcomes = self._outcomes
+            try:
+                models = await self.client.list_models()
+            except LmkeeperError as e:
+                self.error = str(e)
+                if self.reachable is not False:
+                    self.reachable = False
+                    self._host.announce(
+                        "server_unreachable", {"url": self.client.base_url, "error": str(e)}
+                    )
+                # Back off from ~1 s up to the reconcile interval; a refused token is
+                # not retried any faster than the interval (lmstudio-api.md).
+                wait = min(retry, interval) if isinstance(e, ServerUnreachable) else interval
+                retry = min(retry * 2, interval)
+            else:
+                if outcomes != self._outcomes and self.reachable:
+                    continue  # a load or unload finished meanwhile: this view is stale
+                after_outage = self.reachable is not True
+                self.reachable, self.error = True, None
+                retry = _FIRST_RETRY_S
+                if after_outage:
+                    self._host.announce("server_reachable", {"url": self.client.base_url})
+                self._note_models(models)
+                self._host.feed(ServerSnapshot(loaded_map(models), after_outage=after_outage))
+                wait = interval
+            with contextlib.suppress(TimeoutError):
+                # Not wait_for: on Python 3.11 it swallows a cancellation that arrives just as
+                # the event is set, which the stop's own unload does; this loop then outlived
+                # the stop and the daemon never exited (tests/daemon/test_e2e_config.py, 1 run
+                # in 5).
+                async with asyncio.timeout(wait):
+                    await self._recheck.wait()
+
+    # --- config and life ----------------------------------------------------
+
+    def configure(self, old: Config, new: Config) -> None:
+        """A reloaded config: another server gets a new client, memory settings apply."""
+        if new.server != old.server:
+            self._old_clients.append(self.client)
+            self.client = make_client(new)
+            # Another server is like one coming back from an outage: what the core
+            # wanted is restored there, not mistaken for a model unloaded by hand.
+            self.reachable = None
+            self._recheck.set()
+        self.memory = make_memory_check(new)
+
+    async def aclose(self) -> None:
+        for client in [self.client, *self._old_clients]:
+            with contextlib.suppress(Exception):
+                await client.aclose()

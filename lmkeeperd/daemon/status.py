@@ -1,0 +1,61 @@
+"""The status snapshot the control socket's `status` op returns.
+
+Its keys and values are the interface (interface.md; `lmkeeperd status`
+renders them): change them only together with the renderers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import cast
+
+from lmkeeperd import __version__
+from lmkeeperd.control.server import ControlServer
+from lmkeeperd.core import Lifecycle
+from lmkeeperd.daemon.proxy_bridge import ProxyBridge
+from lmkeeperd.daemon.server_sync import ServerSync
+from lmkeeperd.status import AdvisoryStatus, Status
+
+
+def build_status(
+    *,
+    core: Lifecycle,
+    now: float,
+    started: float,
+    config_path: Path,
+    sync: ServerSync,
+    bridge: ProxyBridge,
+    control: ControlServer | None,
+) -> Status:
+    """`now` and `started` are readings of the driver's monotonic clock."""
+    idle = core.idle_eject_in(now)
+    draft = core.draft
+    return {
+        "state": core.state.value,
+        "model": core.model,
+        "selected": core.selected,
+        "pending": core.pending,
+        "engine": core.engine,
+        "active_streams": core.active_streams,
+        "idle_eject_in_s": None if idle is None else round(idle, 1),
+        "server": {
+            "url": sync.base_url,
+            "reachable": sync.reachable,
+            "loaded": sorted(sync.loaded),
+            "error": sync.error,
+        },
+        "memory": sync.memory.status(),
+        "last_error": core.last_error,
+        "last_advisory": cast(AdvisoryStatus | None, sync.last_advisory),
+        "pid": os.getpid(),
+        "version": __version__,
+        "uptime_s": round(now - started, 1),
+        "adopted": core.adopted,
+        "draft": None if draft is None else draft[0],
+        "config": str(config_path),
+        "subscribers": control.subscribers if control else 0,
+        "dropped_events": control.dropped_events if control else 0,
+        "proxy": bridge.proxy_status(),
+        "metrics": bridge.metrics_status(),
+    }

@@ -1,0 +1,56 @@
+"""Factories that turn the config into the daemon's parts; other commands reuse them.
+
+`lmkeeperd estimate` builds the same LM Studio client and memory advisor the
+daemon runs with, so both read the config the same way.
+"""
+
+from __future__ import annotations
+
+from lmkeeperd.config import Config
+from lmkeeperd.core import Settings
+from lmkeeperd.daemon.memory_advisor import MemoryCheck
+from lmkeeperd.lmstudio.client import LMStudioClient
+from lmkeeperd.lmstudio.models import ModelInfo
+from lmkeeperd.proxy import ProxySettings, Token
+
+
+def settings_from(config: Config) -> Settings:
+    m = config.model
+    return Settings(
+        auto_load=m.auto_load,
+        idle_timeout=m.idle_timeout,
+        switch_debounce=m.switch_debounce,
+        draft_model=m.draft_model,
+        load_config=dict(m.load),
+        unload_on_exit=m.unload_on_exit,
+    )
+
+
+def make_client(config: Config) -> LMStudioClient:
+    s = config.server
+    return LMStudioClient.from_settings(
+        base_url=s.url,
+        token_env=s.api_token_env,
+        request_timeout=s.request_timeout,
+        load_timeout=s.load_timeout,
+    )
+
+
+def make_memory_check(config: Config) -> MemoryCheck:
+    return MemoryCheck(config)
+
+
+def loaded_map(models: list[ModelInfo]) -> dict[str, tuple[str, ...]]:
+    return {m.key: m.instance_ids for m in models if m.loaded_instances}
+
+
+def proxy_settings(config: Config) -> ProxySettings:
+    s, p = config.server, config.proxy
+    return ProxySettings(
+        upstream=s.url,
+        select_on_request=p.select_on_request,
+        inject_token=p.inject_token,
+        token=Token.from_env(s.api_token_env) if p.inject_token else None,
+        connect_timeout=s.request_timeout,
+        read_timeout=s.load_timeout,
+    )
