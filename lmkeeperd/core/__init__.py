@@ -13,12 +13,15 @@ from lmkeeperd.core.actions import (
 )
 from lmkeeperd.core.events import (
     Activity,
+    ActivitySource,
     EngineChanged,
     Event,
     LoadFailed,
     LoadFinished,
     MemoryPressure,
+    OwnStray,
     Select,
+    ServerActivity,
     ServerSnapshot,
     Settings,
     SettingsChanged,
@@ -27,27 +30,33 @@ from lmkeeperd.core.events import (
     StreamStarted,
     Tick,
     UnloadCommand,
+    UnloadDeferred,
     UnloadFailed,
     UnloadFinished,
 )
+from lmkeeperd.core.explain import Explanation
 from lmkeeperd.core.machine import LMSTUDIO, Lifecycle, LifecycleError, State
 
 __all__ = [
     "LMSTUDIO",
     "Action",
     "Activity",
+    "ActivitySource",
     "CancelLoad",
     "CommandDone",
     "EngineChanged",
     "Event",
+    "Explanation",
     "Lifecycle",
     "LifecycleError",
     "LoadFailed",
     "LoadFinished",
     "MemoryPressure",
     "Notify",
+    "OwnStray",
     "ResumeLoad",
     "Select",
+    "ServerActivity",
     "ServerSnapshot",
     "Settings",
     "SettingsChanged",
@@ -59,6 +68,7 @@ __all__ = [
     "StreamStarted",
     "Tick",
     "UnloadCommand",
+    "UnloadDeferred",
     "UnloadFailed",
     "UnloadFinished",
 ]
