@@ -35,7 +35,8 @@ from lmkeeperd.core.events import (
     UnloadFinished,
 )
 from lmkeeperd.core.explain import Explanation
-from lmkeeperd.core.machine import LMSTUDIO, Lifecycle, LifecycleError, State
+from lmkeeperd.core.machine import Lifecycle, LifecycleError
+from lmkeeperd.core.view import LMSTUDIO, State
 
 __all__ = [
     "LMSTUDIO",
