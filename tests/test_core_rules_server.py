@@ -326,6 +326,17 @@ def test_L22_stray_of_the_wanted_model_is_adopted_when_we_have_none() -> None:
     assert h.core.explain(310).cause == "stray adopted"
 
 
+def test_L22_after_a_restart_the_journaled_instance_of_the_selection_is_adopted() -> None:
+    h = Harness(switch_debounce=0.3)
+    h.send(Select(A), at=0)  # the restored selection, still in its debounce
+    out = h.send(OwnStray(A, "A-journal"), at=0.1)
+    assert h.unloads(out) == [] and h.core.instance_id == "A-journal"
+    assert h.loads(h.tick(1)) == [] and h.core.next_deadline() == pytest.approx(1800.1)
+    # A journaled instance of another model than the one selected is cleaned up.
+    (unload,) = h.unloads(h.send(OwnStray(B, "B-journal"), at=2))
+    assert (unload.instance_id, unload.reason) == ("B-journal", "stray")
+
+
 def test_L22_stray_adopted_during_a_load_supersedes_that_load() -> None:
     h = Harness(switch_debounce=0)
     (load,) = h.loads(h.send(Select(A)))

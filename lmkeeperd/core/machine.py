@@ -52,7 +52,8 @@ Rules (ids from lifecycle-spec.md):
 An event that cannot be legal (an outcome for an op that was never issued)
 raises `LifecycleError` and changes nothing. Everything a user can send
 (selections, stream ends for unknown ids, ...) is legal and at worst ignored.
-Records that are not rules live in bookkeeping.py and explain.py.
+The state and its read-only view (status, explain) live in view.py; plain records
+in bookkeeping.py and explain.py.
 """
 
 from __future__ import annotations
@@ -637,13 +638,17 @@ class Lifecycle(LifecycleView):
         model, instance = event.model.strip(), event.instance_id
         if instance in self.owned_instances():
             return  # tracked already, or already on its way out: idempotent
-        wanted = self._hands_on() and self.settings.auto_load and self._wanted == model
+        # What we want: a selection still in its debounce counts (after a restart the
+        # restored selection may wait there while the journal reports its instance).
+        want = self._debounce_target if self._debounce_at is not None else self._wanted
+        wanted = self._hands_on() and self.settings.auto_load and want == model
         no_instance = self._state is State.IDLE or (
             self._state is State.LOADING and self._model == model
         )
         if wanted and no_instance:
             self._supersede_load(out)  # its instance becomes a stray when it returns
-            self._model = model
+            self._cancel_debounce()
+            self._wanted = self._model = model
             out.append(Notify("stray_adopted", {"model": model, "instance_id": instance}))
             self._took(model, instance, False, now, out, "stray adopted")
             return
