@@ -13,12 +13,15 @@ from lmkeeperd.core.actions import (
 )
 from lmkeeperd.core.events import (
     Activity,
+    ActivitySource,
     EngineChanged,
     Event,
     LoadFailed,
     LoadFinished,
     MemoryPressure,
+    OwnStray,
     Select,
+    ServerActivity,
     ServerSnapshot,
     Settings,
     SettingsChanged,
@@ -27,10 +30,12 @@ from lmkeeperd.core.events import (
     StreamStarted,
     Tick,
     UnloadCommand,
+    UnloadDeferred,
     UnloadFailed,
     UnloadFinished,
 )
-from lmkeeperd.core.machine import LMSTUDIO, Lifecycle, LifecycleError, State
+from lmkeeperd.core.explain import Explanation
+from lmkeeperd.core.machine import Lifecycle, LifecycleError
 from lmkeeperd.core.policy import (
     Adopt,
     Load,
@@ -40,16 +45,19 @@ from lmkeeperd.core.policy import (
     adopt_or_load,
     proxy_verdict,
 )
+from lmkeeperd.core.view import LMSTUDIO, State
 
 __all__ = [
     "LMSTUDIO",
     "Action",
     "Activity",
+    "ActivitySource",
     "Adopt",
     "CancelLoad",
     "CommandDone",
     "EngineChanged",
     "Event",
+    "Explanation",
     "Lifecycle",
     "LifecycleError",
     "Load",
@@ -59,8 +67,10 @@ __all__ = [
     "MemoryPressure",
     "Missing",
     "Notify",
+    "OwnStray",
     "ResumeLoad",
     "Select",
+    "ServerActivity",
     "ServerSnapshot",
     "Settings",
     "SettingsChanged",
@@ -72,6 +82,7 @@ __all__ = [
     "StreamStarted",
     "Tick",
     "UnloadCommand",
+    "UnloadDeferred",
     "UnloadFailed",
     "UnloadFinished",
     "Verdict",

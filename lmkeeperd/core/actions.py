@@ -52,10 +52,19 @@ class ResumeLoad:
 
 @dataclass(frozen=True, slots=True)
 class StartUnload:
+    """Unload one instance.
+
+    `look_first` (L20): the model may be in use, so when LM Studio's activity can be
+    read the driver re-reads the instance's processing state right before sending,
+    and if it is busy sends nothing and reports UnloadDeferred instead. False for
+    strays, exit and forced switches.
+    """
+
     op: int
     model: str
     instance_id: str
-    reason: str  # switch | idle | command | exit | superseded | memory_pressure
+    reason: str  # switch | idle | command | exit | superseded | stray | memory_pressure
+    look_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ action's `op` id, so the core can tell a fresh outcome from a stale one
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,13 @@ class Settings:
     draft_model: str = ""  # "" = no draft model (L15)
     load_config: Mapping[str, Any] = field(default_factory=dict)  # sent with every load (L14)
     unload_on_exit: bool = True  # L16
+    # L20: how long a switch queued behind LM Studio's own activity (no client stream)
+    # waits before it is forced; 0 waits forever.
+    busy_switch_wait: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.busy_switch_wait >= 0:  # also refuses NaN
+            raise ValueError(f"busy_switch_wait must be >= 0 seconds, got {self.busy_switch_wait}")
 
 
 # --- from clients (socket, config file, CLI) ---------------------------------
@@ -29,9 +37,19 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Select:
-    """A client or the config file selected a model (L1-L3)."""
+    """A client or the config file selected a model (L1-L3).
+
+    `keep_alive` is an idle timeout for this selection only (0 never ejects); it
+    overrides `Settings.idle_timeout` until another model is selected.
+    """
 
     model: str
+    keep_alive: float | None = None
+
+    def __post_init__(self) -> None:
+        ka = self.keep_alive
+        if ka is not None and not (ka >= 0 and math.isfinite(ka)):
+            raise ValueError(f"keep_alive must be a finite number of seconds >= 0, got {ka}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +122,17 @@ class LoadFinished:
 
 @dataclass(frozen=True, slots=True)
 class LoadFailed:
-    """A StartLoad failed. `unreachable` when the server could not be reached at all."""
+    """A StartLoad failed. `unreachable` when the server could not be reached at all.
+
+    `abandoned` when the driver gave up waiting (load_timeout, or a stop) on a load
+    the server may still finish: the driver reports that instance later as an
+    OwnStray (L22).
+    """
 
     op: int
     error: str
     unreachable: bool = False
+    abandoned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +144,18 @@ class UnloadFinished:
 class UnloadFailed:
     op: int
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadDeferred:
+    """A StartUnload with `look_first` was not sent: LM Studio showed the instance busy (L20).
+
+    `doing` is LM Studio's processing status, `queued` its queued request count.
+    """
+
+    op: int
+    doing: str
+    queued: int = 0
 
 
 # --- what the server says is loaded (L17, L18) -------------------------------
@@ -138,6 +174,46 @@ class ServerSnapshot:
     after_outage: bool = False
 
 
+# --- what LM Studio itself sees (L19-L22) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerActivity:
+    """LM Studio's view of one instance (L19), from its websocket channel.
+
+    `doing`: "generating" | "processingPrompt" | "computingEmbedding" | "idle";
+    `busy` = doing != "idle" or queued > 0. `last_used` is LM Studio's
+    lastUsedTime converted by the driver to the core's monotonic clock (None:
+    never used).
+    """
+
+    instance_id: str
+    busy: bool
+    doing: str = "idle"
+    queued: int = 0
+    last_used: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivitySource:
+    """Whether LM Studio's activity can be read (L21); `reason` says why not."""
+
+    available: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnStray:
+    """An instance lmkeeperd started and no longer tracks (L22).
+
+    The driver derives it from its journal after a restart, from a load it
+    abandoned (LoadFailed.abandoned) or from a hung unload still listed.
+    """
+
+    model: str
+    instance_id: str
+
+
 Event = (
     Select
     | StreamStarted
@@ -153,5 +229,9 @@ Event = (
     | LoadFailed
     | UnloadFinished
     | UnloadFailed
+    | UnloadDeferred
     | ServerSnapshot
+    | ServerActivity
+    | ActivitySource
+    | OwnStray
 )

@@ -17,7 +17,8 @@ import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from lmkeeperd.core.machine import LMSTUDIO, Lifecycle, State
+from lmkeeperd.core.machine import Lifecycle
+from lmkeeperd.core.view import LMSTUDIO, State
 
 
 @dataclass(frozen=True, slots=True)

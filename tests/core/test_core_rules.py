@@ -79,7 +79,8 @@ def test_L2_reselecting_loading_model_does_not_start_second_load() -> None:
 def test_L3_burst_inside_debounce_gives_one_switch_to_last_model() -> None:
     h = Harness(switch_debounce=0.3)
     for i, model in enumerate([A, B, C, B, A, C]):
-        assert h.send(Select(model), at=i * 0.1) == []
+        out = h.send(Select(model), at=i * 0.1)
+        assert h.loads(out) == [] and h.unloads(out) == []
     assert h.tick(0.5 + 0.29) == []  # last selection at 0.5, window not over yet
     out = h.tick(0.8)
     assert [a.model for a in h.loads(out)] == [C]
@@ -228,7 +229,10 @@ def test_L7_mid_stream_selection_waits_for_stream_end_and_latest_wins() -> None:
     h.send(StreamStarted(1), at=1)
     assert h.core.state is State.STREAMING
     assert h.send(Select(B), at=2) == []
-    assert h.send(Select(C), at=3) == []
+    out = h.send(Select(C), at=3)  # only says which queued selection it replaced
+    assert [(type(a).__name__, h.events("selection_superseded", out)) for a in out] == [
+        ("Notify", [{"model": B, "by": C}])
+    ]
     assert h.core.pending == C and h.unloads() == []
     out = h.send(StreamEnded(1), at=4)
     (unload,) = h.unloads(out)
