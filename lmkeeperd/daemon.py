@@ -71,6 +71,7 @@ from lmkeeperd.errors import (
     ModelNotFound,
     ServerUnreachable,
 )
+from lmkeeperd.listening import install_accept_guard
 from lmkeeperd.lmstudio.client import LMStudioClient
 from lmkeeperd.lmstudio.models import ModelInfo
 from lmkeeperd.memory_check import MemoryCheck
@@ -86,6 +87,8 @@ _WARNING_EVENTS = frozenset(
 )
 _FIRST_RETRY_S = 1.0
 _STREAM_FLIP = frozenset({"loaded", "streaming"})
+# Streams one control connection may hold open at once (docs/interface.md).
+MAX_STREAMS_PER_CONNECTION = 64
 
 
 def settings_from(config: Config) -> Settings:
@@ -464,6 +467,13 @@ class Daemon:
             case proto.Activity():
                 self.feed(Activity())
             case proto.StreamStart():
+                if len(self._conn_streams.get(conn.id, ())) >= MAX_STREAMS_PER_CONNECTION:
+                    return {
+                        "ok": False,
+                        "error": f"stream_start: this connection already holds "
+                        f"{MAX_STREAMS_PER_CONNECTION} open streams, the most one may hold; "
+                        "end one first",
+                    }
                 stream = next(self._stream_ids)
                 self._conn_streams.setdefault(conn.id, []).append(stream)
                 self._stream_owner[stream] = conn.id
@@ -489,9 +499,12 @@ class Daemon:
             if not mine:
                 return {"ok": False, "error": "stream_end: this connection has no open stream"}
             stream = mine[-1]
-        owner = self._stream_owner.pop(stream, None)
+        owner = self._stream_owner.get(stream)
         if owner is None:
             return {"ok": False, "error": f"stream_end: no open stream {stream}"}
+        if owner != conn.id:  # streams belong to the connection that opened them (L8)
+            return {"ok": False, "error": f"stream_end: stream {stream} is another connection's"}
+        del self._stream_owner[stream]
         with contextlib.suppress(ValueError):
             self._conn_streams.get(owner, []).remove(stream)
         self.feed(StreamEnded(stream))
@@ -669,6 +682,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        install_accept_guard(loop)  # out of descriptors: one log line per burst, no tracebacks
         self._control = ControlServer(paths.socket_path(self.config), self)
         try:
             await self._control.start()

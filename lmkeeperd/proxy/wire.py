@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from lmkeeperd.listening import GuardedStreamProtocol, Slot
 from lmkeeperd.proxy.http1 import (
     BodyDecoder,
     Framing,
@@ -68,6 +69,10 @@ class _Wire:
         self.buffer += data
         return True
 
+    async def wait_data(self) -> bool:
+        """Wait until some bytes are buffered; False when the peer closed first."""
+        return bool(self.buffer) or await self._fill()
+
     async def _head(self) -> bytes | None:
         """The next head; None when the peer closed before sending a byte of it."""
         while True:
@@ -102,7 +107,7 @@ class _Wire:
         self.writer.transport.abort()  # nothing left worth flushing: drop it now
 
 
-class ClientProtocol(asyncio.StreamReaderProtocol):
+class ClientProtocol(GuardedStreamProtocol):
     """asyncio's stream protocol, which also says at once when the client closes its end.
 
     A client waiting for its answer sends nothing; its closing is the only sign
@@ -115,8 +120,9 @@ class ClientProtocol(asyncio.StreamReaderProtocol):
         reader: asyncio.StreamReader,
         connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
         loop: asyncio.AbstractEventLoop,
+        slot: Slot | None = None,
     ) -> None:
-        super().__init__(reader, connected, loop=loop)
+        super().__init__(reader, connected, loop, slot)
         self.peer_closed = False
         self.on_close: Callable[[], None] | None = None
 
@@ -146,6 +152,11 @@ class ClientSide(_Wire):
         self.body = BodyDecoder(Framing.NONE)
         protocol = writer.transport.get_protocol()
         self._protocol = protocol if isinstance(protocol, ClientProtocol) else None
+
+    @property
+    def slot(self) -> Slot | None:
+        """This connection's place under the listener's cap (None: not capped)."""
+        return self._protocol.slot if self._protocol is not None else None
 
     async def next_request(self) -> Request | None:
         """The next request's head, or None when the client closed between requests."""
