@@ -8,11 +8,12 @@ fill its log. Three pieces:
 - `ConnectionCap`: each listener admits at most `limit` connections. Every
   admitted connection holds a `Slot` and says when it is *idle* (waiting for a
   client that has asked for nothing yet, or between requests, holding no
-  stream). A newcomer over the cap takes the slot of the connection idle the
-  longest, which is closed (shed); only when no connection is idle is the
-  newcomer refused, answered at once with a short error and closed. So a flood
-  of silent connections can never lock real clients out, and a client holding
-  a stream or waiting for an answer is never cut to make room.
+  stream); a new connection is idle from the start. A newcomer over the cap
+  takes the slot of the connection idle the longest, which is closed (shed);
+  only when no connection is idle is the newcomer refused, answered at once
+  with a short error and closed. So a flood of silent connections can never
+  lock real clients out, and a client holding a stream or waiting for an
+  answer is never cut to make room.
 - `BurstLog`: one log line per burst of the same event: the first occurrence
   at once, then at most one summary per `window` seconds with a `count`, and
   nothing once the burst is over.
@@ -95,7 +96,7 @@ class Slot:
 
     def idle(self) -> None:
         """The connection may be shed to make room from now on (the newest idle goes last)."""
-        if not self.released and self._close is not None:
+        if not self.released:
             self._cap._idle.pop(self, None)
             self._cap._idle[self] = None
 
@@ -111,6 +112,8 @@ class Slot:
             self._cap.live -= 1
 
     def _shed(self) -> None:
+        # A connection accepted in the same burst may not have begun yet (no `attach`):
+        # it is closed as it begins (GuardedStreamProtocol.connection_made).
         close = self._close
         self.release()
         if close is not None:
@@ -144,7 +147,9 @@ class ConnectionCap:
             self.shed_total += 1
             self._shed_log.hit(listener=self.listener, cap=self.limit)
         self.live += 1
-        return Slot(self)
+        slot = Slot(self)
+        slot.idle()  # it has asked for nothing yet
+        return slot
 
     @property
     def idle(self) -> int:
@@ -182,6 +187,9 @@ class GuardedStreamProtocol(asyncio.StreamReaderProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.slot is not None and isinstance(transport, asyncio.Transport):
+            if self.slot.released:  # shed before it began: never serve it
+                transport.abort()
+                return
             self.slot.attach(transport.abort)
         super().connection_made(transport)
 

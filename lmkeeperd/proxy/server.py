@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -269,6 +270,13 @@ class ProxyServer:
                 f"cannot listen on {self.address}: {e.strerror or e}"
                 + (" (another program uses that port)" if e.errno in (48, 98) else "")
             ) from None
+        for listening in self._server.sockets:
+            # asyncio's backlog (100) is also how many it accepts per wake-up; a longer
+            # kernel queue keeps a burst from dropping clients' SYNs (each costs them a
+            # 1 s retransmit). listen() again only changes the backlog; the duplicate
+            # socket shares the listening one.
+            with listening.dup() as same:
+                same.listen(socket.SOMAXCONN)
         bound = self._server.sockets[0].getsockname()
         self.address = format_address(self._host, bound[1])
         self._own_hosts = own_hosts(self._host, bound[1])
