@@ -379,7 +379,8 @@ class ProxyServer:
         if settings is not None:
             why = refusal(request, self._own_hosts, inject_token=settings.inject_token)
             if why is not None:
-                log.debug("proxy_forbidden", reason=why.split(" ", 1)[0].lower())
+                reason = "origin" if why.startswith("Origin") else "host"
+                log.debug("proxy_forbidden", reason=reason)
                 return await self._local_error(client, request, 403, why, "forbidden")
         if path.startswith(LOCAL_PREFIX) or self._settings is None:
             return await self._answer_locally(client, request, path)
