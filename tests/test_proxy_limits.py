@@ -159,3 +159,22 @@ def test_a_head_that_does_not_arrive_in_time_and_an_idle_keep_alive_are_closed()
             assert proxy.cap.live == 0
 
     run(main())
+
+
+def test_a_request_body_that_stalls_is_cut_whether_read_whole_or_streamed() -> None:
+    async def main() -> None:
+        async with Echo() as echo, proxy_for(echo.url) as (proxy, url):
+            proxy._keepalive_timeout = 0.2
+            small = await raw(url)  # read whole before forwarding
+            small[1].write(b"POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab")
+            large = await raw(url)  # streamed through: forwarded as it arrives
+            large[1].write(b"POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Length: 9999999\r\n\r\n")
+            large[1].write(b"x" * (2 * 1024 * 1024))
+            assert await closed_by_server(small[0]) == b""
+            assert await closed_by_server(large[0]) == b""
+            assert proxy.stats.requests_total == 2 and proxy.stats.in_flight == 0
+            assert proxy.stats.responses == {"aborted": 2}
+            for _, writer in (small, large):
+                writer.close()
+
+    run(main())

@@ -51,7 +51,8 @@ shed to make room for a newcomer, and only when every one is busy is the
 newcomer answered 503 and closed (lmkeeperd/listening.py). A request head
 must arrive whole within `head_timeout` seconds (from the connection's start,
 or from the first byte of a later request); a keep-alive connection that
-sends nothing for `keepalive_timeout` seconds is closed. With `inject_token`,
+sends nothing for `keepalive_timeout` seconds is closed, and so is one whose
+request body stalls that long. With `inject_token`,
 a request not addressed to the proxy's loopback name, or from a foreign
 origin, gets 403 (origin.py); a foreign origin gets 403 without it too.
 
@@ -116,7 +117,8 @@ MAX_CONNECTIONS = 256
 # from the first byte of a later request on it (a slow-loris client is cut here).
 HEAD_TIMEOUT_S = 10.0
 # A keep-alive connection that sends nothing for this long is closed (clients' own
-# pools drop idle connections sooner: httpx after 5 s).
+# pools drop idle connections sooner: httpx after 5 s), as is a request whose body
+# stops arriving for this long.
 KEEPALIVE_IDLE_S = 30.0
 # How long closing the listener waits for connections to end before cutting them.
 CLOSE_GRACE_S = 0.5
@@ -313,7 +315,7 @@ class ProxyServer:
             writer.transport.abort()
             return
         self._connections.add(task)
-        client = ClientSide(reader, writer)
+        client = ClientSide(reader, writer, body_timeout=self._keepalive_timeout)
         hung_up = False
 
         def hangup() -> None:

@@ -145,11 +145,17 @@ class ClientProtocol(GuardedStreamProtocol):
 class ClientSide(_Wire):
     """The server end of one client connection."""
 
-    __slots__ = ("_protocol", "body")
+    __slots__ = ("_body_timeout", "_protocol", "body")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        body_timeout: float | None = None,
+    ) -> None:
         super().__init__(reader, writer)
         self.body = BodyDecoder(Framing.NONE)
+        self._body_timeout = body_timeout
         protocol = writer.transport.get_protocol()
         self._protocol = protocol if isinstance(protocol, ClientProtocol) else None
 
@@ -168,6 +174,14 @@ class ClientSide(_Wire):
         if request.expects_continue and not self.body.done:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return request
+
+    async def read_body(
+        self, body: BodyDecoder, before_wait: Callable[[], None] | None = None
+    ) -> bytes:
+        """As `_Wire.read_body`; raises TimeoutError when the client sends nothing of its
+        body for `body_timeout` seconds (a request trickling in must not hold its place)."""
+        async with asyncio.timeout(self._body_timeout):
+            return await super().read_body(body, before_wait)
 
     async def read_body_upto(self, limit: int) -> tuple[bytes, bool]:
         """The body, read until it ends or more than `limit` bytes arrived; (bytes, complete)."""
