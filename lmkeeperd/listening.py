@@ -19,9 +19,13 @@ fill its log. Three pieces:
   nothing once the burst is over.
 - `install_accept_guard(loop)`: asyncio's accept loop reports running out of
   file descriptors (EMFILE, ENFILE) or kernel memory through the loop's
-  exception handler, with a traceback, and pauses that listener for a second.
-  The guard turns exactly that report into a rate-limited `accept_failed`
-  event and passes every other report on unchanged.
+  exception handler, with a traceback, and retries a second later. It goes on
+  trying the rest of its batch (up to the backlog, 100) after the first
+  failure and reports each one, so a listener out of descriptors logged about
+  a hundred tracebacks a second (issue 11: 60-120 MB in under a minute). The
+  guard turns exactly that report into a rate-limited `accept_failed` event
+  (945 reports in 10 s became 2 lines in a run with `ulimit -n 64`) and
+  passes every other report on unchanged.
 """
 
 from __future__ import annotations
