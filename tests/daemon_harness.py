@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal as signals
 import socket
@@ -203,6 +204,19 @@ class NotifyListener:
         self._sock.close()
 
 
+def _limit_open_files(soft: int) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def open_files(pid: int) -> int | None:
+    """How many file descriptors process `pid` has open (None where /proc is missing)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
 class DaemonProc:
     """One daemon process with its own folder (config, socket, state, log)."""
 
@@ -239,8 +253,13 @@ class DaemonProc:
         env.update(extra or {})
         return env
 
-    def start(self, env: Mapping[str, str] | None = None, wait: bool = True) -> None:
-        """Start `lmkeeperd run`; may be called again after the process exited (a restart)."""
+    def start(
+        self, env: Mapping[str, str] | None = None, wait: bool = True, nofile: int | None = None
+    ) -> None:
+        """Start `lmkeeperd run`; may be called again after the process exited (a restart).
+
+        `nofile`: the daemon's soft limit of open files (`ulimit -n`), as systemd sets it.
+        """
         if self._log_file is not None:
             self._log_file.close()
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in cleanup()
@@ -250,6 +269,7 @@ class DaemonProc:
             stderr=subprocess.STDOUT,
             env=self.env(env),
             cwd=self.dir,
+            preexec_fn=None if nofile is None else lambda: _limit_open_files(nofile),
         )
         if wait:
             wait_until(self._answers, 15, "the daemon's socket")

@@ -25,6 +25,13 @@ with mode 0600 and listens. Every accepted connection runs in its own task:
    close), `RequestHandler.connection_closed` is called exactly once, so the daemon can end
    the streams that connection opened (lifecycle L8).
 
+Limits (lmkeeperd/listening.py): at most `max_connections` connections. A connection is
+*idle* while it waits for a request line and holds no stream (by the replies to its
+``stream_start`` and ``stream_end``) and no subscription; a newcomer over the cap takes the place
+of the one idle the longest, which is closed, and only when none is idle is the newcomer sent
+one error line and closed. A connection's first line must arrive within `first_line_timeout`
+seconds; after that a connection may stay silent as long as it likes (a stream holder does).
+
 Slow subscribers never slow the daemon: each has a bounded queue; `publish` never blocks and
 drops the event for a subscriber whose queue is full, counting it. When the subscriber catches
 up, it first receives ``{"event": "events_dropped", "count": N}`` (an extension of the event
@@ -52,12 +59,15 @@ from lmkeeperd.control.protocol import (
     MAX_LINE,
     FrameError,
     Request,
+    StreamEnd,
+    StreamStart,
     Subscribe,
     encode,
     line_too_long_message,
     parse_request,
 )
 from lmkeeperd.errors import DaemonError, LmkeeperError, ProtocolError, SocketInUse
+from lmkeeperd.listening import ConnectionCap, GuardedStreamProtocol, Refuse, Slot
 from lmkeeperd.net import SOCKET_PATH_MAX, socket_path_size
 
 log = structlog.get_logger()
@@ -65,6 +75,14 @@ log = structlog.get_logger()
 # How long closing a connection may wait for its last reply to reach a client that does not
 # read; after that the connection is dropped hard.
 _FLUSH_TIMEOUT_S = 2.0
+
+# Connections held at most (well below systemd's soft `ulimit -n` of 1024).
+MAX_CONNECTIONS = 128
+# A connection must send its first request line within this long.
+FIRST_LINE_TIMEOUT_S = 10.0
+# Connections accepted per wake-up of the loop: asyncio accepts up to the listen backlog
+# at once, and a burst of thousands would take as many descriptors before any is refused.
+_ACCEPT_BATCH = 100
 
 # struct ucred (Linux): pid, uid, gid.
 _UCRED = struct.Struct("3i")
@@ -157,6 +175,8 @@ class ControlServer:
         *,
         subscriber_queue: int = 256,
         allowed_uids: Collection[int] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        first_line_timeout: float = FIRST_LINE_TIMEOUT_S,
     ) -> None:
         if subscriber_queue < 2:
             # One slot for a pending event plus one for the events_dropped marker before it.
@@ -174,6 +194,8 @@ class ControlServer:
         self._subscribers: set[_Subscriber] = set()
         self._dropped = 0
         self._closing = False
+        self.cap = ConnectionCap("control", max_connections)
+        self._first_line_timeout = first_line_timeout
 
     @property
     def path(self) -> Path:
@@ -205,9 +227,19 @@ class ControlServer:
             # A full backlog makes a client's connect fail at once (EAGAIN on a Unix socket),
             # not wait; asyncio's default of 100 filled up under bursts of connections
             # (tests/test_fuzz_socket.py). The kernel caps this at net.core.somaxconn.
-            self._server = await asyncio.start_unix_server(
-                self._serve_client, sock=sock, limit=MAX_LINE, backlog=socket.SOMAXCONN
-            )
+            loop = asyncio.get_running_loop()
+
+            def protocol() -> GuardedStreamProtocol | Refuse:
+                slot = self.cap.admit()
+                if slot is None:
+                    return Refuse(_OVER_CAP)
+                reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
+                return GuardedStreamProtocol(reader, self._serve_client, loop, slot)
+
+            self._server = await loop.create_unix_server(protocol, sock=sock, backlog=_ACCEPT_BATCH)
+            # asyncio's backlog is also its accept batch (above); the kernel's queue may be
+            # longer. listen() again on a listening socket only changes its backlog.
+            sock.listen(socket.SOMAXCONN)
         except BaseException:
             sock.close()
             self._remove_socket_file()
@@ -255,6 +287,7 @@ class ControlServer:
             await asyncio.gather(*tasks, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
+        self.cap.close()
         self._remove_socket_file()
         log.info("control_closed", path=str(self._path))
 
@@ -403,7 +436,9 @@ class ControlServer:
                 await self._refuse(conn, writer)
                 return
             try:
-                await self._converse(conn, reader, writer)
+                protocol = writer.transport.get_protocol()
+                slot = protocol.slot if isinstance(protocol, GuardedStreamProtocol) else None
+                await self._converse(conn, reader, writer, slot)
             finally:
                 self._notify_closed(conn)
         except (ConnectionError, TimeoutError):
@@ -434,11 +469,26 @@ class ControlServer:
         await self._send(conn, writer, {"ok": False, "error": error})
 
     async def _converse(
-        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        conn: Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        slot: Slot | None,
     ) -> None:
+        streams = 0  # open streams of this connection, as the replies tell
+        first = True
         while True:
+            if slot is not None and streams == 0:
+                slot.idle()
             try:
-                line = await reader.readuntil(b"\n")
+                if first:
+                    async with asyncio.timeout(self._first_line_timeout):
+                        line = await reader.readuntil(b"\n")
+                    first = False
+                else:
+                    line = await reader.readuntil(b"\n")
+            except TimeoutError:
+                return  # said nothing: frees its place (it holds nothing)
             except asyncio.IncompleteReadError:
                 return  # EOF, possibly in the middle of a line: nothing to answer
             except asyncio.LimitOverrunError:
@@ -452,10 +502,17 @@ class ControlServer:
             except ProtocolError as e:
                 await self._send(conn, writer, _error(str(e)))
                 continue
+            if slot is not None:
+                slot.busy()
             if isinstance(request, Subscribe):
                 await self._stream_events(conn, reader, writer)
                 return
             reply = await self._call_handler(conn, request)
+            if reply.get("ok") is True:
+                if isinstance(request, StreamStart):
+                    streams += 1
+                elif isinstance(request, StreamEnd):
+                    streams = max(0, streams - 1)
             await self._send(conn, writer, reply)
 
     async def _call_handler(self, conn: Connection, request: Request) -> Mapping[str, Any]:
@@ -553,6 +610,15 @@ class ControlServer:
 async def _discard_until_eof(reader: asyncio.StreamReader) -> None:
     while await reader.read(MAX_LINE):
         pass
+
+
+_OVER_CAP = encode(
+    {
+        "ok": False,
+        "error": "the daemon has too many control connections open (every one busy); "
+        "try again shortly",
+    }
+)
 
 
 def _error(message: str) -> dict[str, Any]:

@@ -41,6 +41,9 @@ from lmkeeperd.status import Status
 
 log = structlog.get_logger()
 
+# Streams one control connection may hold open at once (docs/interface.md).
+MAX_STREAMS_PER_CONNECTION = 64
+
 
 class ControlHandler:
     """Answers control-socket requests; see the module docstring."""
@@ -76,6 +79,13 @@ class ControlHandler:
             case proto.Activity():
                 host.feed(Activity())
             case proto.StreamStart():
+                if len(self._conn_streams.get(conn.id, ())) >= MAX_STREAMS_PER_CONNECTION:
+                    return {
+                        "ok": False,
+                        "error": f"stream_start: this connection already holds "
+                        f"{MAX_STREAMS_PER_CONNECTION} open streams, the most one may hold; "
+                        "end one first",
+                    }
                 stream = host.next_stream()
                 self._conn_streams.setdefault(conn.id, []).append(stream)
                 self._stream_owner[stream] = conn.id
@@ -101,9 +111,12 @@ class ControlHandler:
             if not mine:
                 return {"ok": False, "error": "stream_end: this connection has no open stream"}
             stream = mine[-1]
-        owner = self._stream_owner.pop(stream, None)
+        owner = self._stream_owner.get(stream)
         if owner is None:
             return {"ok": False, "error": f"stream_end: no open stream {stream}"}
+        if owner != conn.id:  # streams belong to the connection that opened them (L8)
+            return {"ok": False, "error": f"stream_end: stream {stream} is another connection's"}
+        del self._stream_owner[stream]
         with contextlib.suppress(ValueError):
             self._conn_streams.get(owner, []).remove(stream)
         self._host.feed(StreamEnded(stream))

@@ -66,6 +66,7 @@ from lmkeeperd.daemon.status import build_status
 from lmkeeperd.daemon.watcher import watch_file
 from lmkeeperd.daemon.wiring import settings_from
 from lmkeeperd.errors import ConfigError, DaemonError
+from lmkeeperd.listening import install_accept_guard
 from lmkeeperd.proxy import OpenStreams, SelectModel
 from lmkeeperd.status import Status
 
@@ -302,6 +303,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        install_accept_guard(loop)  # out of descriptors: one log line per burst, no tracebacks
         self._control = ControlServer(paths.socket_path(self.config), self.handler)
         try:
             await self._control.start()

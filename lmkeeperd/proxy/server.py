@@ -45,6 +45,17 @@ stays silent for `read_timeout`, 503/504 when a selection fails or times out.
 If LM Studio breaks off an answer already under way, the client's connection
 is closed, so the client sees a truncated answer rather than a complete one.
 
+Listening (docs/proxy.md, "Limits"): at most `max_connections` client
+connections; one idle the longest (no request yet, or between requests) is
+shed to make room for a newcomer, and only when every one is busy is the
+newcomer answered 503 and closed (lmkeeperd/listening.py). A request head
+must arrive whole within `head_timeout` seconds (from the connection's start,
+or from the first byte of a later request); a keep-alive connection that
+sends nothing for `keepalive_timeout` seconds is closed, and so is one whose
+request body stalls that long. With `inject_token`,
+a request not addressed to the proxy's loopback name, or from a foreign
+origin, gets 403 (origin.py); a foreign origin gets 403 without it too.
+
 Nothing here logs a request or response body, a query string or a header
 value: Authorization headers and the injected token never reach the log.
 """
@@ -54,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -62,6 +74,7 @@ from typing import Any
 import structlog
 
 from lmkeeperd.errors import DaemonError
+from lmkeeperd.listening import ConnectionCap, Refuse
 from lmkeeperd.proxy.hooks import ProxyHooks, ProxySettings, ProxyStats, SelectionError
 from lmkeeperd.proxy.http1 import (
     LAST_CHUNK,
@@ -76,6 +89,7 @@ from lmkeeperd.proxy.http1 import (
     request_head,
     response_head,
 )
+from lmkeeperd.proxy.origin import own_hosts, refusal
 from lmkeeperd.proxy.wire import (
     READ_SIZE,
     ClientProtocol,
@@ -97,8 +111,15 @@ REPLAY_BODY_LIMIT = 1024 * 1024
 # With select_on_request the model's name must be read: images in a vision
 # request make bodies of several MB.
 SELECT_BODY_LIMIT = 32 * 1024 * 1024
-# An idle keep-alive connection from a client is closed after this long.
-CLIENT_IDLE_S = 300.0
+# Connections a listener holds at most (well below systemd's soft `ulimit -n` of 1024).
+MAX_CONNECTIONS = 256
+# A request head must arrive whole within this long: from the connection's start, or
+# from the first byte of a later request on it (a slow-loris client is cut here).
+HEAD_TIMEOUT_S = 10.0
+# A keep-alive connection that sends nothing for this long is closed (clients' own
+# pools drop idle connections sooner: httpx after 5 s), as is a request whose body
+# stops arriving for this long.
+KEEPALIVE_IDLE_S = 30.0
 # How long closing the listener waits for connections to end before cutting them.
 CLOSE_GRACE_S = 0.5
 
@@ -150,6 +171,19 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+_OVER_CAP_BODY = error_body(
+    "lmkeeperd's proxy has too many connections under way; try again shortly",
+    "server_error",
+    "too_many_connections",
+)
+# Sent to a connection over the cap without reading its request, then closed.
+_OVER_CAP = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+    % (len(_OVER_CAP_BODY), _OVER_CAP_BODY)
+)
+
+
 class _Refused(Exception):
     """The exchange with LM Studio failed before it answered: tell the client so."""
 
@@ -174,6 +208,9 @@ class ProxyServer:
         metrics: Callable[[], str],
         hooks: ProxyHooks | None = None,
         settings: ProxySettings | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        head_timeout: float = HEAD_TIMEOUT_S,
+        keepalive_timeout: float = KEEPALIVE_IDLE_S,
     ) -> None:
         if (hooks is None) != (settings is None):
             raise ValueError("a forwarding proxy needs both hooks and settings")
@@ -192,6 +229,10 @@ class ProxyServer:
         self._closing = False
         self.stats = ProxyStats()
         self.address = format_address(host, port)
+        self.cap = ConnectionCap("proxy" if settings is not None else "metrics", max_connections)
+        self._head_timeout = head_timeout
+        self._keepalive_timeout = keepalive_timeout
+        self._own_hosts = own_hosts(host, port)
 
     @property
     def forwarding(self) -> bool:
@@ -216,9 +257,12 @@ class ProxyServer:
         try:
             loop = asyncio.get_running_loop()
 
-            def protocol() -> ClientProtocol:
+            def protocol() -> ClientProtocol | Refuse:
+                slot = self.cap.admit()
+                if slot is None:
+                    return Refuse(_OVER_CAP)
                 reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
-                return ClientProtocol(reader, self._serve, loop)
+                return ClientProtocol(reader, self._serve, loop, slot)
 
             self._server = await loop.create_server(
                 protocol, self._host, self._port, reuse_address=True
@@ -228,8 +272,16 @@ class ProxyServer:
                 f"cannot listen on {self.address}: {e.strerror or e}"
                 + (" (another program uses that port)" if e.errno in (48, 98) else "")
             ) from None
+        for listening in self._server.sockets:
+            # asyncio's backlog (100) is also how many it accepts per wake-up; a longer
+            # kernel queue keeps a burst from dropping clients' SYNs (each costs them a
+            # 1 s retransmit). listen() again only changes the backlog; the duplicate
+            # socket shares the listening one.
+            with listening.dup() as same:
+                same.listen(socket.SOMAXCONN)
         bound = self._server.sockets[0].getsockname()
         self.address = format_address(self._host, bound[1])
+        self._own_hosts = own_hosts(self._host, bound[1])
 
     def stop_accepting(self) -> None:
         """Close the listening socket; requests under way go on."""
@@ -249,6 +301,7 @@ class ProxyServer:
             await asyncio.wait(tasks, timeout=CLOSE_GRACE_S)
         if self._pool is not None:
             self._pool.close()
+        self.cap.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), CLOSE_GRACE_S)
@@ -262,7 +315,7 @@ class ProxyServer:
             writer.transport.abort()
             return
         self._connections.add(task)
-        client = ClientSide(reader, writer)
+        client = ClientSide(reader, writer, body_timeout=self._keepalive_timeout)
         hung_up = False
 
         def hangup() -> None:
@@ -288,11 +341,24 @@ class ProxyServer:
             client.close()
 
     async def _conversation(self, client: ClientSide, hangup: Callable[[], None]) -> None:
+        slot = client.slot
+        first = True
         while True:
             try:
-                async with asyncio.timeout(CLIENT_IDLE_S):
+                if slot is not None:
+                    slot.idle()  # no request under way: may make room for a newcomer
+                if not first:
+                    async with asyncio.timeout(self._keepalive_timeout):
+                        if not await client.wait_data():
+                            return
+                first = False
+                async with asyncio.timeout(self._head_timeout):
                     request = await client.next_request()
-                if request is None or not await self._answer(client, request, hangup):
+                if request is None:
+                    return
+                if slot is not None:
+                    slot.busy()
+                if not await self._answer(client, request, hangup):
                     return
             except TimeoutError:
                 return
@@ -311,6 +377,13 @@ class ProxyServer:
     ) -> bool:
         """Answer one request; whether the connection can carry another."""
         path = request.target.split(b"?", 1)[0]
+        settings = self._settings
+        if settings is not None:
+            why = refusal(request, self._own_hosts, inject_token=settings.inject_token)
+            if why is not None:
+                reason = "origin" if why.startswith("Origin") else "host"
+                log.debug("proxy_forbidden", reason=reason)
+                return await self._local_error(client, request, 403, why, "forbidden")
         if path.startswith(LOCAL_PREFIX) or self._settings is None:
             return await self._answer_locally(client, request, path)
         if b"websocket" in (request.header(b"upgrade") or b"").lower():

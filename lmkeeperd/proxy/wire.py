@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from lmkeeperd.listening import GuardedStreamProtocol, Slot
 from lmkeeperd.proxy.http1 import (
     BodyDecoder,
     Framing,
@@ -68,6 +69,10 @@ class _Wire:
         self.buffer += data
         return True
 
+    async def wait_data(self) -> bool:
+        """Wait until some bytes are buffered; False when the peer closed first."""
+        return bool(self.buffer) or await self._fill()
+
     async def _head(self) -> bytes | None:
         """The next head; None when the peer closed before sending a byte of it."""
         while True:
@@ -102,7 +107,7 @@ class _Wire:
         self.writer.transport.abort()  # nothing left worth flushing: drop it now
 
 
-class ClientProtocol(asyncio.StreamReaderProtocol):
+class ClientProtocol(GuardedStreamProtocol):
     """asyncio's stream protocol, which also says at once when the client closes its end.
 
     A client waiting for its answer sends nothing; its closing is the only sign
@@ -115,8 +120,9 @@ class ClientProtocol(asyncio.StreamReaderProtocol):
         reader: asyncio.StreamReader,
         connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
         loop: asyncio.AbstractEventLoop,
+        slot: Slot | None = None,
     ) -> None:
-        super().__init__(reader, connected, loop=loop)
+        super().__init__(reader, connected, loop, slot)
         self.peer_closed = False
         self.on_close: Callable[[], None] | None = None
 
@@ -139,13 +145,24 @@ class ClientProtocol(asyncio.StreamReaderProtocol):
 class ClientSide(_Wire):
     """The server end of one client connection."""
 
-    __slots__ = ("_protocol", "body")
+    __slots__ = ("_body_timeout", "_protocol", "body")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        body_timeout: float | None = None,
+    ) -> None:
         super().__init__(reader, writer)
         self.body = BodyDecoder(Framing.NONE)
+        self._body_timeout = body_timeout
         protocol = writer.transport.get_protocol()
         self._protocol = protocol if isinstance(protocol, ClientProtocol) else None
+
+    @property
+    def slot(self) -> Slot | None:
+        """This connection's place under the listener's cap (None: not capped)."""
+        return self._protocol.slot if self._protocol is not None else None
 
     async def next_request(self) -> Request | None:
         """The next request's head, or None when the client closed between requests."""
@@ -157,6 +174,14 @@ class ClientSide(_Wire):
         if request.expects_continue and not self.body.done:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return request
+
+    async def read_body(
+        self, body: BodyDecoder, before_wait: Callable[[], None] | None = None
+    ) -> bytes:
+        """As `_Wire.read_body`; raises TimeoutError when the client sends nothing of its
+        body for `body_timeout` seconds (a request trickling in must not hold its place)."""
+        async with asyncio.timeout(self._body_timeout):
+            return await super().read_body(body, before_wait)
 
     async def read_body_upto(self, limit: int) -> tuple[bytes, bool]:
         """The body, read until it ends or more than `limit` bytes arrived; (bytes, complete)."""
