@@ -25,6 +25,11 @@ def run(argv: Sequence[str]) -> int:
     """Run one command line (without the program name) and return its exit code."""
     from lmkeeperd.cli import parser
 
+    if list(argv) == ["--version"]:  # the common case, without building argparse
+        from lmkeeperd import __version__
+
+        print(f"lmkeeperd {__version__}")
+        return 0
     parsed = parser.parse(argv)  # argparse raises SystemExit itself on bad usage and -h
     if parsed.command is None:
         return parser.show_help(parsed.help_parser)

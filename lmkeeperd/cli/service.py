@@ -7,11 +7,11 @@ installed but not running, or not installed.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from lmkeeperd.cli.commands import error
 from lmkeeperd.errors import ServiceError, UnsupportedPlatform
 from lmkeeperd.service import execute, plan, target
 from lmkeeperd.service import status as service_status
@@ -106,8 +106,8 @@ def _or_exit(action: Callable[[], T]) -> T:
     try:
         return action()
     except ServiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(str(exc))
         raise _Exit(exc.exit_code) from exc
     except OSError as exc:  # a folder we may not write, a full disk
-        print(f"error: {exc}", file=sys.stderr)
+        error(str(exc))
         raise _Exit(1) from exc
