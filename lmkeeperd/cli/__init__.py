@@ -7,6 +7,7 @@
     estimate.py  `estimate`: what a model needs and whether it fits
     demo.py      `demo`: the daemon against the bundled emulator
     service.py   `service install | uninstall | status`
+    completion.py  `completion bash|zsh|fish`, generated from the table
 
 Every command takes the same road: the table names it, the parser reads its
 options, `main` imports its handler and calls it. A handler returns the exit
