@@ -36,7 +36,7 @@ def test_use_color(env: dict[str, str], tty: bool, expected: bool) -> None:
 
 
 def test_a_closed_stream_gets_no_colour() -> None:
-    with open(os.devnull, "w") as stream:  # noqa: PTH123 - a real file object
+    with open(os.devnull, "w") as stream:
         pass
     assert use_color(stream, {}) is False  # isatty() on a closed file raises ValueError
 
