@@ -48,9 +48,10 @@ def _daemon_models(config: str | None) -> Iterator[str]:
     from lmkeeperd.control.client import request
 
     try:
-        from lmkeeperd.cli.commands import _socket_and_timeout
+        from lmkeeperd.config import load_config
+        from lmkeeperd.paths import config_path, socket_path
 
-        sock, _ = _socket_and_timeout(config)
+        sock = socket_path(load_config(config_path(config)))
         # `models` (the server's whole listing) where the daemon has it; else `status`,
         # which names what is loaded and selected.
         reply = request(sock, {"op": "models"}, timeout=_MODELS_TIMEOUT_S)

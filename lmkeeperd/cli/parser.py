@@ -92,6 +92,8 @@ def full_parser() -> argparse.ArgumentParser:
 
     from lmkeeperd import __version__
 
+    hidden = [e.name for e in COMMANDS if isinstance(e, Command) and e.hidden]
+
     class Formatter(argparse.HelpFormatter):
         """Wraps each line of a description on its own: the table's help texts keep their
         paragraphs and indented examples (argparse's own formatter joins them)."""
@@ -111,6 +113,8 @@ def full_parser() -> argparse.ArgumentParser:
             super().__init__(*args, **kwargs)
 
         def error(self, message: str) -> NoReturn:
+            for name in hidden:  # argparse lists every choice in "invalid choice" errors
+                message = message.replace(f", '{name}'", "").replace(f"'{name}', ", "")
             self.print_usage(sys.stderr)
             self.exit(2, f"{ERROR_PREFIX}{message} (see `{self.prog} -h`)\n")
 

@@ -103,6 +103,9 @@ def test_every_error_has_the_one_prefix(tmp_path: Path) -> None:
     assert len(problems) == 2 and all(str(bad) in line for line in problems)
     usage = lmk("status", "--bogus").stderr
     assert "see `lmkeeperd status -h`" in usage  # the command's own help, not the top's
+    unknown = lmk("bogus")
+    assert unknown.returncode == 2 and "'status'" in unknown.stderr
+    assert table.COMPLETE_MODELS not in unknown.stderr  # a helper, not a command to offer
 
 
 # --- shell completion ------------------------------------------------------------

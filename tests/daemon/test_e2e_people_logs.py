@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from daemon_harness import DaemonProc, wait_until
 from gguf_synth import write_lmstudio_model
@@ -125,3 +126,17 @@ def test_selection_superseded_at_debug(daemon_factory: Callable[..., DaemonProc]
     swallowed = d.wait_event("selection_superseded")
     assert (swallowed["model"], swallowed["by"], swallowed["level"]) == (A, B, "debug")
     d.wait_status(state="loaded", model=B, timeout=15)
+
+
+def test_selection_received_from_a_proxy_request(
+    daemon_factory: Callable[..., DaemonProc],
+) -> None:
+    d = daemon_factory(
+        proxy={"listen": "127.0.0.1:0", "select_on_request": True}, model={"switch_debounce": 0}
+    )
+    url = "http://" + str(d.status()["proxy"]["listen"]) + "/v1/chat/completions"
+    body = {"model": A, "messages": [{"role": "user", "content": "hi"}]}
+    reply = httpx.post(url, json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    by_proxy = d.wait_event("selection_received", source="proxy")
+    assert by_proxy["model"] == A and by_proxy["level"] == "debug"
