@@ -162,7 +162,12 @@ class NotInstalledByUs(ServiceError):
 
 
 class ServiceManagerUnavailable(ServiceError):
-    """systemctl/launchctl is missing, or its manager cannot be reached."""
+    """systemctl/launchctl is missing, or its manager cannot be reached; `reason` is the
+    short why (`service status` shows `unknown (reason)`), the message the whole story."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ServiceCommandFailed(ServiceError):

@@ -5,22 +5,80 @@ lines on a terminal, `[log] format` to force either. When stdout is the
 systemd journal (`$JOURNAL_STREAM` names stdout's device and inode), each
 line starts with its syslog priority (`<3>`, `<4>`, `<6>`, `<7>`), which
 journald strips and records, so that `journalctl -p warning` works.
+
+Every line carries its time under `time`, in the same form as the events on
+the control socket (`2026-01-31T12:00:00.123Z`), so one reader serves both.
+Console lines are for people: values as values (`draft=false`, `model=-`,
+not Python reprs), colour only where term.use_color says so (`NO_COLOR`,
+`FORCE_COLOR`), and events that carry a readable `message` (the memory
+advisory) shown as that one line; the JSON form keeps every field.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
 
+from lmkeeperd.term import use_color
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 LEVELS["error"] = logging.ERROR
 _SYSLOG_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+# On the console these events show their `message` alone: it already says, in words,
+# what the other fields hold in figures (they stay in the JSON form).
+_MESSAGE_ONLY = frozenset({"memory_advisory"})
+# Keys structlog's console renderer lays out itself.
+_LAYOUT_KEYS = frozenset({"event", "level", "time", "exception", "stack"})
+_NEEDS_QUOTES = frozenset(" \t\r\n=\"'")
+
+
+def utc_now() -> str:
+    """Now as ISO 8601 UTC with milliseconds and "Z": the `time` of log lines and events."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _add_time(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    event_dict["time"] = utc_now()
+    return event_dict
+
+
+def _message_only(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """Console only: an event with a readable `message` becomes that one line."""
+    message = event_dict.get("message")
+    if event_dict.get("event") in _MESSAGE_ONLY and isinstance(message, str):
+        kept = {key: event_dict[key] for key in _LAYOUT_KEYS if key in event_dict}
+        kept["event"] = f"{event_dict['event']}: {message}"
+        event_dict.clear()
+        event_dict.update(kept)
+    return event_dict
+
+
+def people_value(value: Any) -> str:
+    """One value for a console line: a plain word as it is, None as "-", the rest as JSON
+    (a string with spaces in double quotes), never a Python repr."""
+    if value is None:
+        return "-"
+    if isinstance(value, str) and value and not _NEEDS_QUOTES.intersection(value):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except ValueError:  # a circular structure: say something rather than fail the line
+        return str(value)
+
+
+class _PeopleRenderer(structlog.dev.ConsoleRenderer):
+    """structlog's console renderer, with values shown by `people_value`."""
+
+    def _repr(self, val: Any) -> str:
+        return people_value(val)
 
 
 def stdout_is_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
@@ -70,20 +128,21 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     out = stream or sys.stdout
     tty = hasattr(out, "isatty") and out.isatty()
     renderer: Any
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _add_time,
+        structlog.processors.format_exc_info,
+    ]
     if fmt == "json" or (fmt == "auto" and not tty):
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=tty)
+        processors.append(_message_only)
+        renderer = _PeopleRenderer(colors=use_color(out), timestamp_key="time")
     if stdout_is_journal(out):
         renderer = _JournalPrefix(renderer)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(_Unbreakable(out)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,

@@ -7,6 +7,7 @@
     estimate.py  `estimate`: what a model needs and whether it fits
     demo.py      `demo`: the daemon against the bundled emulator
     service.py   `service install | uninstall | status`
+    completion.py  `completion bash|zsh|fish`, generated from the table
 
 Every command takes the same road: the table names it, the parser reads its
 options, `main` imports its handler and calls it. A handler returns the exit
@@ -25,6 +26,11 @@ def run(argv: Sequence[str]) -> int:
     """Run one command line (without the program name) and return its exit code."""
     from lmkeeperd.cli import parser
 
+    if list(argv) == ["--version"]:  # the common case, without building argparse
+        from lmkeeperd import __version__
+
+        print(f"lmkeeperd {__version__}")
+        return 0
     parsed = parser.parse(argv)  # argparse raises SystemExit itself on bad usage and -h
     if parsed.command is None:
         return parser.show_help(parsed.help_parser)

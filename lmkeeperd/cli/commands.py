@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmkeeperd.cli.table import ERROR_PREFIX
 from lmkeeperd.errors import ConfigError, DaemonNotRunning, LmkeeperError
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ OK, REFUSED, BAD_USAGE, NO_DAEMON = 0, 1, 2, 3
 
 
 def error(message: str) -> None:
-    print(f"lmkeeperd: {message}", file=sys.stderr)
+    print(f"{ERROR_PREFIX}{message}", file=sys.stderr)
 
 
 def _socket_and_timeout(config_arg: str | None) -> tuple[Path, float]:
@@ -121,7 +122,7 @@ def config_check(config: str | None = None) -> int:
         load_config(path)
     except ConfigError as e:
         for problem in e.problems:
-            print(f"{path}: {problem}", file=sys.stderr)
+            error(f"{path}: {problem}")
         return BAD_USAGE
     print(f"{path}: valid")
     return OK

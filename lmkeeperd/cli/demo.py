@@ -2,13 +2,16 @@
 
 Everything lives in a fresh temporary folder (config, socket, persisted
 selection), so the demo never touches a real installation's state, and the
-commands it prints work from any other terminal.
+commands it prints work from any other terminal as typed: they name this very
+`lmkeeperd` by its absolute path unless the shell finds that same file by name
+(a venv that is not activated is the usual case, issue 13).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,6 +43,33 @@ def write_demo_config(folder: Path, server_url: str, idle_timeout: str) -> Path:
     return config
 
 
+def command_word(argv0: str | None = None, path: str | None = None) -> str:
+    """How to type this `lmkeeperd` in another terminal: its name where PATH finds this
+    same file, else its absolute path (or `python -m lmkeeperd`), quoted for a shell."""
+    from lmkeeperd.service.target import installed_command
+
+    argv = installed_command(argv0)
+    found = shutil.which("lmkeeperd", path=path)
+    if len(argv) == 1 and found is not None:
+        try:
+            if os.path.samefile(found, argv[0]):
+                return "lmkeeperd"
+        except OSError:
+            pass
+    return shlex.join(argv)
+
+
+def instructions(config_file: Path, lmkeeperd: str) -> str:
+    """The commands to try from another terminal, each working as typed."""
+    return (
+        "In another terminal:\n"
+        f"  export LMKEEPERD_CONFIG={shlex.quote(str(config_file))}\n"
+        f"  {lmkeeperd} select {DEMO_MODEL}\n"
+        f"  {lmkeeperd} status\n"
+        f"  {lmkeeperd} select meta-llama/llama-3.1-8b-instruct   # switch\n"
+    )
+
+
 def run_demo(idle_timeout: str = "60s", load_delay: float = 2.0) -> int:
     """The `demo` command's handler."""
     from lmkeeperd.daemon import Daemon
@@ -57,11 +87,7 @@ def run_demo(idle_timeout: str = "60s", load_delay: float = 2.0) -> int:
         print(
             f"lmkeeperd demo: LM Studio emulator at {emulator.url}, loads take {load_delay:g}s,\n"
             f"idle eject after {idle_timeout}. Models: {models}\n\n"
-            "In another terminal:\n"
-            f"  export LMKEEPERD_CONFIG={config_file}\n"
-            f"  lmkeeperd select {DEMO_MODEL}\n"
-            "  lmkeeperd status\n"
-            f"  lmkeeperd select meta-llama/llama-3.1-8b-instruct   # switch\n\n"
+            f"{instructions(config_file, command_word())}\n"
             "Ctrl-C stops the demo.\n",
             flush=True,
         )

@@ -1,7 +1,10 @@
 """`lmkeeperd estimate MODEL`: what a model would need, part by part, and a verdict.
 
 Like `lms load --estimate-only`, but with the weights, KV cache and overhead
-shown separately. Talks to the LM Studio server directly, so it works without
+shown separately. Scripts read the verdict from `--json`'s `fits` (true or
+false; interface.md); the exit status says only whether an estimate was made
+(0), or why not (1 the server or the model, 2 bad usage or config), as for
+every other command. Talks to the LM Studio server directly, so it works without
 the daemon; when a daemon runs, the model it has loaded counts as freed (a
 switch would unload it first).
 """
@@ -113,10 +116,12 @@ def render(r: dict[str, Any]) -> str:
         )
         + ")",
     ]
+    # Only a verdict: `estimate` loads nothing (the advisory's message says what to change).
     if r["fits"]:
         lines.append("verdict      fits")
     else:
-        lines.append(f"verdict      likely will not fit: {r['advisory']['message']}")
+        lines.append("verdict      may not fit")
+        lines.append(f"  {r['advisory']['message']}")
     lines.extend(f"note: {n}" for n in e["notes"])
     return "\n".join(lines)
 

@@ -19,9 +19,18 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from lmkeeperd.cli.table import COMMANDS, DESCRIPTION, PROG, Command, Group, Opt, find
+from lmkeeperd.cli.table import (
+    COMMANDS,
+    DESCRIPTION,
+    ERROR_PREFIX,
+    PROG,
+    Command,
+    Group,
+    Opt,
+    find,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -74,17 +83,51 @@ def _add_command(parser: argparse.ArgumentParser, command: Command) -> None:
         )
     for opt in command.opts:
         _add_option(parser, opt)
-    parser.set_defaults(_command=command)
+    parser.set_defaults(_command=command, _parser=parser)
 
 
 def full_parser() -> argparse.ArgumentParser:
     """Every command of the table, for the help and for errors."""
     import argparse
 
-    top = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    from lmkeeperd import __version__
+
+    hidden = [e.name for e in COMMANDS if isinstance(e, Command) and e.hidden]
+
+    class Formatter(argparse.HelpFormatter):
+        """Wraps each line of a description on its own: the table's help texts keep their
+        paragraphs and indented examples (argparse's own formatter joins them)."""
+
+        def _fill_text(self, text: str, width: int, indent: str) -> str:
+            lines = []
+            for line in text.splitlines():
+                keep = line.startswith("  ") or not line
+                lines.append(indent + line if keep else super()._fill_text(line, width, indent))
+            return "\n".join(lines)
+
+    class Parser(argparse.ArgumentParser):
+        """argparse with the CLI's one error prefix (its own is `PROG CMD: error:`)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", Formatter)
+            super().__init__(*args, **kwargs)
+
+        def error(self, message: str) -> NoReturn:
+            for name in hidden:  # argparse lists every choice in "invalid choice" errors
+                message = message.replace(f", '{name}'", "").replace(f"'{name}', ", "")
+            self.print_usage(sys.stderr)
+            self.exit(2, f"{ERROR_PREFIX}{message} (see `{self.prog} -h`)\n")
+
+    # Subparsers are made of the same class as their parent (add_subparsers' default).
+    top = Parser(prog=PROG, description=DESCRIPTION)
+    top.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     top.set_defaults(_help=top)
     commands = top.add_subparsers(metavar="COMMAND", title="commands")
     for entry in COMMANDS:
+        if isinstance(entry, Command) and entry.hidden:  # for the shell completions only
+            sub = commands.add_parser(entry.name, prog=f"{PROG} {entry.name}")
+            _add_command(sub, entry)
+            continue
         sub = commands.add_parser(
             entry.name,
             help=_summary(entry.help),
@@ -157,9 +200,15 @@ def parse(argv: Sequence[str]) -> Parsed:
         keywords = quick(command, words[depth:])
         if keywords is not None:
             return Parsed(command, keywords)
-    values = vars(full_parser().parse_args(words))
+    top = full_parser()
+    namespace, extras = top.parse_known_args(words)
+    values = vars(namespace)
     chosen: Command | None = values.pop("_command", None)
     help_parser: argparse.ArgumentParser | None = values.pop("_help", None)
+    # The command's own parser says what it did not recognise, with its own usage line.
+    judge: argparse.ArgumentParser = values.pop("_parser", None) or top
+    if extras:
+        judge.error(f"unrecognized arguments: {' '.join(extras)}")
     if chosen is None:  # `lmkeeperd` or `lmkeeperd service` alone: show what there is
         return Parsed(None, {}, help_parser)
     return Parsed(chosen, values)

@@ -12,12 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from lmkeeperd.errors import ServiceError, UnsupportedPlatform
+from lmkeeperd.cli.commands import error
+from lmkeeperd.cli.table import PROG
+from lmkeeperd.errors import ServiceError, ServiceManagerUnavailable, UnsupportedPlatform
 from lmkeeperd.service import execute, plan, target
 from lmkeeperd.service import status as service_status
 from lmkeeperd.service.render import Scope
 
 T = TypeVar("T")
+
+
+def warning(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 class _Exit(Exception):
@@ -60,6 +66,7 @@ def status(system: bool = False, platform: str | None = None) -> int:
     result = service_status.query_status(chosen)
     print(service_status.format_status(result))
     if result.running is None:
+        warning(result.problem or "the service manager cannot be reached")
         return 1
     return 0 if result.running else 3
 
@@ -87,6 +94,12 @@ def _platform(value: str | None) -> target.Platform:
 def _carry_out(steps: plan.Plan, dry_run: bool) -> int:
     if dry_run:
         print(plan.format_plan(steps))
+        try:
+            execute.check_manager(steps.target)
+        except ServiceManagerUnavailable as exc:
+            # A dry run changes nothing, but should not promise what would fail here.
+            print(f"\nservice manager: unknown ({exc.reason})")
+            warning(f"the real run would fail here: {exc}")
         return 0
 
     def run() -> None:
@@ -106,8 +119,8 @@ def _or_exit(action: Callable[[], T]) -> T:
     try:
         return action()
     except ServiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(str(exc))
         raise _Exit(exc.exit_code) from exc
     except OSError as exc:  # a folder we may not write, a full disk
-        print(f"error: {exc}", file=sys.stderr)
+        error(str(exc))
         raise _Exit(1) from exc

@@ -61,7 +61,7 @@ class Arg:
 
 
 class Command:
-    __slots__ = ("args", "handler", "help", "name", "opts")
+    __slots__ = ("args", "handler", "help", "hidden", "name", "opts")
 
     def __init__(
         self,
@@ -70,12 +70,15 @@ class Command:
         handler: str,  # "module:function", imported when the command runs
         args: tuple[Arg, ...] = (),
         opts: tuple[Opt, ...] = (),
+        *,
+        hidden: bool = False,  # left out of --help and of the completions (a helper)
     ) -> None:
         self.name = name
         self.help = help
         self.handler = handler
         self.args = args
         self.opts = opts
+        self.hidden = hidden
 
 
 class Group:
@@ -91,6 +94,9 @@ class Group:
 
 PROG = "lmkeeperd"
 DESCRIPTION = "Keeps the right local LLM loaded in LM Studio, and nothing else."
+# Every error the CLI prints starts so, argparse's usage errors and the service
+# commands' included (issue 13): one prefix for people and for scripts to grep.
+ERROR_PREFIX = f"{PROG}: error: "
 
 # The client commands find the daemon's socket through the config; the option falls
 # back to $LMKEEPERD_CONFIG and then the default file (paths.config_path) in the
@@ -104,6 +110,8 @@ JSON = Opt("--json", "One JSON object.", "flag", keyword="as_json")
 MODEL = Arg("model", "MODEL", "Model key, as `lms ls` shows it.")
 
 _SERVICE = "lmkeeperd.cli.service"
+# The hidden command the completion scripts run for a MODEL argument.
+COMPLETE_MODELS = "_complete-models"
 SYSTEM = Opt(
     "--system",
     "A system unit that starts at boot (Linux, needs sudo), instead of a user service.",
@@ -164,6 +172,24 @@ COMMANDS: tuple[Command | Group, ...] = (
             ),
             Opt("--load-delay", "Seconds each emulated load takes.", "float", "SECONDS", 2.0),
         ),
+    ),
+    Command(
+        "completion",
+        "Print the shell completion script for bash, zsh or fish.\n\n"
+        "Install it once, e.g. for bash:\n"
+        "  lmkeeperd completion bash > ~/.local/share/bash-completion/completions/lmkeeperd\n"
+        "zsh:  lmkeeperd completion zsh > ~/.lmkeeperd-completion.zsh\n"
+        "      and `source ~/.lmkeeperd-completion.zsh` in ~/.zshrc\n"
+        "fish: lmkeeperd completion fish > ~/.config/fish/completions/lmkeeperd.fish",
+        "lmkeeperd.cli.completion:script",
+        args=(Arg("shell", "SHELL", "bash, zsh or fish"),),
+    ),
+    Command(
+        COMPLETE_MODELS,
+        "The model keys the running daemon knows, one a line; nothing when none runs.",
+        "lmkeeperd.cli.completion:models",
+        opts=(CONFIG,),
+        hidden=True,
     ),
     Group(
         "config",

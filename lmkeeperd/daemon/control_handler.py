@@ -45,6 +45,21 @@ log = structlog.get_logger()
 MAX_STREAMS_PER_CONNECTION = 64
 
 
+def process_name(pid: int | None) -> str | None:
+    """The name of process `pid` (the socket peer's, from its kernel credentials), if known.
+
+    Only for the debug log: it can be gone or renamed by now, which is fine for a trace.
+    """
+    if pid is None or pid <= 0:
+        return None
+    import psutil  # already loaded by the memory probe; here only when a select comes
+
+    try:
+        return psutil.Process(pid).name() or None
+    except (psutil.Error, OSError):
+        return None
+
+
 class ControlHandler:
     """Answers control-socket requests; see the module docstring."""
 
@@ -75,6 +90,8 @@ class ControlHandler:
                 selection.save(
                     self._state_file, selection.StoredSelection(key, host.config.model.selected)
                 )
+                pid = conn.peer_pid
+                selection.received(key, "socket", pid=pid, process=process_name(pid))
                 host.feed(Select(key))
             case proto.Activity():
                 host.feed(Activity())

@@ -76,6 +76,8 @@ _WARNING_EVENTS = frozenset(
     {"load_failed", "unload_failed", "config_invalid", "server_unreachable", "memory_advisory"}
 )
 _STREAM_FLIP = frozenset({"loaded", "streaming"})
+# Traces for someone asking "why did it pick that?", not news (issue 13).
+_DEBUG_EVENTS = frozenset({"selection_superseded"})
 
 
 def _utc_now() -> str:
@@ -183,6 +185,7 @@ class Daemon:
                     case SelectModel(model=model):
                         # Not saved as the selection to restore at start: a request is a
                         # passing use; the control socket and the config say what to keep.
+                        selection.received(model, "proxy")
                         self._handle(Select(model))
                     case OpenStreams(waiters=waiters):
                         for waiter in waiters:
@@ -221,6 +224,8 @@ class Daemon:
 
     def announce(self, name: str, fields: Mapping[str, Any]) -> None:
         level = "warning" if name in _WARNING_EVENTS else "info"
+        if name in _DEBUG_EVENTS:
+            level = "debug"
         if name == "state_changed" and {fields.get("from"), fields.get("to")} == _STREAM_FLIP:
             level = "debug"  # every proxied request flips these two: noise at info level
         getattr(log, level)(name, **fields)
@@ -296,6 +301,7 @@ class Daemon:
                 self._state_file,
                 selection.StoredSelection(new.model.selected.strip(), new.model.selected),
             )
+            selection.received(new.model.selected, "config", path=str(self.config_path))
             self.feed(Select(new.model.selected))
         self._notifier.ready(self._status_line())
 
@@ -327,6 +333,9 @@ class Daemon:
             self.config.model.selected, selection.load(self._state_file)
         )
         if initial.strip():
+            restored = initial != self.config.model.selected
+            where = self._state_file if restored else self.config_path
+            selection.received(initial, "restored" if restored else "config", path=str(where))
             self.feed(Select(initial))
         self.spawn(self.sync.reconcile_loop())
         self.spawn(self._watch_config())

@@ -60,3 +60,9 @@ def initial_selection(config_selected: str, stored: StoredSelection | None) -> s
     if stored is not None and stored.config_selected == config_selected:
         return stored.model
     return config_selected
+
+
+def received(model: str, source: str, **where: object) -> None:
+    """Log where a selection came from (issue 13), at debug: `socket` (with the client's
+    pid and process name), `config`, `restored` (the stored file) or `proxy`."""
+    log.debug("selection_received", model=model.strip(), source=source, **where)

@@ -176,37 +176,28 @@ def _message(
     suggestion: tuple[str, int] | None,
     gpu_offload: int | None,
 ) -> str:
+    # The figures behind this sentence (weights, KV cache, overhead, VRAM, the fraction)
+    # are the event's own fields: the message says only what a person acts on, so the
+    # console line stays one readable line (issue 13) and works for `estimate` too, which
+    # loads nothing (the daemon's event docs say it loads anyway, lifecycle L12).
     gb = to_gb
-    where = (
-        f"{budget.fraction:.0%} of the {gb(budget.effective_total_bytes):.2f} GB memory limit"
-        if budget.limited_by_cgroup
-        else f"{budget.fraction:.0%} of {gb(budget.total_bytes):.2f} GB RAM"
-    )
-    parts = [
-        f"{model.key} may not fit in memory: it needs about {gb(estimate.total_bytes):.2f} GB "
-        f"(weights {gb(estimate.weights_bytes):.2f} GB + KV cache "
-        f"{gb(estimate.kv_cache_bytes):.2f} GB for {estimate.context_length} tokens + overhead "
-        f"{gb(estimate.overhead_bytes):.2f} GB)"
-    ]
-    if gpu_offload is not None and budget.gpu is not None:
-        parts.append(
-            f"; {gb(gpu_offload):.2f} GB of it can go to the GPU "
-            f"({gb(budget.gpu.free_bytes):.2f} GB of {gb(budget.gpu.total_bytes):.2f} GB VRAM "
-            f"free), leaving {gb(estimate.total_bytes - gpu_offload):.2f} GB for RAM"
-        )
+    ram = estimate.total_bytes - gpu_offload if gpu_offload is not None else estimate.total_bytes
+    needs = f"needs about {gb(estimate.total_bytes):.2f} GB"
+    if gpu_offload is not None:
+        needs += f" ({gb(gpu_offload):.2f} GB can go to the GPU, leaving {gb(ram):.2f} GB for RAM)"
     if budget.available_bytes < budget.budget_bytes:
         freed = (
             f", counting the {gb(budget.freed_bytes):.2f} GB the unloaded model frees"
             if budget.freed_bytes
             else ""
         )
-        parts.append(
-            f", but only {gb(budget.available_bytes):.2f} GB is available{freed} "
-            f"(safe budget {gb(budget.budget_bytes):.2f} GB, {where})."
-        )
+        limit = f"only {gb(budget.available_bytes):.2f} GB is available{freed}"
     else:
-        parts.append(f", but the safe budget is {gb(budget.budget_bytes):.2f} GB ({where}).")
-    parts.append(" Loading anyway.")
+        limit = f"the safe budget is {gb(budget.budget_bytes):.2f} GB"
+    if budget.limited_by_cgroup:  # not the machine's RAM: say which limit, it surprises
+        cap = gb(budget.effective_total_bytes)
+        limit += f" ({budget.fraction:.0%} of the {cap:.2f} GB memory limit)"
+    parts = [f"{model.key} may not fit in memory: it {needs}, but {limit}."]
 
     fixes: list[str] = []
     if fitting_context is not None:
@@ -225,9 +216,7 @@ def _message(
             " Even a smaller quantization or a short context would not fit: pick a smaller model."
         )
     if budget.is_apple_silicon:
-        parts.append(
-            " On Apple Silicon the GPU uses this same RAM, and macOS lets it wire only part of it."
-        )
+        parts.append(" (Apple Silicon: the GPU uses this same RAM.)")
     if estimate.confidence != "high":
         parts.append(
             f" ({estimate.confidence}-confidence estimate, from {_SOURCE_WORDS[estimate.source]}.)"

@@ -83,7 +83,8 @@ def check_manager(
         what = "systemd" if program == "systemctl" else "launchd (macOS)"
         raise ServiceManagerUnavailable(
             f"{program} not found: this system does not run {what}. "
-            "Run `lmkeeperd run` in the foreground under the supervisor you use instead."
+            "Run `lmkeeperd run` in the foreground under the supervisor you use instead.",
+            reason=f"{program} not found",
         )
     if target.platform == "darwin":
         probe: tuple[str, ...] = (program, "print", target.launchd_domain)
@@ -91,29 +92,35 @@ def check_manager(
         probe = (*target.manager_argv, "show", "--property=Version")
     result = runner(probe)
     if result.returncode != 0:
-        raise ServiceManagerUnavailable(_unavailable_message(target, result, booted))
+        raise ServiceManagerUnavailable(*_unavailable_message(target, result, booted))
 
 
-def _unavailable_message(target: Target, result: CommandResult, booted: Callable[[], bool]) -> str:
+def _unavailable_message(
+    target: Target, result: CommandResult, booted: Callable[[], bool]
+) -> tuple[str, str]:
+    """The whole story, and the short reason `service status` puts in `unknown (...)`."""
     output = (result.stderr or result.stdout).strip()
     said = f" ({output})" if output else ""
     fallback = "Or run `lmkeeperd run` in the foreground under another supervisor."
     if target.platform == "darwin":
         return (
             f"launchd has no GUI session for uid {target.uid}{said}. LaunchAgents run in the "
-            f"session of a user logged in at the Mac: log in there first. {fallback}"
+            f"session of a user logged in at the Mac: log in there first. {fallback}",
+            f"no launchd GUI session for uid {target.uid}",
         )
     if "not been booted with systemd" in output or not booted():
         return (
-            f"systemd is not running on this machine{said}, as inside most containers. {fallback}"
+            f"systemd is not running on this machine{said}, as inside most containers. {fallback}",
+            "systemd is not PID 1 here",
         )
     if target.scope == "user":
         return (
             f"cannot reach your systemd user manager{said}. This happens under `su`, `sudo -u` "
             "or a bare container shell: log in as the user directly (ssh or a desktop "
-            f"session), or use --system. {fallback}"
+            f"session), or use --system. {fallback}",
+            "the systemd user manager cannot be reached",
         )
-    return f"cannot reach systemd{said}. {fallback}"
+    return f"cannot reach systemd{said}. {fallback}", "systemd cannot be reached"
 
 
 def check_privileges(target: Target, euid: int) -> None:
@@ -166,7 +173,7 @@ def _run_step(target: Target, step: RunCommand, runner: CommandRunner, report: R
         hint = (
             f"lmkeeperd did not start; see why with: {target.log_command().replace(' -f', ' -e')}\n"
             f"Fix it, then `{shlex.join(target.manager_argv)} restart {APP_NAME}`, "
-            "or remove everything with `lmkeeperd service uninstall`."
+            f"or remove everything with `{target.cli_command('uninstall')}`."
         )
     elif "bootstrap" in step.argv:
         hint = (

@@ -259,7 +259,10 @@ def _start_commands(target: Target, reinstall: bool) -> list[RunCommand]:
 
 
 def _install_notes(target: Target) -> list[str]:
-    notes = [f"Follow the logs: {target.log_command()}", "Check on it: lmkeeperd service status"]
+    notes = [
+        f"Follow the logs: {target.log_command()}",
+        f"Check on it: {target.cli_command('status')}",
+    ]
     token = "LM_API_TOKEN (or the name [server] api_token_env sets)"
     if target.platform == "darwin":
         notes.append(

@@ -5,8 +5,10 @@ read from the package, never written). `manage` decides where the text goes.
 
 The systemd units are templates shipped in `templates/`, with placeholders
 `@EXEC@`, `@CONFIG@`, `@ENV_FILE@` and `@USER@` that are filled with values
-quoted for systemd's own syntax. The plist is built with `plistlib`, which
-escapes whatever it is given.
+quoted for systemd's own syntax. The LaunchAgent plist is a template there
+too, whose placeholders `@PROGRAM_ARGUMENTS@`, `@ENVIRONMENT@` and `@LOG@`
+take XML elements and text escaped for XML. The repository's `systemd/` and
+`launchd/` folders hold copies of these templates (a test keeps them equal).
 
 Both kinds of file can carry *install records*: comment lines saying which
 files and folders `lmkeeperd service install` created, so that `uninstall` can
@@ -29,12 +31,13 @@ Scope: TypeAlias = Literal["user", "system"]
 
 UNIT_NAME = "lmkeeperd.service"
 LAUNCHD_LABEL = "io.github.lmkeeperd"
+PLIST_TEMPLATE = f"{LAUNCHD_LABEL}.plist"
 TEMPLATE_NAMES: Mapping[Scope, str] = {
     "user": "lmkeeperd.service",
     "system": "lmkeeperd-system.service",
 }
 # Seconds launchd waits before starting the job again after it exits; launchd's
-# own default, said explicitly so a crash loop stays slow.
+# own default, said explicitly so a crash loop stays slow (in the plist template).
 LAUNCHD_THROTTLE_S = 10
 
 _RECORD_TAG = "lmkeeperd-install:"
@@ -147,31 +150,30 @@ def render_systemd_unit(
     return "".join(f"# {line}\n" for line in lines) + text
 
 
+def load_plist_template() -> str:
+    """The packaged LaunchAgent template (launchd/ in the repository holds a copy)."""
+    return resources.files(__package__).joinpath("templates", PLIST_TEMPLATE).read_text("utf-8")
+
+
 def render_launchd_plist(params: PlistParams, records: Sequence[InstallRecord] = ()) -> str:
-    """The LaunchAgent plist, with `records` as XML comments after the DOCTYPE."""
+    """The LaunchAgent plist from its template, with `records` as XML comments before
+    `<plist>`. The placeholders take whole elements, escaped for XML; the result is what
+    plistlib would write for the same job (tests/service/test_service_render.py)."""
     if not params.exec_argv or not Path(params.exec_argv[0]).is_absolute():
         raise ValueError(f"ProgramArguments needs an absolute executable, not {params.exec_argv!r}")
     environment = {"PYTHONUNBUFFERED": "1", **params.environment}
-    job: dict[str, object] = {
-        "Label": LAUNCHD_LABEL,
-        "ProgramArguments": [
-            *params.exec_argv,
-            "run",
-            "--config",
-            str(_absolute(params.config_path)),
-        ],
-        "RunAtLoad": True,
-        # Restart after a crash or an error exit, not after a clean stop
-        # (SIGTERM from `launchctl bootout` makes the daemon exit 0).
-        "KeepAlive": {"SuccessfulExit": False},
-        # Background: launchd may throttle CPU and I/O; the daemon mostly sleeps.
-        "ProcessType": "Background",
-        "ThrottleInterval": LAUNCHD_THROTTLE_S,
-        "StandardOutPath": str(params.log_path),
-        "StandardErrorPath": str(params.log_path),
-        "EnvironmentVariables": environment,
+    arguments = [*params.exec_argv, "run", "--config", str(_absolute(params.config_path))]
+    values = {
+        "@PROGRAM_ARGUMENTS@": "\n".join(
+            f"\t\t<string>{_xml(word)}</string>" for word in arguments
+        ),
+        "@ENVIRONMENT@": "\n".join(
+            f"\t\t<key>{_xml(key)}</key>\n\t\t<string>{_xml(environment[key])}</string>"
+            for key in sorted(environment)
+        ),
+        "@LOG@": _xml(str(params.log_path)),
     }
-    text = plistlib.dumps(job, sort_keys=True).decode("utf-8")
+    text = _PLACEHOLDER.sub(lambda match: values[match.group(0)], load_plist_template())
     # "--" may not appear inside an XML comment; JSON reads "\u002d" as "-".
     lines = [
         _RECORDS_HEADING,
@@ -180,6 +182,12 @@ def render_launchd_plist(params: PlistParams, records: Sequence[InstallRecord] =
     comments = "".join(f"<!-- {line} -->\n" for line in lines) if records else ""
     head, doctype_end, rest = text.partition("<plist ")
     return head + comments + doctype_end + rest
+
+
+def _xml(text: str) -> str:
+    """`text` as XML character data; plistlib refuses control characters, and so do we."""
+    _reject_control_chars(text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def parse_install_records(text: str) -> list[InstallRecord]:

@@ -20,7 +20,8 @@ class ServiceStatus:
     enabled: bool | None  # None: the manager could not be asked
     running: bool | None
     detail: dict[str, str] = field(default_factory=dict)  # the manager's own words
-    problem: str | None = None
+    problem: str | None = None  # why the manager could not be asked, in full
+    reason: str | None = None  # the same, short
 
 
 def query_status(target: Target, runner: CommandRunner = run_command) -> ServiceStatus:
@@ -28,12 +29,16 @@ def query_status(target: Target, runner: CommandRunner = run_command) -> Service
     text = read_text(target.service_file)
     installed = text is not None
     ours = installed and has_marker(render.parse_install_records(text or ""))
-    if not installed:
-        return ServiceStatus(target, installed, ours, enabled=False, running=False)
     try:
         check_manager(target, runner)
     except ServiceManagerUnavailable as exc:
-        return ServiceStatus(target, installed, ours, None, None, problem=str(exc))
+        # Not installed means not enabled; whether an lmkeeperd runs, only the manager knows.
+        known: bool | None = None if installed else False
+        return ServiceStatus(
+            target, installed, ours, known, None, problem=str(exc), reason=exc.reason
+        )
+    if not installed:
+        return ServiceStatus(target, installed, ours, enabled=False, running=False)
     if target.platform == "darwin":
         return _launchd_status(target, runner, installed, ours)
     manager = target.manager_argv
@@ -82,11 +87,13 @@ def format_status(status: ServiceStatus) -> str:
         where = f"installed by hand (not by `service install`): {target.service_file}"
     lines = [f"lmkeeperd {target.describe()}", f"  file:    {where}"]
     if status.problem is not None:
-        lines.append(f"  enabled: unknown\n  running: unknown\n  {status.problem}")
+        why = f" ({status.reason})"
+        lines.append(f"  enabled: {_yes_no(status.enabled)}{why if status.enabled is None else ''}")
+        lines.append(f"  running: unknown{why}")
         return "\n".join(lines)
     detail = ", ".join(f"{key}: {value}" for key, value in status.detail.items())
     lines.append(f"  enabled: {_yes_no(status.enabled)}")
-    lines.append(f"  running: {_yes_no(status.running)} ({detail})")
+    lines.append(f"  running: {_yes_no(status.running)}" + (f" ({detail})" if detail else ""))
     if status.installed:
         lines.append(f"  logs:    {target.log_command()}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import pwd
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -123,6 +124,10 @@ class Target:
         user_flag = " --user" if self.scope == "user" else ""
         return f"journalctl{user_flag} -u {APP_NAME} -f"
 
+    def cli_command(self, verb: str) -> str:
+        """`lmkeeperd service VERB` as this target needs it typed (hints: issue 13)."""
+        return f"{APP_NAME} service {verb}" + (" --system" if self.scope == "system" else "")
+
     def describe(self) -> str:
         if self.platform == "darwin":
             return "launchd agent"
@@ -147,9 +152,15 @@ def resolve_target(
     *,
     config: Path | None = None,
     run_as: str | None = None,
+    user_exists: Callable[[str], bool] | None = None,
 ) -> Target:
     """The target for `platform` and `scope` on `host`, or a WrongUser/Unsupported error."""
     config = config.expanduser().absolute() if config is not None else None
+    if run_as is not None:
+        if scope != "system":
+            raise WrongUser("--run-as is for a system unit (--system); a user service runs as you")
+        if not (user_exists or _user_exists)(run_as):
+            raise WrongUser(f"--run-as {run_as}: there is no such user on this machine")
     if scope == "user" and host.euid == 0 and host.sudo_user:
         raise WrongUser(
             "this ran under sudo, but a user service belongs to your own login: run "
@@ -199,6 +210,14 @@ def resolve_target(
         wants_dir=units / "default.target.wants",
         linger_file=Path("/var/lib/systemd/linger") / host.user,
     )
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _is_executable_file(path: Path) -> bool:

@@ -64,6 +64,10 @@ def test_estimate_cli_with_and_without_a_gguf_file(
     assert report["estimate"]["source"] != "gguf_header"
     assert report["estimate"]["confidence"] in ("medium", "low")
     assert report["fits"] is False and "may not fit" in report["advisory"]["message"]
+    assert r.returncode == 0  # the verdict is `fits`; the exit status says an estimate was made
+    human = d.cli("estimate", "qwen/qwen3-235b-a22b")
+    assert human.returncode == 0 and "verdict      may not fit" in human.stdout
+    assert "anyway" not in human.stdout.lower()  # it loads nothing (issue 13)
     r = d.cli("estimate", "nope/missing")
     assert r.returncode == 1 and "nope/missing" in r.stderr
 

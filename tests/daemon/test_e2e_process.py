@@ -191,7 +191,7 @@ def _produce_every_level(d: DaemonProc, emulator: Emulator) -> None:
 def _check_line(event: dict[str, Any]) -> None:
     assert isinstance(event["event"], str) and re.fullmatch(r"[a-z][a-z0-9_]*", event["event"])
     assert event["level"] in {"debug", "info", "warning", "error"}
-    stamp = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    stamp = datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
     assert stamp.utcoffset() is not None and stamp.utcoffset() == UTC.utcoffset(None)
 
 

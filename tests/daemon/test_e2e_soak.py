@@ -675,7 +675,7 @@ class Soak:
             if name == "stream_opened":
                 opened[int(event["stream"])] = index
             elif name == "unload_started":
-                when = _log_time(str(event["timestamp"])) - offset
+                when = _log_time(str(event["time"])) - offset
                 decisions[str(event["instance_id"])].append((index, when))
             elif event.get("level") in ("error", "critical"):
                 self.violate(f"the daemon logged an error: {event}")

@@ -36,6 +36,7 @@ from lmkeeperd.service.plan import RunCommand, example_config, plan_install, pla
 from lmkeeperd.service.target import Host, Target, installed_command, resolve_target
 
 EXEC = installed_command()
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- helpers -----------------------------------------------------------------
@@ -123,6 +124,25 @@ def invoke(*args: str) -> tuple[int, str]:
 
 def user_unit(home: Path) -> Path:
     return home / ".config/systemd/user/lmkeeperd.service"
+
+
+def shipped_plist_filled(home: Path, written: str) -> str:
+    """launchd/io.github.lmkeeperd.plist, the file the repository ships, filled in by hand
+    for this home, with the install records of what was written (they hold hashes)."""
+    shipped = (REPO / "launchd" / render.PLIST_TEMPLATE).read_text(encoding="utf-8")
+    library = home / "Library"
+    words = [*EXEC, "run", "--config", str(library / "Application Support/lmkeeperd/config.toml")]
+    filled = (
+        shipped.replace(
+            "@PROGRAM_ARGUMENTS@", "\n".join(f"\t\t<string>{w}</string>" for w in words)
+        )
+        .replace("@ENVIRONMENT@", "\t\t<key>PYTHONUNBUFFERED</key>\n\t\t<string>1</string>")
+        .replace("@LOG@", str(library / "Logs/lmkeeperd/lmkeeperd.log"))
+    )
+    records = "".join(line for line in written.splitlines(True) if "lmkeeperd-install:" in line)
+    heading = next(line for line in written.splitlines(True) if "Written by" in line)
+    head, plist_tag, rest = filled.partition("<plist ")
+    return head + heading + records + plist_tag + rest
 
 
 def plist_path(home: Path) -> Path:
@@ -369,6 +389,7 @@ def test_launch_agent_install_then_uninstall_leaves_nothing_behind(
     job = plistlib.loads(plist.read_bytes())
     assert job["ProgramArguments"][0] == EXEC[0]
     assert stat.S_IMODE(plist.stat().st_mode) == 0o600
+    assert plist.read_text(encoding="utf-8") == shipped_plist_filled(home, plist.read_text())
     assert (home / "Library/Logs/lmkeeperd").is_dir()
     assert fakes.calls() == [
         ["launchctl", "print", f"gui/{uid}"],
@@ -513,3 +534,63 @@ def test_linger_hint_only_when_lingering_is_off(tmp_path: Path, home: Path) -> N
     linger_file.parent.mkdir()
     linger_file.touch()
     assert not any("enable-linger" in n for n in plan_install(target, None).notes)
+
+
+# --- issue 13: unknown where the manager is out of reach, --run-as, hints ---------------
+
+
+def test_status_not_installed_and_no_manager_says_unknown_why_and_warns(
+    home: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_NO_BUS", "1")
+    output, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
+        code = cli.run(["service", "status", "--platform", "linux"])
+    assert code == 1  # the manager could not be asked (interface.md)
+    assert "running: unknown (" in output.getvalue()
+    assert "running: no ()" not in output.getvalue()
+    assert errors.getvalue().startswith("lmkeeperd: warning: ")
+    assert "Failed to connect to bus" in errors.getvalue()
+
+
+def test_dry_run_without_a_manager_says_unknown_and_warns(
+    home: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_NO_BUS", "1")
+    output, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
+        code = cli.run(["service", "install", "--dry-run", "--platform", "linux"])
+    assert code == 0
+    assert "service manager: unknown (" in output.getvalue()
+    assert errors.getvalue().startswith("lmkeeperd: warning: the real run would fail here")
+    assert tree(home) == []
+
+
+def test_dry_run_with_a_manager_has_no_warning(home: Path, fakes: Fakes) -> None:
+    output, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
+        assert cli.run(["service", "install", "--dry-run", "--platform", "linux"]) == 0
+    assert "unknown" not in output.getvalue() and errors.getvalue() == ""
+
+
+def test_run_as_must_name_an_existing_user(home: Path, fakes: Fakes) -> None:
+    code, output = invoke("install", "--system", "--run-as", "no-such-user-lmk", "--dry-run")
+    assert code == 2
+    assert output.strip() == (
+        "lmkeeperd: error: --run-as no-such-user-lmk: there is no such user on this machine"
+    )
+    code, output = invoke("install", "--run-as", "nobody", "--dry-run", "--platform", "linux")
+    assert code == 2 and "--run-as is for a system unit (--system)" in output
+
+
+def test_system_hints_carry_the_system_flag(home: Path) -> None:
+    # `nobody` exists on every Unix; a dry run writes nothing, so no root is needed.
+    code, output = invoke(
+        "install", "--system", "--run-as", "nobody", "--dry-run", "--platform", "linux"
+    )
+    assert code == 0, output
+    assert "Check on it: lmkeeperd service status --system" in output
+    target = system_target(Path("/"))
+    assert target.cli_command("uninstall") == "lmkeeperd service uninstall --system"
+    user = resolve_target(Host.current(), "linux", "user")
+    assert user.cli_command("status") == "lmkeeperd service status"

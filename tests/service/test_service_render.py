@@ -25,6 +25,49 @@ def test_repo_root_unit_files_are_the_packaged_templates(scope: render.Scope) ->
     assert root_copy.read_text(encoding="utf-8") == render.load_template(scope)
 
 
+def test_repo_launchd_template_is_the_packaged_one() -> None:
+    root_copy = REPO / "launchd" / render.PLIST_TEMPLATE
+    assert root_copy.read_text(encoding="utf-8") == render.load_plist_template()
+
+
+def _without_comments(text: str) -> str:
+    return "".join(line for line in text.splitlines(True) if not line.startswith("<!--"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "environment"),
+    [
+        (("/Users/you/.local/bin/lmkeeperd",), {}),
+        (
+            ("/Users/A & B <x>/venv/bin/python3", "-m", "lmkeeperd"),
+            {"LM_API_TOKEN": "a<b>&c", "ZED": "é ü", "AAA": ""},
+        ),
+    ],
+)
+def test_the_template_renders_what_plistlib_would_write(
+    argv: tuple[str, ...], environment: dict[str, str]
+) -> None:
+    # The template is filled by text substitution; plistlib is the reference for what a
+    # plist with these values is, byte for byte (escapes, order, indentation).
+    params = PlistParams(
+        argv, Path("/Users/you/My Config & co/c.toml"), Path("/Users/you/L<o>g.log"), environment
+    )
+    job = {
+        "Label": render.LAUNCHD_LABEL,
+        "ProgramArguments": [*argv, "run", "--config", "/Users/you/My Config & co/c.toml"],
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+        "ProcessType": "Background",
+        "ThrottleInterval": render.LAUNCHD_THROTTLE_S,
+        "StandardOutPath": "/Users/you/L<o>g.log",
+        "StandardErrorPath": "/Users/you/L<o>g.log",
+        "EnvironmentVariables": {"PYTHONUNBUFFERED": "1", **environment},
+    }
+    rendered = render.render_launchd_plist(params, [InstallRecord(kind="marker", version="9")])
+    assert plistlib.loads(rendered.encode()) == job
+    assert _without_comments(rendered) == plistlib.dumps(job, sort_keys=True).decode()
+
+
 def test_user_unit_has_every_setting_the_issue_asks_for(tmp_path: Path) -> None:
     params = UnitParams(EXEC, tmp_path / "config.toml", tmp_path / "env")
     text = render.render_systemd_unit("user", params)
