@@ -63,10 +63,12 @@ def _ask(config_arg: str | None, obj: dict[str, Any], *, slow: bool = False) -> 
 def run(config: str | None = None) -> int:
     """The daemon in the foreground. Its memory never holds the other commands' code."""
     from lmkeeperd.daemon import run as run_daemon
-    from lmkeeperd.paths import config_path
+    from lmkeeperd.paths import CONFIG_ENV, config_path
 
+    # A file named on purpose (option or environment) must exist; the default need not.
+    named = config is not None or bool(os.environ.get(CONFIG_ENV, "").strip())
     try:
-        return run_daemon(config_path(config))
+        return run_daemon(config_path(config), required=named)
     except BrokenPipeError:
         return 1  # its log's reader went away: a failure, unlike `status | head` in main()
 
@@ -89,9 +91,13 @@ def select(model: str, config: str | None = None) -> int:
     if not model.strip():
         error("select: the model key is empty")
         return BAD_USAGE
-    code, _ = _ask(config, {"op": "select", "model": model})
+    code, reply = _ask(config, {"op": "select", "model": model})
     if code == OK:
-        print(f"selected {model.strip()}")
+        if reply.get("unchecked"):
+            # L23: accepted without the catalog; the daemon checks it when the server is back.
+            print(f"selected {model.strip()} (not checked yet: the server cannot be listed)")
+        else:
+            print(f"selected {model.strip()}")
     return code
 
 

@@ -61,20 +61,31 @@ from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.control_handler import ControlHandler
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.sdnotify import Notifier
+from lmkeeperd.daemon.selection_check import SelectionChecker
 from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.daemon.status import build_status
 from lmkeeperd.daemon.watcher import watch_file
 from lmkeeperd.daemon.wiring import settings_from
-from lmkeeperd.errors import ConfigError, DaemonError
+from lmkeeperd.errors import ConfigEmpty, ConfigError, DaemonError
 from lmkeeperd.proxy import OpenStreams, SelectModel
 from lmkeeperd.status import Status
 
 log = structlog.get_logger()
 
 _WARNING_EVENTS = frozenset(
-    {"load_failed", "unload_failed", "config_invalid", "server_unreachable", "memory_advisory"}
+    {
+        "load_failed",
+        "unload_failed",
+        "config_invalid",
+        "server_unreachable",
+        "memory_advisory",
+        "selection_unknown",
+    }
 )
 _STREAM_FLIP = frozenset({"loaded", "streaming"})
+
+EMPTY_GRACE_S = 1.0
+"""How long a config file may stay empty before it is reported: an editor's save is faster."""
 
 
 def _utc_now() -> str:
@@ -106,10 +117,12 @@ class Daemon:
         self._sigint_count = 0
         self._control: ControlServer | None = None
         self._state_file = paths.selection_file()
+        self._empty_timer: asyncio.TimerHandle | None = None
         self.sync = ServerSync(self, config)
         self.bridge = ProxyBridge(self, self.sync)
+        self.checker = SelectionChecker(self, self.sync, state_file=self._state_file)
         self.handler = ControlHandler(
-            self, self.sync, state_file=self._state_file, status=self.status
+            self, self.sync, state_file=self._state_file, status=self.status, checker=self.checker
         )
 
     # --- Host (context.py) ----------------------------------------------------
@@ -229,6 +242,11 @@ class Daemon:
         if name == "state_changed":
             self._notifier.status(self._status_line())
 
+    async def _select_checked(
+        self, model: str, source: str, stored: selection.StoredSelection | None
+    ) -> None:
+        await self.checker.select(model, source=source, store=stored)
+
     def _status_line(self) -> str:
         model = self._core.model
         return f"{self._core.state.value}" + (f": {model}" if model else "")
@@ -255,8 +273,16 @@ class Daemon:
         finally:
             watcher.close()
 
-    def reload(self, source: str) -> None:
-        """Re-read the config; an invalid one keeps the last good config running."""
+    def reload(self, source: str, *, settled: bool = False) -> None:
+        """Re-read the config; an invalid one keeps the last good config running.
+
+        An empty file is what a reader sees between an editor's truncate and its write:
+        it is never applied (that would be every default, the default server included),
+        and reported only if it is still empty EMPTY_GRACE_S later (`settled`).
+        """
+        if self._empty_timer is not None:
+            self._empty_timer.cancel()
+            self._empty_timer = None
         self._notifier.reloading()
         if not self.config_path.exists():
             # Mid-run, a vanished file is far more often an editor's save dance or a
@@ -266,6 +292,16 @@ class Daemon:
             return
         try:
             new = load_config(self.config_path)
+        except ConfigEmpty as e:
+            if settled:
+                self.announce("config_invalid", {"error": str(e), "path": str(self.config_path)})
+            else:
+                log.debug("config_empty_seen", path=str(self.config_path), kept="last good config")
+                self._empty_timer = asyncio.get_running_loop().call_later(
+                    EMPTY_GRACE_S, lambda: self.reload(source, settled=True)
+                )
+            self._notifier.ready(self._status_line())
+            return
         except ConfigError as e:
             self.announce("config_invalid", {"error": str(e), "path": str(self.config_path)})
             self._notifier.ready(self._status_line())
@@ -290,12 +326,11 @@ class Daemon:
         self.announce("config_reloaded", {"path": str(self.config_path), "source": source})
         if new.model.selected != old.model.selected and new.model.selected.strip():
             # A changed `selected` is a selection, and the newest one: it replaces what an
-            # older socket selection stored, or a restart would bring that one back.
-            selection.save(
-                self._state_file,
-                selection.StoredSelection(new.model.selected.strip(), new.model.selected),
-            )
-            self.feed(Select(new.model.selected))
+            # older socket selection stored, or a restart would bring that one back. Checked
+            # against the catalog first (L23): an unknown key changes nothing.
+            key = new.model.selected.strip()
+            stored = selection.StoredSelection(key, new.model.selected)
+            self.spawn(self._select_checked(key, "config", stored))
         self._notifier.ready(self._status_line())
 
     # --- life -------------------------------------------------------------------
@@ -325,7 +360,8 @@ class Daemon:
             self.config.model.selected, selection.load(self._state_file)
         )
         if initial.strip():
-            self.feed(Select(initial))
+            source = "config" if initial == self.config.model.selected else "restored"
+            self.spawn(self._select_checked(initial, source, None))
         self.spawn(self.sync.reconcile_loop())
         self.spawn(self._watch_config())
         interval = self._notifier.watchdog_interval()
@@ -426,10 +462,10 @@ def _remember_missing_sniffio() -> None:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
-def run(config_path: Path) -> int:
-    """Entry point of `lmkeeperd run`."""
+def run(config_path: Path, *, required: bool = False) -> int:
+    """Entry point of `lmkeeperd run`; `required`: the file was named, so it must exist."""
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, required=required)
     except ConfigError as e:
         logs.setup()
         log.error("config_invalid", error=str(e), path=str(config_path))
