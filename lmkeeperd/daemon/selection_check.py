@@ -14,7 +14,10 @@ module fetches the catalog, stores what is accepted and feeds the core:
   nothing is stored, nothing reaches the core, so nothing is unloaded;
 - no catalog (the server cannot be listed): accepted and stored, and checked
   when the next listing succeeds (`on_listing`); refused then if unknown, and
-  the stored selection goes back to what it was.
+  the stored selection goes back to what it was. While a model is ours it is
+  kept until then (nothing unloaded for a key that may not exist); with none,
+  the core has it at once, so its load says why the server cannot be used
+  (a refused token, a server too old) and the selection is shown in status.
 
 Only the newest selection counts: one whose check finished after a newer one
 started is dropped, as the core itself keeps only the latest (L3).
@@ -29,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from lmkeeperd.core import KnownKey, Select, UnknownKey, check_selection
+from lmkeeperd.core import KnownKey, Select, State, UnknownKey, check_selection
 from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.server_sync import ServerSync
@@ -46,6 +49,7 @@ class _Deferred:
     source: str
     stored: bool  # it was stored on acceptance: a refusal puts the previous one back
     previous: selection.StoredSelection | None
+    fed: bool  # the core already has it (it had no model to keep)
 
 
 class SelectionChecker:
@@ -92,7 +96,11 @@ class SelectionChecker:
         if isinstance(verdict, KnownKey):
             self._host.feed(Select(key))
             return {"ok": True}
-        self._deferred = _Deferred(key, source, store is not None, previous)
+        core = self._host.core
+        fed = core.model is None and core.state is State.IDLE
+        self._deferred = _Deferred(key, source, store is not None, previous, fed)
+        if fed:
+            self._host.feed(Select(key))
         self._host.announce(
             "selection_unchecked",
             {"model": key, "source": source, "reason": self._sync.error or "server not listed"},
@@ -108,9 +116,12 @@ class SelectionChecker:
         if isinstance(verdict, UnknownKey):
             if deferred.stored:
                 self._restore(deferred.previous)
+            # Fed already (there was no model to keep): its load fails as not downloaded
+            # (L6), which is all an unknown key can cost then.
             self._refused(verdict, deferred.source)
             return
-        self._host.feed(Select(deferred.model))
+        if not deferred.fed:
+            self._host.feed(Select(deferred.model))
 
     def _refused(self, verdict: UnknownKey, source: str) -> None:
         self._host.announce(
