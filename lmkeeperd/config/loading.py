@@ -99,13 +99,15 @@ def load_config(path: Path | str, *, required: bool = False) -> Config:
     """
     path = Path(path)
     try:
-        raw = read_small_file(path, CONFIG_CAP, what="the config")
+        raw = read_small_file(path, CONFIG_CAP, what="the file")
     except FileNotFoundError:
         if required:
             raise ConfigError(["no such file"], path=str(path)) from None
         return Config()
     except UnsafeFileError as error:
-        raise ConfigError([f"cannot read it: {error}"], path=str(path)) from None
+        # "the file <path> is a FIFO; ..." -> "the file is a FIFO; ...": the path leads anyway.
+        said = str(error).replace(f"the file {path} ", "the file ", 1)
+        raise ConfigError([f"cannot read it: {said}"], path=str(path)) from None
     except IsADirectoryError:
         raise ConfigError(["cannot read the config: it is a directory"], path=str(path)) from None
     except OSError as error:
