@@ -58,6 +58,7 @@ from lmkeeperd.core import (
     Tick,
 )
 from lmkeeperd.daemon import selection
+from lmkeeperd.daemon.config_file import ConfigReader
 from lmkeeperd.daemon.control_handler import ControlHandler
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.sdnotify import Notifier
@@ -66,7 +67,7 @@ from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.daemon.status import build_status
 from lmkeeperd.daemon.watcher import watch_file
 from lmkeeperd.daemon.wiring import settings_from
-from lmkeeperd.errors import ConfigEmpty, ConfigError, DaemonError
+from lmkeeperd.errors import ConfigError, DaemonError
 from lmkeeperd.proxy import OpenStreams, SelectModel
 from lmkeeperd.status import Status
 
@@ -86,9 +87,6 @@ _STREAM_FLIP = frozenset({"loaded", "streaming"})
 
 SHUTDOWN_RESERVE_S = 0.3
 """Of the stop bound, kept back from the unload for the cleanup and the process's exit."""
-
-EMPTY_GRACE_S = 1.0
-"""How long a config file may stay empty before it is reported: an editor's save is faster."""
 
 
 def _utc_now() -> str:
@@ -120,7 +118,7 @@ class Daemon:
         self._sigint_count = 0
         self._control: ControlServer | None = None
         self._state_file = paths.selection_file()
-        self._empty_timer: asyncio.TimerHandle | None = None
+        self._reader = ConfigReader(config_path, self.announce, lambda: self.reload("file"))
         self._stop_at: float | None = None
         self.sync = ServerSync(self, config)
         self.bridge = ProxyBridge(self, self.sync)
@@ -246,11 +244,6 @@ class Daemon:
         if name == "state_changed":
             self._notifier.status(self._status_line())
 
-    async def _select_checked(
-        self, model: str, source: str, stored: selection.StoredSelection | None
-    ) -> None:
-        await self.checker.select(model, source=source, store=stored)
-
     def _status_line(self) -> str:
         model = self._core.model
         return f"{self._core.state.value}" + (f": {model}" if model else "")
@@ -277,37 +270,11 @@ class Daemon:
         finally:
             watcher.close()
 
-    def reload(self, source: str, *, settled: bool = False) -> None:
-        """Re-read the config; an invalid one keeps the last good config running.
-
-        An empty file is what a reader sees between an editor's truncate and its write:
-        it is never applied (that would be every default, the default server included),
-        and reported only if it is still empty EMPTY_GRACE_S later (`settled`).
-        """
-        if self._empty_timer is not None:
-            self._empty_timer.cancel()
-            self._empty_timer = None
+    def reload(self, source: str) -> None:
+        """Re-read the config; an invalid, empty or vanished one keeps the last good running."""
         self._notifier.reloading()
-        if not self.config_path.exists():
-            # Mid-run, a vanished file is far more often an editor's save dance or a
-            # slip than a wish for every default: keep what runs (defaults apply at start).
-            log.warning("config_missing", path=str(self.config_path), kept="last good config")
-            self._notifier.ready(self._status_line())
-            return
-        try:
-            new = load_config(self.config_path)
-        except ConfigEmpty as e:
-            if settled:
-                self.announce("config_invalid", {"error": str(e), "path": str(self.config_path)})
-            else:
-                log.debug("config_empty_seen", path=str(self.config_path), kept="last good config")
-                self._empty_timer = asyncio.get_running_loop().call_later(
-                    EMPTY_GRACE_S, lambda: self.reload(source, settled=True)
-                )
-            self._notifier.ready(self._status_line())
-            return
-        except ConfigError as e:
-            self.announce("config_invalid", {"error": str(e), "path": str(self.config_path)})
+        new = self._reader.read()  # None: the reader said why the file is not applied
+        if new is None:
             self._notifier.ready(self._status_line())
             return
         old, self._config = self._config, new
@@ -334,7 +301,7 @@ class Daemon:
             # against the catalog first (L23): an unknown key changes nothing.
             key = new.model.selected.strip()
             stored = selection.StoredSelection(key, new.model.selected)
-            self.spawn(self._select_checked(key, "config", stored))
+            self.spawn(self.checker.select_quietly(key, source="config", store=stored))
         self._notifier.ready(self._status_line())
 
     # --- life -------------------------------------------------------------------
@@ -365,7 +332,7 @@ class Daemon:
         )
         if initial.strip():
             source = "config" if initial == self.config.model.selected else "restored"
-            self.spawn(self._select_checked(initial, source, None))
+            self.spawn(self.checker.select_quietly(initial, source=source, store=None))
         self.spawn(self.sync.reconcile_loop())
         self.spawn(self._watch_config())
         interval = self._notifier.watchdog_interval()
@@ -412,6 +379,7 @@ class Daemon:
         self._notifier.stopping()
         log.info("daemon_stopping", timeout_s=bound)
         self.feed(Shutdown())
+        self._reader.close()
         self.bridge.stop_accepting()  # requests under way finish while we unload
         while self._shutdown_waits_on_server() and self._clock() < unload_by:
             self._wake.clear()

@@ -107,6 +107,12 @@ class SelectionChecker:
         )
         return {"ok": True, "unchecked": True}
 
+    async def select_quietly(
+        self, model: str, *, source: str, store: selection.StoredSelection | None
+    ) -> None:
+        """`select` for selections nobody waits on (the config file, the one restored)."""
+        await self.select(model, source=source, store=store)
+
     def _listed(self) -> None:
         """A listing succeeded: check the selection accepted while the server was away."""
         deferred, self._deferred = self._deferred, None

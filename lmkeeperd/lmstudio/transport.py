@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno as errno_codes
 import os
-import unicodedata
 from typing import Any
 
 import httpx
@@ -20,17 +19,15 @@ ERROR_CHARS = 600
 def printable(text: str, cap: int = ERROR_CHARS) -> str:
     """`text` fit for a log line, `status` and a terminal: one line, no control characters.
 
-    Server text enters errors here. Whitespace runs become one space; control and format
-    characters (escape sequences, NUL, bidi overrides) and lone surrogates (undecodable
-    bytes) become U+FFFD, so nothing a server sends can move a terminal's cursor or hide
-    text; at most `cap` characters are kept.
+    Server text enters errors here. Whitespace runs become one space; every character
+    Python does not call printable (controls and escape sequences, NUL, bidi overrides,
+    lone surrogates from undecodable bytes, unassigned code points) becomes U+FFFD, so
+    nothing a server sends can move a terminal's cursor or hide text; at most `cap`
+    characters are kept.
     """
     flat = " ".join(text.split())
     if not flat.isprintable():
-        flat = "".join(
-            c if c.isprintable() or unicodedata.category(c) not in ("Cc", "Cf", "Cs") else "\ufffd"
-            for c in flat
-        )
+        flat = "".join(c if c.isprintable() else "\ufffd" for c in flat)
     return flat if len(flat) <= cap else flat[: cap - 1] + "…"
 
 
