@@ -44,7 +44,8 @@ def _ask(config_arg: str | None, obj: dict[str, Any], *, slow: bool = False) -> 
     except ConfigError as e:
         error(str(e))
         return BAD_USAGE, None
-    # An unload is answered only once the server has unloaded: allow for a slow server.
+    # An unload is answered only once the server has unloaded, and a select once the
+    # server's catalog was listed (L23): allow for a slow server.
     timeout = request_timeout + 10.0 if slow else 5.0
     try:
         reply = request(sock, obj, timeout=timeout)
@@ -91,7 +92,7 @@ def select(model: str, config: str | None = None) -> int:
     if not model.strip():
         error("select: the model key is empty")
         return BAD_USAGE
-    code, reply = _ask(config, {"op": "select", "model": model})
+    code, reply = _ask(config, {"op": "select", "model": model}, slow=True)
     if code == OK:
         if reply.get("unchecked"):
             # L23: accepted without the catalog; the daemon checks it when the server is back.

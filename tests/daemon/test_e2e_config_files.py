@@ -216,3 +216,13 @@ def test_L16_the_stop_bound_holds_with_a_hung_server(
     # Measured by the daemon's own clock, from the stop to the end of the cleanup.
     assert inside < 2.0, f"stopped {inside:.3f}s after it began stopping (bound 2s)"
     print(f"stop with a hung server: {inside:.3f}s in the daemon, {outside:.3f}s to exit")
+
+
+def test_config_check_refuses_inject_token_on_a_proxy_others_can_reach(
+    daemon_factory: Callable[..., DaemonProc],
+) -> None:
+    d = daemon_factory(start=False, proxy={"listen": "0.0.0.0:0", "inject_token": True})
+    code, out = run_exit(d, "config", "check", "--config", str(d.config_path))
+    assert code == 2 and "proxy.inject_token" in out and "loopback" in out
+    code, out = run_exit(d, "run", "--config", str(d.config_path))
+    assert code == 2 and "proxy.inject_token" in out
