@@ -64,11 +64,6 @@ class SelectionChecker:
         self._deferred: _Deferred | None = None
         sync.on_listing = self._listed
 
-    @property
-    def unchecked(self) -> str | None:
-        """The selection accepted without a catalog, waiting for the server to answer."""
-        return None if self._deferred is None else self._deferred.model
-
     async def select(
         self, model: str, *, source: str, store: selection.StoredSelection | None
     ) -> dict[str, Any]:
