@@ -5,6 +5,7 @@ the model, the URL or the environment variable involved, never a secret.
 
     LmkeeperError
     ├── ConfigError                 a config file or value is wrong (names key, line)
+    │   └── ConfigEmpty             the file is empty (mid-edit, or never written)
     ├── ServerError                 talking to LM Studio failed
     │   ├── ServerUnreachable       connection refused / timed out (names the URL)
     │   ├── AuthError               401/403: token missing or wrong (names the env var)
@@ -58,6 +59,13 @@ class ConfigError(LmkeeperError):
         self.path = path
         where = f"{path}: " if path else ""
         super().__init__(where + "; ".join(self.problems))
+
+
+class ConfigEmpty(ConfigError):
+    """The config file is empty: often an editor's save seen half-way, never "all defaults"."""
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(["the file is empty"], path=path)
 
 
 class ServerError(LmkeeperError):

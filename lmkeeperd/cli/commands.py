@@ -45,7 +45,8 @@ def _ask(config_arg: str | None, obj: dict[str, Any], *, slow: bool = False) -> 
     except ConfigError as e:
         error(str(e))
         return BAD_USAGE, None
-    # An unload is answered only once the server has unloaded: allow for a slow server.
+    # An unload is answered only once the server has unloaded, and a select once the
+    # server's catalog was listed (L23): allow for a slow server.
     timeout = request_timeout + 10.0 if slow else 5.0
     try:
         reply = request(sock, obj, timeout=timeout)
@@ -64,10 +65,12 @@ def _ask(config_arg: str | None, obj: dict[str, Any], *, slow: bool = False) -> 
 def run(config: str | None = None) -> int:
     """The daemon in the foreground. Its memory never holds the other commands' code."""
     from lmkeeperd.daemon import run as run_daemon
-    from lmkeeperd.paths import config_path
+    from lmkeeperd.paths import CONFIG_ENV, config_path
 
+    # A file named on purpose (option or environment) must exist; the default need not.
+    named = config is not None or bool(os.environ.get(CONFIG_ENV, "").strip())
     try:
-        return run_daemon(config_path(config))
+        return run_daemon(config_path(config), required=named)
     except BrokenPipeError:
         return 1  # its log's reader went away: a failure, unlike `status | head` in main()
 
@@ -90,9 +93,13 @@ def select(model: str, config: str | None = None) -> int:
     if not model.strip():
         error("select: the model key is empty")
         return BAD_USAGE
-    code, _ = _ask(config, {"op": "select", "model": model})
+    code, reply = _ask(config, {"op": "select", "model": model}, slow=True)
     if code == OK:
-        print(f"selected {model.strip()}")
+        if reply.get("unchecked"):
+            # L23: accepted without the catalog; the daemon checks it when the server is back.
+            print(f"selected {model.strip()} (not checked yet: the server cannot be listed)")
+        else:
+            print(f"selected {model.strip()}")
     return code
 
 

@@ -21,7 +21,9 @@ from lmkeeperd.config.types import (
     ProxyConfig,
     ServerConfig,
 )
-from lmkeeperd.errors import ConfigError
+from lmkeeperd.errors import ConfigEmpty, ConfigError, UnsafeFileError
+from lmkeeperd.fileio import CONFIG_CAP, read_small_file
+from lmkeeperd.net import is_loopback, split_listen
 
 
 def parse_config(text: str, source: str | None = None) -> Config:
@@ -49,6 +51,16 @@ def parse_config(text: str, source: str | None = None) -> Config:
                 'itself, so set metrics.listen = ""',
             )
         )
+    proxy = good.get("proxy", {})
+    if proxy.get("inject_token") and proxy_at and not _loopback_listen(proxy_at):
+        found.append(
+            (
+                "proxy.inject_token",
+                f"proxy.inject_token: true with proxy.listen = {proxy_at!r}, which other "
+                "machines can reach; the proxy would let them use LM Studio with your token. "
+                "Listen on a loopback address (127.0.0.1 or [::1]) or set inject_token = false",
+            )
+        )
     if found:
         raise ConfigError([with_line(text, key, problem) for key, problem in found], path=source)
 
@@ -70,13 +82,32 @@ def parse_config(text: str, source: str | None = None) -> Config:
     )
 
 
-def load_config(path: Path | str) -> Config:
-    """The config in `path`; a missing file means every default."""
+def _loopback_listen(listen: str) -> bool:
+    try:
+        host, _port = split_listen(listen)
+    except ValueError:
+        return True  # a bad address is reported by its own check
+    return is_loopback(host)
+
+
+def load_config(path: Path | str, *, required: bool = False) -> Config:
+    """The config in `path`; a missing file means every default unless `required`.
+
+    Never blocks and never reads more than CONFIG_CAP: a FIFO, a device, a folder or an
+    oversize file is a ConfigError. An empty file is ConfigEmpty, never every default:
+    it is what a reader sees half-way through an editor's save.
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_small_file(path, CONFIG_CAP, what="the file")
     except FileNotFoundError:
+        if required:
+            raise ConfigError(["no such file"], path=str(path)) from None
         return Config()
+    except UnsafeFileError as error:
+        # "the file <path> is a FIFO; ..." -> "the file is a FIFO; ...": the path leads anyway.
+        said = str(error).replace(f"the file {path} ", "the file ", 1)
+        raise ConfigError([f"cannot read it: {said}"], path=str(path)) from None
     except IsADirectoryError:
         raise ConfigError(["cannot read the config: it is a directory"], path=str(path)) from None
     except OSError as error:
@@ -88,4 +119,6 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(
             [f"not UTF-8 text (bad byte at offset {error.start})"], path=str(path)
         ) from None
+    if not text.strip():
+        raise ConfigEmpty(str(path))
     return parse_config(text, source=str(path))

@@ -38,11 +38,16 @@ from lmkeeperd.core.explain import Explanation
 from lmkeeperd.core.machine import Lifecycle, LifecycleError
 from lmkeeperd.core.policy import (
     Adopt,
+    KnownKey,
     Load,
     LoadPlan,
     Missing,
+    SelectionCheck,
+    UncheckedKey,
+    UnknownKey,
     Verdict,
     adopt_or_load,
+    check_selection,
     proxy_verdict,
 )
 from lmkeeperd.core.view import LMSTUDIO, State
@@ -58,6 +63,7 @@ __all__ = [
     "EngineChanged",
     "Event",
     "Explanation",
+    "KnownKey",
     "Lifecycle",
     "LifecycleError",
     "Load",
@@ -70,6 +76,7 @@ __all__ = [
     "OwnStray",
     "ResumeLoad",
     "Select",
+    "SelectionCheck",
     "ServerActivity",
     "ServerSnapshot",
     "Settings",
@@ -81,11 +88,14 @@ __all__ = [
     "StreamEnded",
     "StreamStarted",
     "Tick",
+    "UncheckedKey",
+    "UnknownKey",
     "UnloadCommand",
     "UnloadDeferred",
     "UnloadFailed",
     "UnloadFinished",
     "Verdict",
     "adopt_or_load",
+    "check_selection",
     "proxy_verdict",
 ]

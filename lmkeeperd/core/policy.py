@@ -1,6 +1,6 @@
 """Pure decisions the daemon's I/O edges ask for: no I/O, no clock, no tasks.
 
-Two questions are answered here, from what the caller already knows:
+Three questions are answered here, from what the caller already knows:
 
 - `adopt_or_load`: a load is about to start and the server was just listed.
   Adopt an instance of the model that is already there (L17: lmkeeperd never
@@ -9,10 +9,15 @@ Two questions are answered here, from what the caller already knows:
 - `proxy_verdict`: a proxied request names a model. Let it through as it is,
   let it through because that model is the loaded one, or switch to it first
   (select-on-request, lmkeeperd/proxy/switching.py).
+- `check_selection`: a selection (socket, config file, restored at start) is
+  about to be handed to the core. L23: a key the server's catalog does not list
+  is refused before anything is unloaded; without a catalog it is accepted and
+  checked once the server answers again.
 """
 
 from __future__ import annotations
 
+import difflib
 import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -91,3 +96,50 @@ def proxy_verdict(core: Lifecycle, model: str, model_type: str | None) -> Verdic
     if core.model == model and core.state in (State.LOADED, State.STREAMING):
         return Verdict.READY
     return Verdict.SWITCH
+
+
+# --- L23: selections are checked against the server's catalog ------------------------
+
+NEAREST_KEYS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class KnownKey:
+    """The catalog lists the key: the selection goes to the core."""
+
+
+@dataclass(frozen=True, slots=True)
+class UncheckedKey:
+    """No catalog to check against (the server cannot be listed): accepted, checked later."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownKey:
+    """The catalog does not list the key: refused; nothing is unloaded or stored."""
+
+    model: str
+    nearest: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        hint = f"; did you mean {', '.join(self.nearest)}?" if self.nearest else ""
+        return f"model {self.model!r} is not in the LM Studio server's catalog{hint}"
+
+
+SelectionCheck = KnownKey | UncheckedKey | UnknownKey
+
+
+def check_selection(model: str, catalog: Collection[str] | None) -> SelectionCheck:
+    """L23: may `model` be selected? `catalog` is every key the server lists, None if unknown.
+
+    The nearest keys (difflib, case-insensitive, at most NEAREST_KEYS) go with a refusal so
+    that a typo costs one more try, not the working model.
+    """
+    if catalog is None:
+        return UncheckedKey()
+    key = model.strip()
+    if key in catalog:
+        return KnownKey()
+    folded = {k.lower(): k for k in sorted(catalog)}
+    close = difflib.get_close_matches(key.lower(), list(folded), n=NEAREST_KEYS, cutoff=0.5)
+    return UnknownKey(key, tuple(folded[k] for k in close))

@@ -3,7 +3,8 @@
 The control server (lmkeeperd/control/server.py) reads and checks each frame
 and calls `handle`; this module decides what a request means for the core:
 
-- `select`: store it for the next start (selection.py), then `Select`;
+- `select`: checked against the server's catalog first (L23,
+  selection_check.py), then stored for the next start and `Select`;
 - `activity`, `engine`: `Activity`, `EngineChanged`;
 - `stream_start` / `stream_end`: streams, each owned by the connection that
   opened it, so a client that goes away ends its streams (L8);
@@ -28,13 +29,13 @@ from lmkeeperd.control.server import Connection
 from lmkeeperd.core import (
     Activity,
     EngineChanged,
-    Select,
     StreamEnded,
     StreamStarted,
     UnloadCommand,
 )
 from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.context import Host
+from lmkeeperd.daemon.selection_check import SelectionChecker
 from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.errors import DaemonError
 from lmkeeperd.status import Status
@@ -70,11 +71,13 @@ class ControlHandler:
         *,
         state_file: Path,
         status: Callable[[], Status],
+        checker: SelectionChecker,
     ) -> None:
         self._host = host
         self._sync = sync
         self._state_file = state_file
         self._status = status
+        self._checker = checker
         self._commands: dict[int, asyncio.Future[str | None]] = {}
         self._request_ids = itertools.count(1)
         self._conn_streams: dict[int, list[int]] = {}
@@ -87,12 +90,10 @@ class ControlHandler:
                 key = model.strip()
                 if not key:
                     return {"ok": True, "ignored": "empty model key"}
-                selection.save(
-                    self._state_file, selection.StoredSelection(key, host.config.model.selected)
-                )
                 pid = conn.peer_pid
                 selection.received(key, "socket", pid=pid, process=process_name(pid))
-                host.feed(Select(key))
+                stored = selection.StoredSelection(key, host.config.model.selected)
+                return await self._checker.select(key, source="socket", store=stored)
             case proto.Activity():
                 host.feed(Activity())
             case proto.StreamStart():

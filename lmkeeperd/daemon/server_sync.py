@@ -2,15 +2,18 @@
 
 Every request to the server runs as a task and feeds its outcome back to the
 core as an event (`LoadFinished`, `UnloadFailed`, `ServerSnapshot`, ...).
-What to do is decided in the pure core (lmkeeperd/core/policy.py for
-adopt-or-load); this module only asks the server and reports what it said.
+Error text is made printable and capped (transport.printable) before it
+reaches the core or status, whatever raised it. What to do is decided in the
+pure core (lmkeeperd/core/policy.py for adopt-or-load); this module only asks
+the server and reports what it said.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import structlog
@@ -37,6 +40,7 @@ from lmkeeperd.daemon.wiring import loaded_map, make_client, make_memory_check
 from lmkeeperd.errors import LmkeeperError, ModelNotFound, ServerUnreachable
 from lmkeeperd.lmstudio.client import LMStudioClient
 from lmkeeperd.lmstudio.models import ModelInfo
+from lmkeeperd.lmstudio.transport import printable
 from lmkeeperd.memory.sizes import to_gb
 
 log = structlog.get_logger()
@@ -61,6 +65,9 @@ class ServerSync:
         self.loaded: dict[str, tuple[str, ...]] = {}
         self.last_advisory: dict[str, Any] | None = None
         self._models: dict[str, ModelInfo] = {}
+        self._listed_at: float | None = None  # time.monotonic() of the last good listing
+        # Called after every good listing (selection_check.py checks deferred selections).
+        self.on_listing: Callable[[], None] | None = None
 
     # --- what others read ---------------------------------------------------
 
@@ -115,12 +122,12 @@ class ServerSync:
             self._outcome(LoadFinished(action.op, result.instance_id))
         except ServerUnreachable as e:
             self._recheck.set()  # the reconcile loop notices the outage and retries
-            self._outcome(LoadFailed(action.op, str(e), unreachable=True))
+            self._outcome(LoadFailed(action.op, printable(str(e)), unreachable=True))
         except LmkeeperError as e:
-            self._outcome(LoadFailed(action.op, str(e)))
+            self._outcome(LoadFailed(action.op, printable(str(e))))
         except Exception as e:  # never let a bug in here stop the daemon
             log.exception("load_crashed", model=action.model)
-            self._outcome(LoadFailed(action.op, f"internal error: {e!r}"))
+            self._outcome(LoadFailed(action.op, printable(f"internal error: {e!r}")))
         finally:
             self._op_tasks.pop(action.op, None)
 
@@ -133,10 +140,10 @@ class ServerSync:
         except LmkeeperError as e:
             if isinstance(e, ServerUnreachable):
                 self._recheck.set()
-            self._outcome(UnloadFailed(action.op, str(e)))
+            self._outcome(UnloadFailed(action.op, printable(str(e))))
         except Exception as e:
             log.exception("unload_crashed", model=action.model)
-            self._outcome(UnloadFailed(action.op, f"internal error: {e!r}"))
+            self._outcome(UnloadFailed(action.op, printable(f"internal error: {e!r}")))
         finally:
             self._op_tasks.pop(action.op, None)
 
@@ -192,6 +199,26 @@ class ServerSync:
     def _note_models(self, models: list[ModelInfo]) -> None:
         self._models = {m.key: m for m in models}
         self.loaded = loaded_map(models)
+        self._listed_at = time.monotonic()
+        if self.on_listing is not None:
+            self.on_listing()
+
+    def known_catalog(self) -> Collection[str] | None:
+        """The keys of the last good listing, None before the first one."""
+        return None if self._listed_at is None else frozenset(self._models)
+
+    async def catalog(self, max_age: float) -> Collection[str] | None:
+        """Every model key the server lists, from a listing at most `max_age` s old (L23).
+
+        None when the server cannot be listed now: the caller cannot check against it.
+        """
+        fresh = self._listed_at is not None and time.monotonic() - self._listed_at <= max_age
+        if not (fresh and self.reachable):
+            try:
+                self._note_models(await self.client.list_models())
+            except LmkeeperError:
+                return None
+        return frozenset(self._models)
 
     async def refresh(self, tries: int = 3) -> str | None:
         """List the server now and hand the core the snapshot; the error, if any.
@@ -204,7 +231,7 @@ class ServerSync:
             try:
                 models = await self.client.list_models()
             except LmkeeperError as e:
-                return str(e)
+                return printable(str(e))
             if outcomes == self._outcomes:
                 self._note_models(models)
                 self._host.feed(ServerSnapshot(loaded_map(models)))
@@ -220,11 +247,11 @@ class ServerSync:
             try:
                 models = await self.client.list_models()
             except LmkeeperError as e:
-                self.error = str(e)
+                self.error = printable(str(e))
                 if self.reachable is not False:
                     self.reachable = False
                     self._host.announce(
-                        "server_unreachable", {"url": self.client.base_url, "error": str(e)}
+                        "server_unreachable", {"url": self.client.base_url, "error": self.error}
                     )
                 # Back off from ~1 s up to the reconcile interval; a refused token is
                 # not retried any faster than the interval (lmstudio-api.md).

@@ -395,7 +395,8 @@ class InotifyWatcher(_FdWatcher):
 
 if sys.platform != "linux":
     # O_EVTONLY (macOS) watches without keeping the volume busy; elsewhere read-only will do.
-    _KQ_OPEN_FLAGS = getattr(os, "O_EVTONLY", os.O_RDONLY) | os.O_CLOEXEC
+    # O_NONBLOCK: opening a FIFO put at the config path must not block the event loop.
+    _KQ_OPEN_FLAGS = getattr(os, "O_EVTONLY", os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
     _KQ_FOLDER_NOTES = select.KQ_NOTE_WRITE | select.KQ_NOTE_DELETE | select.KQ_NOTE_RENAME
     _KQ_FILE_NOTES = (
         select.KQ_NOTE_WRITE

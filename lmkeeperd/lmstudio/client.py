@@ -49,7 +49,7 @@ from lmkeeperd.errors import (
     ServerUnreachable,
 )
 from lmkeeperd.lmstudio.models import LoadResult, ModelInfo
-from lmkeeperd.lmstudio.transport import TooBig, decoded, describe, read_capped
+from lmkeeperd.lmstudio.transport import TooBig, decoded, describe, printable, read_capped
 from lmkeeperd.lmstudio.wire import (
     AUTH_WORDS,
     UNEXPECTED_ENDPOINT,
@@ -435,8 +435,9 @@ class LMStudioClient:
         return repr(self._shorten(text)) if text.strip() else "(empty body)"
 
     def _shorten(self, text: str) -> str:
-        flat = " ".join(self._scrub(text).split())
-        return flat if len(flat) <= _SNIPPET_CHARS else flat[:_SNIPPET_CHARS] + "…"
+        # The server's own words enter error messages only through here: one line,
+        # no control characters or raw bytes, no token, cut short (transport.printable).
+        return printable(self._scrub(text), _SNIPPET_CHARS + 1)
 
     def _scrub(self, text: str) -> str:
         return self._token.scrub(text) if self._token else text

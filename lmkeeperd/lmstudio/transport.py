@@ -12,6 +12,23 @@ from typing import Any
 import httpx
 
 _SNIPPET_CHARS = 200
+ERROR_CHARS = 600
+"""The longest error text lmkeeperd keeps: a server's words quoted in it are cut to 200."""
+
+
+def printable(text: str, cap: int = ERROR_CHARS) -> str:
+    """`text` fit for a log line, `status` and a terminal: one line, no control characters.
+
+    Server text enters errors here. Whitespace runs become one space; every character
+    Python does not call printable (controls and escape sequences, NUL, bidi overrides,
+    lone surrogates from undecodable bytes, unassigned code points) becomes U+FFFD, so
+    nothing a server sends can move a terminal's cursor or hide text; at most `cap`
+    characters are kept.
+    """
+    flat = " ".join(text.split())
+    if not flat.isprintable():
+        flat = "".join(c if c.isprintable() else "\ufffd" for c in flat)
+    return flat if len(flat) <= cap else flat[: cap - 1] + "…"
 
 
 class TooBig(Exception):
@@ -76,7 +93,7 @@ def describe(
         if code is not None and code in errno_codes.errorcode:
             return os.strerror(code).lower()
         cause = cause.__cause__ or cause.__context__
-    text = str(error).strip()
+    text = printable(str(error))
     if text.startswith("[Errno"):
         text = text.partition("]")[2].strip()
     text = text[:1].lower() + text[1:]

@@ -1,4 +1,4 @@
-"""The pure decisions in lmkeeperd/core/policy.py: adopt-or-load and the proxy verdict."""
+"""The pure decisions in lmkeeperd/core/policy.py: adopt-or-load, the proxy verdict, L23."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from core_harness import Harness
 from lmkeeperd.core import (
     Adopt,
     EngineChanged,
+    KnownKey,
     Load,
     Missing,
     Select,
     Shutdown,
     State,
     StreamStarted,
+    UncheckedKey,
+    UnknownKey,
     Verdict,
     adopt_or_load,
+    check_selection,
     proxy_verdict,
 )
 
@@ -89,3 +93,46 @@ def test_hands_off_stopped_or_auto_load_off_pass() -> None:
     assert proxy_verdict(h.core, A, "llm") is Verdict.PASS
     h = Harness(switch_debounce=0, auto_load=False)
     assert proxy_verdict(h.core, A, "llm") is Verdict.PASS
+
+
+# --- check_selection (L23) ------------------------------------------------------
+
+CATALOG = frozenset({A, B, "qwen/qwen2.5-0.5b-instruct", "text-embedding-nomic"})
+
+
+def test_L23_a_listed_key_is_known() -> None:
+    assert check_selection(A, CATALOG) == KnownKey()
+    assert check_selection(f"  {A} ", CATALOG) == KnownKey()  # keys are trimmed, as Select does
+
+
+def test_L23_an_unlisted_key_is_refused_with_the_nearest_keys_first() -> None:
+    verdict = check_selection("qwen/qwen3-4b", CATALOG)
+    assert isinstance(verdict, UnknownKey)
+    assert verdict.model == "qwen/qwen3-4b" and verdict.nearest[0] == A
+    assert "'qwen/qwen3-4b'" in verdict.message and A in verdict.message
+
+
+def test_L23_nearest_keys_ignore_case_but_keep_the_catalogs_spelling() -> None:
+    verdict = check_selection("QWEN/QWEN3-4B-2507", CATALOG)
+    assert isinstance(verdict, UnknownKey) and verdict.nearest[0] == A
+
+
+def test_L23_nothing_near_means_no_suggestion_but_still_a_refusal() -> None:
+    verdict = check_selection("zzzzzzzz", CATALOG)
+    assert isinstance(verdict, UnknownKey) and verdict.nearest == ()
+    assert "did you mean" not in verdict.message
+
+
+def test_L23_at_most_three_suggestions() -> None:
+    many = frozenset(f"org/model-{i}" for i in range(10))
+    verdict = check_selection("org/model-", many)
+    assert isinstance(verdict, UnknownKey) and len(verdict.nearest) == 3
+
+
+def test_L23_without_a_catalog_the_selection_is_unchecked_not_refused() -> None:
+    assert check_selection("anything/at-all", None) == UncheckedKey()
+
+
+def test_L23_an_empty_catalog_refuses_everything() -> None:
+    # A server that lists nothing has nothing to load: that is an answer, not an outage.
+    assert isinstance(check_selection(A, frozenset()), UnknownKey)

@@ -28,12 +28,16 @@ def wait_for_reconciles(daemon: DaemonProc, emulator: Emulator, n: int = 2) -> N
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 
-def test_L6_a_model_the_server_does_not_have_fails_with_its_name(daemon: DaemonProc) -> None:
-    daemon.request({"op": "select", "model": "nobody/no-such-model"})
-    failed = daemon.wait_event("load_failed", model="nobody/no-such-model")
-    assert "nobody/no-such-model" in failed["error"]
-    st = daemon.wait_status(state="idle", model=None)
-    assert "nobody/no-such-model" in st["last_error"]
+def test_L23_a_model_the_server_does_not_list_is_refused_before_any_load(
+    daemon: DaemonProc, emulator: Emulator
+) -> None:
+    # Before L23 this selection was taken, and failed at the load (L6); now it never
+    # reaches the core. tests/daemon/test_e2e_selection_check.py has the rest of L23.
+    reply = daemon.request({"op": "select", "model": "nobody/no-such-model"})
+    assert reply["ok"] is False and "nobody/no-such-model" in reply["error"]
+    daemon.wait_event("selection_unknown", model="nobody/no-such-model")
+    st = daemon.status()
+    assert st["state"] == "idle" and st["selected"] is None and loads_of(emulator) == []
 
 
 def test_L6_failed_load_returns_to_idle_and_selecting_again_retries(

@@ -363,7 +363,12 @@ class Soak:
     def _do_select(self) -> None:
         model = UNKNOWN if self.rng.random() < 0.03 else self.rng.choice(SELECTABLE)
         _, client = self._client()
-        self._expect_ok("select", client.ask({"op": "select", "model": model})[0])
+        reply = client.ask({"op": "select", "model": model})[0]
+        if model != UNKNOWN:
+            self._expect_ok("select", reply)
+        elif reply.get("ok") is not False and reply.get("unchecked") is not True:
+            # L23: refused at once, or accepted unchecked while the server is away.
+            self.violate(f"select of an unknown key was not refused: {reply}")
 
     def _do_stream_start(self) -> None:
         number, client = self._client()

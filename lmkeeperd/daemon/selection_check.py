@@ -1,0 +1,145 @@
+"""L23: a selection is checked against the server's catalog before the core sees it.
+
+Every selection that names a model for the long run comes through here: the
+control socket's `select`, a changed `[model] selected` in the config file, and
+the selection restored at start. (A proxied request names a model the server
+has just listed: the proxy's gate needs no check, and LM Studio answers an
+unknown model 404 itself.)
+
+The decision is pure (`check_selection` in lmkeeperd/core/policy.py); this
+module fetches the catalog, stores what is accepted and feeds the core:
+
+- known key: stored for the next start (when asked), then `Select`;
+- unknown key: refused with the nearest keys, `selection_unknown` (warning);
+  nothing is stored, nothing reaches the core, so nothing is unloaded;
+- no catalog (the server cannot be listed): accepted and stored, and checked
+  when the next listing succeeds (`on_listing`); refused then if unknown, and
+  the stored selection goes back to what it was. While a model is ours it is
+  kept until then (nothing unloaded for a key that may not exist); with none,
+  the core has it at once, so its load says why the server cannot be used
+  (a refused token, a server too old) and the selection is shown in status.
+
+Only the newest selection counts: one whose check finished after a newer one
+started is dropped, as the core itself keeps only the latest (L3).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from lmkeeperd.core import KnownKey, Select, State, UnknownKey, check_selection
+from lmkeeperd.daemon import selection
+from lmkeeperd.daemon.context import Host
+from lmkeeperd.daemon.server_sync import ServerSync
+
+log = structlog.get_logger()
+
+CATALOG_MAX_AGE_S = 3.0
+"""A listing older than this is taken again before a check: keys come and go with downloads."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    model: str
+    source: str
+    stored: bool  # it was stored on acceptance: a refusal puts the previous one back
+    previous: selection.StoredSelection | None
+    fed: bool  # the core already has it (it had no model to keep)
+
+
+class SelectionChecker:
+    """Checks selections against the catalog (see the module docstring)."""
+
+    def __init__(self, host: Host, sync: ServerSync, *, state_file: Path) -> None:
+        self._host = host
+        self._sync = sync
+        self._state_file = state_file
+        self._generation = itertools.count(1)
+        self._latest = 0
+        self._deferred: _Deferred | None = None
+        sync.on_listing = self._listed
+
+    async def select(
+        self, model: str, *, source: str, store: selection.StoredSelection | None
+    ) -> dict[str, Any]:
+        """Check `model` and hand it to the core if it may be selected; the socket's reply.
+
+        `store` is what to keep for the next start once accepted (None: keep nothing).
+        """
+        key = model.strip()
+        generation = self._latest = next(self._generation)
+        # Set aside while the catalog is fetched: a listing made for this check must not
+        # first hand the core an older unchecked selection this one replaces.
+        waiting, self._deferred = self._deferred, None
+        catalog = await self._sync.catalog(CATALOG_MAX_AGE_S)
+        if generation != self._latest:
+            log.debug("selection_superseded", model=key, source=source)
+            return {"ok": True, "superseded": True}
+        verdict = check_selection(key, catalog)
+        if isinstance(verdict, UnknownKey):
+            self._deferred = waiting  # a refused selection changes nothing
+            self._refused(verdict, source)
+            return {"ok": False, "error": verdict.message, "nearest": list(verdict.nearest)}
+        previous = selection.load(self._state_file) if store is not None else None
+        if store is not None:
+            selection.save(self._state_file, store)
+        if isinstance(verdict, KnownKey):
+            self._host.feed(Select(key))
+            return {"ok": True}
+        core = self._host.core
+        fed = core.model is None and core.state is State.IDLE
+        self._deferred = _Deferred(key, source, store is not None, previous, fed)
+        if fed:
+            self._host.feed(Select(key))
+        self._host.announce(
+            "selection_unchecked",
+            {"model": key, "source": source, "reason": self._sync.error or "server not listed"},
+        )
+        return {"ok": True, "unchecked": True}
+
+    async def select_quietly(
+        self, model: str, *, source: str, store: selection.StoredSelection | None
+    ) -> None:
+        """`select` for selections nobody waits on (the config file, the one restored)."""
+        await self.select(model, source=source, store=store)
+
+    def _listed(self) -> None:
+        """A listing succeeded: check the selection accepted while the server was away."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is None:
+            return
+        verdict = check_selection(deferred.model, self._sync.known_catalog())
+        if isinstance(verdict, UnknownKey):
+            if deferred.stored:
+                self._restore(deferred.previous)
+            # Fed already (there was no model to keep): its load fails as not downloaded
+            # (L6), which is all an unknown key can cost then.
+            self._refused(verdict, deferred.source)
+            return
+        if not deferred.fed:
+            self._host.feed(Select(deferred.model))
+
+    def _refused(self, verdict: UnknownKey, source: str) -> None:
+        self._host.announce(
+            "selection_unknown",
+            {
+                "model": verdict.model,
+                "nearest": list(verdict.nearest),
+                "source": source,
+                "message": verdict.message,
+            },
+        )
+
+    def _restore(self, previous: selection.StoredSelection | None) -> None:
+        if previous is not None:
+            selection.save(self._state_file, previous)
+            return
+        try:
+            self._state_file.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("selection_store_failed", path=str(self._state_file), error=str(e))
