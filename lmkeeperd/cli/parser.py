@@ -19,12 +19,13 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 from lmkeeperd.cli.table import COMMANDS, DESCRIPTION, PROG, Command, Group, Opt, find
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
 
 Handler = Callable[..., int]
 _TYPES: Mapping[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}

@@ -64,6 +64,7 @@ from lmkeeperd.daemon.sdnotify import Notifier
 from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.daemon.status import build_status
 from lmkeeperd.daemon.watcher import watch_file
+from lmkeeperd.daemon.why import ConfigProblem
 from lmkeeperd.daemon.wiring import settings_from
 from lmkeeperd.errors import ConfigError, DaemonError
 from lmkeeperd.proxy import OpenStreams, SelectModel
@@ -106,6 +107,7 @@ class Daemon:
         self._sigint_count = 0
         self._control: ControlServer | None = None
         self._state_file = paths.selection_file()
+        self.config_problem = ConfigProblem()  # `config_error` in status until fixed
         self.sync = ServerSync(self, config)
         self.bridge = ProxyBridge(self, self.sync)
         self.handler = ControlHandler(
@@ -239,6 +241,8 @@ class Daemon:
             now=self._clock(),
             started=self._started,
             config_path=self.config_path,
+            config_error=self.config_problem.current,
+            reconcile_interval=self._config.server.reconcile_interval,
             sync=self.sync,
             bridge=self.bridge,
             control=self._control,
@@ -267,9 +271,13 @@ class Daemon:
         try:
             new = load_config(self.config_path)
         except ConfigError as e:
+            self.config_problem.failed(str(self.config_path), e)
             self.announce("config_invalid", {"error": str(e), "path": str(self.config_path)})
             self._notifier.ready(self._status_line())
             return
+        was = self.config_problem.fixed()
+        if was is not None:
+            self.announce("config_fixed", {"path": str(self.config_path), "was": was["message"]})
         old, self._config = self._config, new
         if new == old and source == "file":
             self._notifier.ready(self._status_line())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +62,7 @@ class ServerSync:
         self.loaded: dict[str, tuple[str, ...]] = {}
         self.last_advisory: dict[str, Any] | None = None
         self._models: dict[str, ModelInfo] = {}
+        self.listed_at: float | None = None  # time.monotonic() of the last listing (status)
 
     # --- what others read ---------------------------------------------------
 
@@ -72,6 +74,11 @@ class ServerSync:
     def requests_in_flight(self) -> bool:
         """A load or unload request has not returned yet."""
         return bool(self._op_tasks)
+
+    @property
+    def models(self) -> Mapping[str, ModelInfo]:
+        """The last listing: model key -> what the server said of it."""
+        return self._models
 
     def model_type(self, model: str) -> str | None:
         """The type the server listed for `model` ("llm", "embedding"); None if unlisted."""
@@ -192,6 +199,7 @@ class ServerSync:
     def _note_models(self, models: list[ModelInfo]) -> None:
         self._models = {m.key: m for m in models}
         self.loaded = loaded_map(models)
+        self.listed_at = time.monotonic()
 
     async def refresh(self, tries: int = 3) -> str | None:
         """List the server now and hand the core the snapshot; the error, if any.
