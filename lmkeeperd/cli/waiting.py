@@ -119,7 +119,9 @@ def _phase(status: dict[str, Any]) -> str:
     why = status.get("why") or {}
     state = str(status.get("state", "?"))
     waiting = why.get("waiting_for")
-    return f"{state}, waiting for {waiting}" if waiting else state
+    if not waiting or str(waiting).endswith("in flight"):  # "loading" says that already
+        return state
+    return f"{state}, waiting for {waiting}"
 
 
 def _secs(seconds: float) -> str:
