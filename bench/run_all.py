@@ -106,19 +106,18 @@ it creates, a failed import that searches the whole path every time; the daemon 
 sniffio as absent once (lmkeeperd/daemon/driver.py), which Python remembers. CPU time is counted in
 10 ms clock ticks, so a 120 s window resolves to about ±0.3 s per hour.""",
     "status_cli": """\
-Missed. Measured since issue 12 in a non-editable venv that the benchmark builds itself
-(`python -m venv` + `pip install .`), as a user gets it; the earlier figures (2.29-2.79) came
-from the editable development venv, whose bare interpreter pays ~24 ms for a .pth import and
-so flattered the ratio. The CLI has no typer any more: one command table (lmkeeperd/cli/
-table.py) generates a quick stdlib parser for plain calls and an argparse tree for help and
-errors, and the CLI's own modules cost under 1 ms of imports. What `status` still imports
-(`python -X importtime`, this machine): the config module ~18 ms (it validates the whole file
-so that a bad one exits 2: frozen dataclasses with inspect, tomllib), platformdirs ~5 ms when
-the socket comes from the runtime folder, typing and re ~6 ms (wanted by config, paths and
-platformdirs alike), pathlib ~3 ms, socket with the control client ~3 ms, json ~2 ms. Meeting
-2.5x needs a `status` that does not import the config module (issue 13: read `[control]
-socket` leniently with tomllib alone), the runtime folder found without platformdirs, and no
-typing on that path.""",
+Met. Measured in a non-editable venv that the benchmark builds itself (`python -m venv` +
+`pip install .`), as a user gets it; an editable install's .pth import slows the bare
+interpreter too and flatters the ratio. `status` imports only the CLI's own modules, json,
+the control client and cli/locate.py, which finds the socket leniently (issue 13): the file
+is read as bytes and parsed with tomllib only if it mentions "socket"; the user config and
+runtime folders are computed as platformdirs does for the plain Linux cases (compared with
+platformdirs in tests/cli/test_cli_locate.py), platformdirs is imported only for the rest.
+No config package (~18 ms of frozen dataclasses, inspect and tomllib: it validated the whole
+file), no typing (`TYPE_CHECKING = False`, a name mypy knows), no pathlib, and `_socket`
+instead of `socket` (enum and selectors, ~3 ms). What remains above `python -c pass` is `re`
+(~4 ms: pip's console-script wrapper imports it, so no module of ours can avoid it), json,
+one round trip and the daemon's reading of /proc and cgroup files for the memory figures.""",
     "roundtrip": """\
 A request is one line read from the connection's buffered stream, parsed into a frozen
 record, handed to the core, answered with one line; the driver's loop wakes for it but feeds

@@ -16,6 +16,8 @@ class ServerStatus(TypedDict):
     reachable: bool | None  # None: not checked yet
     loaded: list[str]  # every model the server holds, ours or not, sorted
     error: str | None  # why the last listing failed
+    listed_ago_s: float | None  # age of the last listing; None: never listed
+    stale: bool  # the listing is older than two reconcile intervals, or the server is down
 
 
 class MemoryStatus(TypedDict, total=False):
@@ -77,6 +79,36 @@ class MetricsStatus(TypedDict):
     listen: str
 
 
+class ConfigErrorStatus(TypedDict):
+    """The live config file's current problem; the daemon runs on its last good config."""
+
+    file: str
+    line: int | None  # of the first problem, when it names one
+    message: str  # the first problem
+    problems: list[str]  # all of them, each as `config check` prints it
+    since: str  # ISO 8601 UTC, "...Z": when the daemon first read the bad version
+
+
+class InFlightStatus(TypedDict):
+    op: str  # "load" | "unload"
+    model: str | None
+    elapsed_s: float
+
+
+class WhyStatus(TypedDict):
+    """Why the daemon is in its state (the core's `explain()`, times made readable)."""
+
+    cause: str | None  # the last transition's cause: "idle eject", "load failed: ...", ...
+    cause_at: str | None  # ISO 8601 UTC, "...Z"
+    cause_ago_s: float | None
+    waiting_for: str | None  # "debounce", "1 stream to end", "server busy: ...", ...
+    waiting_in_s: float | None  # when that wait ends by itself
+    in_flight: InFlightStatus | None
+    server_busy: str | None
+    activity_source: str  # "lmstudio" | "clients only"
+    deferred_unloads: int
+
+
 class Status(TypedDict):
     state: str  # idle | loading | loaded | streaming | unloading (core.State)
     model: str | None
@@ -99,3 +131,7 @@ class Status(TypedDict):
     dropped_events: int
     proxy: ProxyStatus | None
     metrics: MetricsStatus | None
+    running: bool  # always true here; `status --json` prints false when no daemon answers
+    why: WhyStatus
+    keep_alive_s: float | None  # the selection's own idle timeout (`select --keep-alive`)
+    config_error: ConfigErrorStatus | None

@@ -15,6 +15,7 @@ from lmkeeperd.control.protocol import (
     Activity,
     Engine,
     FrameError,
+    Models,
     Request,
     Select,
     Status,
@@ -48,6 +49,9 @@ def line(obj: object) -> bytes:
         ({"op": "unload", "model": None}, Unload(None)),
         ({"op": "status"}, Status()),
         ({"op": "subscribe"}, Subscribe()),
+        ({"op": "models"}, Models()),
+        ({"op": "select", "model": "m", "keep_alive": 90}, Select("m", 90.0)),
+        ({"op": "select", "model": "m", "keep_alive": None}, Select("m")),
     ],
 )
 def test_each_op_parses_to_its_record(message: dict[str, object], expected: Request) -> None:
@@ -110,16 +114,24 @@ def test_deep_nesting_inside_an_ignored_field_is_a_frame_error_too() -> None:
 @pytest.mark.parametrize(
     ("message", "error"),
     [
-        ({}, 'missing field "op"; expected one of activity, engine, select'),
+        ({}, 'missing field "op"; expected one of activity, engine, models, select'),
         ({"op": 3}, '"op" must be a string, got number'),
         (
             {"op": "foo"},
-            'unknown op "foo"; expected one of activity, engine, select, status, stream_end, '
-            "stream_start, subscribe, unload",
+            'unknown op "foo"; expected one of activity, engine, models, select, status, '
+            "stream_end, stream_start, subscribe, unload",
         ),
         ({"op": "select"}, 'select: missing field "model"'),
         ({"op": "select", "model": 3}, 'select: "model" must be a string, got number'),
         ({"op": "select", "model": None}, 'select: "model" must be a string, got null'),
+        (
+            {"op": "select", "model": "m", "keep_alive": "1h"},
+            'select: "keep_alive" must be a number of seconds, got string',
+        ),
+        (
+            {"op": "select", "model": "m", "keep_alive": -1},
+            'select: "keep_alive" must be between 0 and 2592000 seconds, got -1',
+        ),
         ({"op": "engine"}, 'engine: missing field "name"'),
         ({"op": "engine", "name": ["x"]}, 'engine: "name" must be a string, got array'),
         ({"op": "unload", "model": {}}, 'unload: "model" must be a string, got object'),
@@ -158,6 +170,7 @@ def test_ops_lists_every_op_once() -> None:
     assert OPS == (
         "activity",
         "engine",
+        "models",
         "select",
         "status",
         "stream_end",
@@ -180,7 +193,7 @@ def test_encode_refuses_what_is_not_plain_json(bad: object) -> None:
 
 
 requests = st.one_of(
-    st.builds(Select, st.text()),
+    st.builds(Select, st.text(), st.none() | st.floats(0, 30 * 24 * 3600.0)),
     st.just(Activity()),
     st.just(StreamStart()),
     st.builds(StreamEnd, st.none() | st.integers(0, MAX_STREAM_ID)),
@@ -188,6 +201,7 @@ requests = st.one_of(
     st.builds(Unload, st.none() | st.text()),
     st.just(Status()),
     st.just(Subscribe()),
+    st.just(Models()),
 )
 
 
@@ -215,5 +229,6 @@ def test_parse_request_returns_a_request_or_raises_protocol_error(raw: bytes) ->
     except ProtocolError:
         return
     assert isinstance(
-        result, Select | Activity | StreamStart | StreamEnd | Engine | Unload | Status | Subscribe
+        result,
+        Select | Activity | StreamStart | StreamEnd | Engine | Unload | Status | Models | Subscribe,
     )

@@ -3,6 +3,9 @@
     table.py     every command, argument, option and help text, and its handler
     parser.py    the argparse parser generated from the table
     commands.py  run, status, select, unload, config check (the socket client)
+    locate.py    the daemon's socket, found leniently whatever state the config is in
+    waiting.py   `select --wait`: the load's outcome, with a progress line on a TTY
+    listing.py   `models` and `events`
     render.py    the status object as a table for people
     estimate.py  `estimate`: what a model needs and whether it fits
     demo.py      `demo`: the daemon against the bundled emulator

@@ -1,7 +1,12 @@
 """`run`, `status`, `select`, `unload` and `config check`: talk to the daemon and print.
 
 Handlers of the command table (cli/table.py). Lean imports only: `lmkeeperd
-status` is meant to cost little more than starting Python.
+status` is meant to cost little more than starting Python (no pathlib, no
+typing, no config package on its path: bench/bench_status_cli.py).
+
+The client commands find the socket leniently (cli/locate.py), so they reach a
+daemon whatever state the config file is in; the daemon reports a bad edit in
+`status` (`config_error`).
 
 Exit codes (interface.md): 0 success, 1 the daemon or server refused the
 request, 2 bad usage or bad config, 3 no daemon running.
@@ -12,46 +17,63 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from lmkeeperd.cli.table import ERROR_PREFIX
 from lmkeeperd.errors import ConfigError, DaemonNotRunning, LmkeeperError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from typing import Any
+
     from lmkeeperd.status import Status
 
 OK, REFUSED, BAD_USAGE, NO_DAEMON = 0, 1, 2, 3
+# An unload is answered once the server has unloaded: room for a slow server
+# (the default request_timeout is 10 s; the daemon retries within it).
+UNLOAD_TIMEOUT = 130.0
 
 
 def error(message: str) -> None:
     print(f"{ERROR_PREFIX}{message}", file=sys.stderr)
 
 
-def _socket_and_timeout(config_arg: str | None) -> tuple[Path, float]:
+def socket_for(config_arg: str | None) -> str:
+    from lmkeeperd.cli import locate
+
+    return locate.socket_file(locate.config_file(config_arg))
+
+
+def no_daemon_hint(config_arg: str | None) -> str | None:
+    """Why a daemon may not be running: its config file is invalid (checked only now)."""
+    from lmkeeperd.cli import locate
+
+    path = locate.config_file(config_arg)
+    if not os.path.exists(path):
+        return None
+    from pathlib import Path
+
     from lmkeeperd.config import load_config
-    from lmkeeperd.paths import config_path, socket_path
 
-    config = load_config(config_path(config_arg))
-    return socket_path(config), config.server.request_timeout
+    try:
+        load_config(Path(path))
+    except ConfigError as e:
+        return f"the config file is invalid, so `lmkeeperd run` would refuse it: {e}"
+    return None
 
 
-def _ask(config_arg: str | None, obj: dict[str, Any], *, slow: bool = False) -> tuple[int, Any]:
+def ask(
+    config_arg: str | None, obj: dict[str, Any], *, timeout: float | None = 5.0
+) -> tuple[int, Any]:
     """Send one request; returns (exit code, reply or None) and prints errors."""
     from lmkeeperd.control.client import request
 
     try:
-        sock, request_timeout = _socket_and_timeout(config_arg)
-    except ConfigError as e:
-        error(str(e))
-        return BAD_USAGE, None
-    # An unload is answered only once the server has unloaded, and a select once the
-    # server's catalog was listed (L23): allow for a slow server.
-    timeout = request_timeout + 10.0 if slow else 5.0
-    try:
-        reply = request(sock, obj, timeout=timeout)
+        reply = request(socket_for(config_arg), obj, timeout=timeout)
     except DaemonNotRunning as e:
         error(str(e))
+        hint = no_daemon_hint(config_arg)
+        if hint:
+            error(hint)
         return NO_DAEMON, None
     except (LmkeeperError, OSError) as e:
         error(str(e))
@@ -76,9 +98,23 @@ def run(config: str | None = None) -> int:
 
 
 def status(config: str | None = None, as_json: bool = False) -> int:
-    code, reply = _ask(config, {"op": "status"})
-    if code != OK:
+    from lmkeeperd.control.client import request
+
+    sock = socket_for(config)
+    try:
+        reply = request(sock, {"op": "status"}, timeout=5.0)
+    except LmkeeperError as e:  # DaemonNotRunning included
+        code = NO_DAEMON if isinstance(e, DaemonNotRunning) else REFUSED
+        if as_json:  # scripts get an answer on stdout whatever happened
+            print(json.dumps({"running": False, "error": str(e), "socket": sock}))
+        error(str(e))
+        hint = no_daemon_hint(config) if code == NO_DAEMON else None
+        if hint:
+            error(hint)
         return code
+    if reply.get("ok") is not True:
+        error(str(reply.get("error", reply)))
+        return REFUSED
     payload: Status = reply.get("status", {})
     if as_json:
         print(json.dumps(payload))
@@ -89,25 +125,58 @@ def status(config: str | None = None, as_json: bool = False) -> int:
     return OK
 
 
-def select(model: str, config: str | None = None) -> int:
-    if not model.strip():
+def select(
+    model: str,
+    config: str | None = None,
+    wait: bool = False,
+    timeout: str | None = None,
+    keep_alive: str | None = None,
+) -> int:
+    key = model.strip()
+    if not key:
         error("select: the model key is empty")
         return BAD_USAGE
-    code, reply = _ask(config, {"op": "select", "model": model}, slow=True)
+    obj: dict[str, Any] = {"op": "select", "model": model}
+    if keep_alive is not None:
+        seconds = _duration("--keep-alive", keep_alive)
+        if seconds is None:
+            return BAD_USAGE
+        obj["keep_alive"] = seconds
+    if wait or timeout is not None:
+        limit = None if timeout is None else _duration("--timeout", timeout)
+        if timeout is not None and limit is None:
+            return BAD_USAGE
+        from lmkeeperd.cli.waiting import select_and_wait
+
+        return select_and_wait(socket_for(config), obj, key, limit)
+    # A select is answered once the server's catalog was listed (L23): allow for a slow
+    # server, as for an unload.
+    code, reply = ask(config, obj, timeout=UNLOAD_TIMEOUT)
     if code == OK:
         if reply.get("unchecked"):
             # L23: accepted without the catalog; the daemon checks it when the server is back.
-            print(f"selected {model.strip()} (not checked yet: the server cannot be listed)")
+            print(f"selected {key} (not checked yet: the server cannot be listed)")
         else:
-            print(f"selected {model.strip()}")
+            print(f"selected {key}")
     return code
+
+
+def _duration(flag: str, text: str) -> float | None:
+    """Seconds from "90s", "10m", "1h", "0"...; None after saying what is wrong."""
+    from lmkeeperd.config.values import parse_duration
+
+    try:
+        return parse_duration(text.strip(), flag)
+    except ConfigError as e:
+        error(f"select: {e}")
+        return None
 
 
 def unload(model: str | None = None, config: str | None = None) -> int:
     obj: dict[str, Any] = {"op": "unload"}
     if model is not None:
         obj["model"] = model
-    code, _ = _ask(config, obj, slow=True)
+    code, _ = ask(config, obj, timeout=UNLOAD_TIMEOUT)
     if code == OK:
         print(f"unloaded {model}" if model else "unloaded")
     return code

@@ -48,10 +48,9 @@ def _daemon_models(config: str | None) -> Iterator[str]:
     from lmkeeperd.control.client import request
 
     try:
-        from lmkeeperd.config import load_config
-        from lmkeeperd.paths import config_path, socket_path
+        from lmkeeperd.cli.commands import socket_for
 
-        sock = socket_path(load_config(config_path(config)))
+        sock = socket_for(config)  # lenient: a bad edit of the config still completes
         # `models` (the server's whole listing) where the daemon has it; else `status`,
         # which names what is loaded and selected.
         reply = request(sock, {"op": "models"}, timeout=_MODELS_TIMEOUT_S)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from lmkeeperd.cli.table import (
     COMMANDS,
@@ -32,8 +31,10 @@ from lmkeeperd.cli.table import (
     find,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     import argparse
+    from typing import Any, NoReturn
 
 Handler = Callable[..., int]
 _TYPES: Mapping[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}

@@ -6,10 +6,12 @@ Imported by the CLI's `status` command on every call: standard library only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    from lmkeeperd.status import ProxyStatus, Status
+    from typing import Any
+
+    from lmkeeperd.status import ProxyStatus, Status, WhyStatus
 
 
 def _fmt_seconds(value: Any) -> str:
@@ -39,18 +41,59 @@ def _proxy_row(proxy: ProxyStatus) -> str:
     return text
 
 
-def render(status: Status) -> str:
-    """A short, readable table of the daemon's status."""
-    server = status.get("server") or {}
-    memory = status.get("memory") or {}
-    loaded = server.get("loaded") or []
+def _clock_ago(seconds: Any) -> str:
+    """Local "HH:MM:SS" of `seconds` ago (from the age, not the stamp: datetime costs ~2 ms)."""
+    if not isinstance(seconds, int | float):
+        return "-"
+    import time
+
+    return time.strftime("%H:%M:%S", time.localtime(time.time() - seconds))
+
+
+def _why_rows(why: WhyStatus) -> list[tuple[str, str]]:
+    rows = []
+    if why.get("cause"):
+        rows.append(
+            (
+                "why",
+                f"{why['cause']} at {_clock_ago(why.get('cause_ago_s'))}, "
+                f"{_fmt_seconds(why.get('cause_ago_s'))} ago",
+            )
+        )
+    if why.get("waiting_for"):
+        text = str(why["waiting_for"])
+        if why.get("waiting_in_s") is not None:
+            text += f" ({_fmt_seconds(why['waiting_in_s'])} left)"
+        rows.append(("waiting for", text))
+    if why.get("server_busy"):
+        rows.append(("server busy", str(why["server_busy"])))
+    return rows
+
+
+def _server_row(server: Mapping[str, Any]) -> str:
     if server.get("reachable") is True:
         reach = "reachable"
     elif server.get("reachable") is False:
         reach = "UNREACHABLE"
     else:
         reach = "not checked yet"
+    ago = server.get("listed_ago_s")
+    listed = "never listed" if ago is None else f"listed {_fmt_seconds(ago)} ago"
+    if server.get("stale"):
+        listed += ", STALE"
+    return f"{_or_dash(server.get('url'))} ({reach}; {listed})"
+
+
+def render(status: Status) -> str:
+    """A short, readable table of the daemon's status."""
+    server = status.get("server") or {}
+    memory = status.get("memory") or {}
+    loaded = server.get("loaded") or []
+    why = status.get("why") or {}
     state = str(status.get("state", "?"))
+    in_flight = why.get("in_flight")
+    if isinstance(in_flight, Mapping):
+        state += f" ({_fmt_seconds(in_flight.get('elapsed_s'))})"
     if status.get("active_streams"):
         state += (
             f" ({status['active_streams']} stream{'s' if status['active_streams'] > 1 else ''})"
@@ -60,13 +103,20 @@ def render(status: Status) -> str:
     model = _or_dash(status.get("model"))
     if status.get("adopted"):
         model += " (adopted)"
-    rows = [
-        ("state", state),
-        ("model", model),
-        ("selected", _or_dash(status.get("selected"))),
-        ("pending", _or_dash(status.get("pending"))),
+    rows = [("state", state), *_why_rows(why), ("model", model)]
+    selected = _or_dash(status.get("selected"))
+    # Another wave-2 role adds `restored_selection`: the selection brought back at start.
+    restored = dict(status).get("restored_selection")
+    if restored:
+        same = restored == status.get("selected")
+        selected += " (restored)" if same else f" (restored: {restored})"
+    rows += [("selected", selected), ("pending", _or_dash(status.get("pending")))]
+    keep_alive = status.get("keep_alive_s")
+    if keep_alive is not None:
+        rows.append(("keep alive", "never ejects" if keep_alive == 0 else _fmt_seconds(keep_alive)))
+    rows += [
         ("idle eject in", _fmt_seconds(status.get("idle_eject_in_s"))),
-        ("server", f"{_or_dash(server.get('url'))} ({reach})"),
+        ("server", _server_row(server)),
         ("server loaded", ", ".join(map(str, loaded)) if loaded else "nothing"),
     ]
     if memory:
@@ -80,6 +130,15 @@ def render(status: Status) -> str:
     proxy = status.get("proxy")
     if isinstance(proxy, Mapping):
         rows.append(("proxy", _proxy_row(proxy)))
+    problem = status.get("config_error")
+    if isinstance(problem, Mapping):
+        rows.append(
+            (
+                "CONFIG ERROR",
+                f"{problem.get('file')}: {problem.get('message')} "
+                "(running on the last good config; `lmkeeperd config check` lists every problem)",
+            )
+        )
     if status.get("last_error"):
         rows.append(("last error", str(status["last_error"])))
     advisory = status.get("last_advisory")

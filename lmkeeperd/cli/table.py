@@ -13,8 +13,7 @@ Standard library only, and nothing slow: this module is imported on every call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Literal, TypeAlias
 
@@ -139,7 +138,25 @@ COMMANDS: tuple[Command | Group, ...] = (
         "Select a model, as a client would.",
         "lmkeeperd.cli.commands:select",
         args=(MODEL,),
-        opts=(CONFIG,),
+        opts=(
+            Opt(
+                "--wait",
+                "Wait until the model is loaded (exit 0) or its load failed (exit 1).",
+                "flag",
+            ),
+            Opt(
+                "--timeout",
+                "With --wait: give up after this long (exit 1). Default: no limit.",
+                metavar="DURATION",
+            ),
+            Opt(
+                "--keep-alive",
+                'Idle timeout for this selection only ("0" never ejects), '
+                "instead of [model] idle_timeout.",
+                metavar="DURATION",
+            ),
+            CONFIG,
+        ),
     ),
     Command(
         "unload",
@@ -147,6 +164,18 @@ COMMANDS: tuple[Command | Group, ...] = (
         "lmkeeperd.cli.commands:unload",
         args=(Arg("model", "MODEL", "Model to unload (default: the current one).", True),),
         opts=(CONFIG,),
+    ),
+    Command(
+        "models",
+        "The server's models: size, quantization, who loaded each instance, whether it fits.",
+        "lmkeeperd.cli.listing:models",
+        opts=(CONFIG, JSON),
+    ),
+    Command(
+        "events",
+        "Follow the daemon's events live (JSON lines when not on a terminal, or with --json).",
+        "lmkeeperd.cli.listing:events",
+        opts=(CONFIG, Opt("--json", "JSON lines, even on a terminal.", "flag", keyword="as_json")),
     ),
     Command(
         "estimate",

@@ -1,6 +1,9 @@
 """A small blocking client for the control socket (the CLI imports this on every call).
 
-Standard library only, and no asyncio: starting the CLI must stay fast.
+Standard library only, and no asyncio: starting the CLI must stay fast. For the same
+reason it uses `_socket` (the C module under `socket`, whose import pulls in enum and
+selectors) and reads typing's names only for the type checker: together about 6 ms of
+`lmkeeperd status` (bench/bench_status_cli.py).
 
     request(path, {"op": "status"})          one connection, one request, one reply
     for event in subscribe(path): ...         events until the daemon closes
@@ -16,19 +19,22 @@ means (exit code 1 for the CLI) is the caller's business. Errors raised:
 
 from __future__ import annotations
 
+import _socket
 import json
 import os
-import socket
 import time
-from collections.abc import Iterator, Mapping
-from types import TracebackType
-from typing import Any, TypeAlias
 
 from lmkeeperd.errors import DaemonError, DaemonNotRunning, ProtocolError
 
-# Paths are taken as str or os.PathLike (pathlib.Path included) without importing pathlib,
-# which would be most of this module's import time.
-StrPath: TypeAlias = "str | os.PathLike[str]"
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from types import TracebackType
+    from typing import Any, TypeAlias
+
+    # Paths are taken as str or os.PathLike (pathlib.Path included) without importing
+    # pathlib, which would be most of this module's import time.
+    StrPath: TypeAlias = "str | os.PathLike[str]"
 
 # Status replies are small; this only stops a broken daemon from eating the CLI's memory.
 MAX_REPLY = 16 * 1024 * 1024
@@ -42,7 +48,7 @@ class ControlClient:
     def __init__(self, path: StrPath, *, timeout: float | None = 5.0) -> None:
         self._path = os.fspath(path)
         self._timeout = timeout
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._buffer = bytearray()
 
     def __enter__(self) -> ControlClient:
@@ -60,7 +66,7 @@ class ControlClient:
     def connect(self) -> None:
         if self._sock is not None:
             return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self._timeout)
         try:
             self._connect(sock)
@@ -80,7 +86,7 @@ class ControlClient:
             raise DaemonError(f"cannot connect to {self._path}: {e.strerror or e}") from None
         self._sock = sock
 
-    def _connect(self, sock: socket.socket) -> None:
+    def _connect(self, sock: _socket.socket) -> None:
         # With a timeout set, a Unix socket whose listen backlog is full fails at once with
         # EAGAIN instead of waiting: a daemon busy accepting a burst of connections. Wait for
         # it, within the timeout, as a blocking connect would.
@@ -130,12 +136,20 @@ class ControlClient:
             raise ProtocolError(f"garbled reply from lmkeeperd: {_preview(line)}")
         return message
 
+    def fileno(self) -> int:
+        """The socket's descriptor, to wait on with `select` beside other work."""
+        return self._connected().fileno()
+
+    def has_buffered_line(self) -> bool:
+        """A whole message is already read: `read_message` returns it without waiting."""
+        return b"\n" in self._buffer
+
     def set_timeout(self, timeout: float | None) -> None:
         self._timeout = timeout
         if self._sock is not None:
             self._sock.settimeout(timeout)
 
-    def _connected(self) -> socket.socket:
+    def _connected(self) -> _socket.socket:
         if self._sock is None:
             self.connect()
         assert self._sock is not None

@@ -43,10 +43,14 @@ _ECHO_LIMIT = 60
 
 @dataclass(frozen=True, slots=True)
 class Select:
-    """Select `model` (the daemon trims it and ignores an empty key, lifecycle L1)."""
+    """Select `model` (the daemon trims it and ignores an empty key, lifecycle L1).
+
+    `keep_alive`: an idle timeout in seconds for this selection only (0 never ejects).
+    """
 
     op: ClassVar[str] = "select"
     model: str
+    keep_alive: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,13 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class Models:
+    """Ask for the server's models, who loaded each instance and whether each fits."""
+
+    op: ClassVar[str] = "models"
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
     """Turn this connection into an event stream (handled by the server itself)."""
 
@@ -102,13 +113,23 @@ class Subscribe:
 
 
 Request: TypeAlias = (
-    Select | Activity | StreamStart | StreamEnd | Engine | Unload | Status | Subscribe
+    Select | Activity | StreamStart | StreamEnd | Engine | Unload | Status | Models | Subscribe
 )
 
 OPS: tuple[str, ...] = tuple(
     sorted(
         cls.op
-        for cls in (Select, Activity, StreamStart, StreamEnd, Engine, Unload, Status, Subscribe)
+        for cls in (
+            Select,
+            Activity,
+            StreamStart,
+            StreamEnd,
+            Engine,
+            Unload,
+            Status,
+            Models,
+            Subscribe,
+        )
     )
 )
 
@@ -148,8 +169,10 @@ def as_message(request: Request) -> dict[str, Any]:
     """The JSON object a client sends for `request` (inverse of `parse_request`)."""
     message: dict[str, Any] = {"op": request.op}
     match request:
-        case Select(model=model):
+        case Select(model=model, keep_alive=keep_alive):
             message["model"] = model
+            if keep_alive is not None:
+                message["keep_alive"] = keep_alive
         case Engine(name=name):
             message["name"] = name
         case StreamEnd(stream=stream) if stream is not None:
@@ -178,7 +201,10 @@ def _request_from_object(obj: dict[str, Any]) -> Request:
         raise ProtocolError(f'"op" must be a string, got {_json_type(op)}')
     match op:
         case "select":
-            return Select(model=_required_str(obj, op, "model"))
+            return Select(
+                model=_required_str(obj, op, "model"),
+                keep_alive=_optional_seconds(obj, op, "keep_alive"),
+            )
         case "activity":
             return Activity()
         case "stream_start":
@@ -191,6 +217,8 @@ def _request_from_object(obj: dict[str, Any]) -> Request:
             return Unload(model=_optional_str(obj, op, "model"))
         case "status":
             return Status()
+        case "models":
+            return Models()
         case "subscribe":
             return Subscribe()
         case _:
@@ -212,6 +240,23 @@ def _str_value(value: object, op: str, field: str) -> str:
     if not isinstance(value, str):
         raise ProtocolError(f'{op}: "{field}" must be a string, got {_json_type(value)}')
     return value
+
+
+# As the config's durations: at most 30 days (lmkeeperd/config/types.py MAX_DURATION_S).
+MAX_KEEP_ALIVE_S = 30 * 24 * 3600.0
+
+
+def _optional_seconds(obj: dict[str, Any], op: str, field: str) -> float | None:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f'{op}: "{field}" must be a number of seconds, got {_json_type(value)}')
+    if not 0 <= value <= MAX_KEEP_ALIVE_S:  # NaN fails this too
+        raise ProtocolError(
+            f'{op}: "{field}" must be between 0 and {MAX_KEEP_ALIVE_S:.0f} seconds, got {value}'
+        )
+    return float(value)
 
 
 def _optional_stream_id(obj: dict[str, Any], op: str, field: str) -> int | None:

@@ -41,9 +41,11 @@ class ConfigReader:
         path: Path,
         announce: Callable[[str, Mapping[str, Any]], None],
         reread: Callable[[], None],
+        on_invalid: Callable[[ConfigError], None] | None = None,
     ) -> None:
         self._path = path
         self._announce = announce
+        self._on_invalid = on_invalid  # status shows the problem until a good read (issue 13)
         self._reread = reread  # called once the grace of an empty file is over
         self._empty_timer: asyncio.TimerHandle | None = None
         self._settled = False
@@ -63,15 +65,20 @@ class ConfigReader:
             return load_config(self._path)
         except ConfigEmpty as e:
             if settled:
-                self._announce("config_invalid", {"error": str(e), "path": str(self._path)})
+                self._invalid(e)
             else:
                 log.debug("config_empty_seen", path=str(self._path), kept="last good config")
                 self._empty_timer = asyncio.get_running_loop().call_later(
                     EMPTY_GRACE_S, self._grace_over
                 )
         except ConfigError as e:
-            self._announce("config_invalid", {"error": str(e), "path": str(self._path)})
+            self._invalid(e)
         return None
+
+    def _invalid(self, error: ConfigError) -> None:
+        if self._on_invalid is not None:
+            self._on_invalid(error)
+        self._announce("config_invalid", {"error": str(error), "path": str(self._path)})
 
     def _grace_over(self) -> None:
         self._empty_timer = None

@@ -10,7 +10,8 @@ and calls `handle`; this module decides what a request means for the core:
   opened it, so a client that goes away ends its streams (L8);
 - `unload`: a fresh server listing when a model is named, then an
   `UnloadCommand` whose reply waits for the core's `CommandDone`;
-- `status`: the snapshot (status.py).
+- `status`: the snapshot (status.py);
+- `models`: the server's models and who loaded them (models_view.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lmkeeperd.core import (
 )
 from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.context import Host
+from lmkeeperd.daemon.models_view import models_reply
 from lmkeeperd.daemon.selection_check import SelectionChecker
 from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.errors import DaemonError
@@ -86,14 +88,16 @@ class ControlHandler:
     async def handle(self, conn: Connection, request: proto.Request) -> dict[str, Any]:
         host = self._host
         match request:
-            case proto.Select(model=model):
+            case proto.Select(model=model, keep_alive=keep_alive):
                 key = model.strip()
                 if not key:
                     return {"ok": True, "ignored": "empty model key"}
                 pid = conn.peer_pid
                 selection.received(key, "socket", pid=pid, process=process_name(pid))
                 stored = selection.StoredSelection(key, host.config.model.selected)
-                return await self._checker.select(key, source="socket", store=stored)
+                return await self._checker.select(
+                    key, source="socket", store=stored, keep_alive=keep_alive
+                )
             case proto.Activity():
                 host.feed(Activity())
             case proto.StreamStart():
@@ -119,6 +123,9 @@ class ControlHandler:
                 return await self._unload_command(model)
             case proto.Status():
                 return {"ok": True, "status": self._status()}
+            case proto.Models():
+                fraction = host.config.memory.budget_fraction
+                return await models_reply(self._sync, host.core, fraction)
             case _:
                 raise DaemonError(f"op {request.op!r} is not handled here")
         return {"ok": True}

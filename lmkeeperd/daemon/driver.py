@@ -66,6 +66,7 @@ from lmkeeperd.daemon.selection_check import SelectionChecker
 from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.daemon.status import build_status
 from lmkeeperd.daemon.watcher import watch_file
+from lmkeeperd.daemon.why import ConfigProblem
 from lmkeeperd.daemon.wiring import settings_from
 from lmkeeperd.errors import ConfigError, DaemonError
 from lmkeeperd.listening import install_accept_guard
@@ -121,7 +122,13 @@ class Daemon:
         self._sigint_count = 0
         self._control: ControlServer | None = None
         self._state_file = paths.selection_file()
-        self._reader = ConfigReader(config_path, self.announce, lambda: self.reload("file"))
+        self.config_problem = ConfigProblem()  # `config_error` in status until fixed
+        self._reader = ConfigReader(
+            config_path,
+            self.announce,
+            lambda: self.reload("file"),
+            on_invalid=lambda e: self.config_problem.failed(str(config_path), e),
+        )
         self._stop_at: float | None = None
         self.sync = ServerSync(self, config)
         self.bridge = ProxyBridge(self, self.sync)
@@ -260,6 +267,8 @@ class Daemon:
             now=self._clock(),
             started=self._started,
             config_path=self.config_path,
+            config_error=self.config_problem.current,
+            reconcile_interval=self._config.server.reconcile_interval,
             sync=self.sync,
             bridge=self.bridge,
             control=self._control,
@@ -283,6 +292,9 @@ class Daemon:
         if new is None:
             self._notifier.ready(self._status_line())
             return
+        was = self.config_problem.fixed()
+        if was is not None:
+            self.announce("config_fixed", {"path": str(self.config_path), "was": was["message"]})
         old, self._config = self._config, new
         if new == old and source == "file":
             self._notifier.ready(self._status_line())

@@ -50,6 +50,7 @@ class _Deferred:
     stored: bool  # it was stored on acceptance: a refusal puts the previous one back
     previous: selection.StoredSelection | None
     fed: bool  # the core already has it (it had no model to keep)
+    keep_alive: float | None = None  # the selection's own idle timeout (select --keep-alive)
 
 
 class SelectionChecker:
@@ -65,7 +66,12 @@ class SelectionChecker:
         sync.on_listing = self._listed
 
     async def select(
-        self, model: str, *, source: str, store: selection.StoredSelection | None
+        self,
+        model: str,
+        *,
+        source: str,
+        store: selection.StoredSelection | None,
+        keep_alive: float | None = None,
     ) -> dict[str, Any]:
         """Check `model` and hand it to the core if it may be selected; the socket's reply.
 
@@ -89,13 +95,13 @@ class SelectionChecker:
         if store is not None:
             selection.save(self._state_file, store)
         if isinstance(verdict, KnownKey):
-            self._host.feed(Select(key))
+            self._host.feed(Select(key, keep_alive))
             return {"ok": True}
         core = self._host.core
         fed = core.model is None and core.state is State.IDLE
-        self._deferred = _Deferred(key, source, store is not None, previous, fed)
+        self._deferred = _Deferred(key, source, store is not None, previous, fed, keep_alive)
         if fed:
-            self._host.feed(Select(key))
+            self._host.feed(Select(key, keep_alive))
         self._host.announce(
             "selection_unchecked",
             {"model": key, "source": source, "reason": self._sync.error or "server not listed"},
@@ -122,7 +128,7 @@ class SelectionChecker:
             self._refused(verdict, deferred.source)
             return
         if not deferred.fed:
-            self._host.feed(Select(deferred.model))
+            self._host.feed(Select(deferred.model, deferred.keep_alive))
 
     def _refused(self, verdict: UnknownKey, source: str) -> None:
         self._host.announce(

@@ -65,7 +65,7 @@ class ServerSync:
         self.loaded: dict[str, tuple[str, ...]] = {}
         self.last_advisory: dict[str, Any] | None = None
         self._models: dict[str, ModelInfo] = {}
-        self._listed_at: float | None = None  # time.monotonic() of the last good listing
+        self.listed_at: float | None = None  # time.monotonic() of the last good listing
         # Called after every good listing (selection_check.py checks deferred selections).
         self.on_listing: Callable[[], None] | None = None
 
@@ -79,6 +79,11 @@ class ServerSync:
     def requests_in_flight(self) -> bool:
         """A load or unload request has not returned yet."""
         return bool(self._op_tasks)
+
+    @property
+    def models(self) -> Mapping[str, ModelInfo]:
+        """The last listing: model key -> what the server said of it."""
+        return self._models
 
     def model_type(self, model: str) -> str | None:
         """The type the server listed for `model` ("llm", "embedding"); None if unlisted."""
@@ -199,20 +204,20 @@ class ServerSync:
     def _note_models(self, models: list[ModelInfo]) -> None:
         self._models = {m.key: m for m in models}
         self.loaded = loaded_map(models)
-        self._listed_at = time.monotonic()
+        self.listed_at = time.monotonic()
         if self.on_listing is not None:
             self.on_listing()
 
     def known_catalog(self) -> Collection[str] | None:
         """The keys of the last good listing, None before the first one."""
-        return None if self._listed_at is None else frozenset(self._models)
+        return None if self.listed_at is None else frozenset(self._models)
 
     async def catalog(self, max_age: float) -> Collection[str] | None:
         """Every model key the server lists, from a listing at most `max_age` s old (L23).
 
         None when the server cannot be listed now: the caller cannot check against it.
         """
-        fresh = self._listed_at is not None and time.monotonic() - self._listed_at <= max_age
+        fresh = self.listed_at is not None and time.monotonic() - self.listed_at <= max_age
         if not (fresh and self.reachable):
             try:
                 self._note_models(await self.client.list_models())

@@ -7,6 +7,7 @@ renders them): change them only together with the renderers.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import cast
 
@@ -15,7 +16,8 @@ from lmkeeperd.control.server import ControlServer
 from lmkeeperd.core import Lifecycle
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.server_sync import ServerSync
-from lmkeeperd.status import AdvisoryStatus, Status
+from lmkeeperd.daemon.why import explain_status
+from lmkeeperd.status import AdvisoryStatus, ConfigErrorStatus, Status
 
 
 def build_status(
@@ -24,6 +26,8 @@ def build_status(
     now: float,
     started: float,
     config_path: Path,
+    config_error: ConfigErrorStatus | None = None,
+    reconcile_interval: float = 15.0,
     sync: ServerSync,
     bridge: ProxyBridge,
     control: ControlServer | None,
@@ -31,6 +35,9 @@ def build_status(
     """`now` and `started` are readings of the driver's monotonic clock."""
     idle = core.idle_eject_in(now)
     draft = core.draft
+    listed_ago = None if sync.listed_at is None else time.monotonic() - sync.listed_at
+    # Two intervals: one reconcile may be late under load without the view being wrong.
+    stale = sync.reachable is not True or listed_ago is None or listed_ago > 2 * reconcile_interval
     return {
         "state": core.state.value,
         "model": core.model,
@@ -44,6 +51,8 @@ def build_status(
             "reachable": sync.reachable,
             "loaded": sorted(sync.loaded),
             "error": sync.error,
+            "listed_ago_s": None if listed_ago is None else round(listed_ago, 1),
+            "stale": stale,
         },
         "memory": sync.memory.status(),
         "last_error": core.last_error,
@@ -58,4 +67,8 @@ def build_status(
         "dropped_events": control.dropped_events if control else 0,
         "proxy": bridge.proxy_status(),
         "metrics": bridge.metrics_status(),
+        "running": True,
+        "why": explain_status(core, now),
+        "keep_alive_s": core.keep_alive,
+        "config_error": config_error,
     }

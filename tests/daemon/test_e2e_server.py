@@ -148,8 +148,9 @@ def test_api_token_is_sent_and_never_shown(
     d = daemon_factory(env={"LM_API_TOKEN": TOKEN})
     d.request({"op": "select", "model": A})
     d.wait_status(state="loaded", model=A)
-    st = d.wait_status(
-        server={"url": emulator.url, "reachable": True, "loaded": [A], "error": None}
+    expected = {"url": emulator.url, "reachable": True, "loaded": [A], "error": None}
+    st = wait_until(
+        lambda: (s := d.status())["server"].items() >= expected.items() and s, 10, "server"
     )
     requests = emulator.requests()
     assert requests and all(r.authorized for r in requests)

@@ -1,0 +1,148 @@
+"""`lmkeeperd select MODEL --wait`: select, then wait for the load's outcome.
+
+Two connections: a subscription, opened first so that no outcome can slip by
+between the selection and the watching, and a request connection for the
+selection and for `status` (asked every `_POLL_S` for the progress line and for
+the cases events alone do not settle: the model was loaded already, someone
+selected another one). Exit 0 when the model is loaded; 1 when its load failed,
+the selection was superseded, lmkeeperd is hands-off, or `--timeout` passed.
+
+On a terminal (stderr) a one-line progress shows the phase and the elapsed
+time, redrawn in place; otherwise nothing is printed but the result.
+"""
+
+from __future__ import annotations
+
+import select as selector
+import sys
+import time
+
+from lmkeeperd.cli.commands import NO_DAEMON, OK, REFUSED, error
+from lmkeeperd.control.client import ControlClient
+from lmkeeperd.errors import DaemonError, DaemonNotRunning, LmkeeperError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+_POLL_S = 0.2
+_HELD = frozenset({"loaded", "streaming"})
+
+
+class _Outcome(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def select_and_wait(sock: str, obj: dict[str, Any], key: str, limit: float | None) -> int:
+    started = time.monotonic()
+    progress = _Progress(sys.stderr.isatty())
+    try:
+        with ControlClient(sock) as events, ControlClient(sock) as ctl:
+            ack = events.request({"op": "subscribe"})
+            if ack.get("ok") is not True:
+                raise _Outcome(REFUSED, f"cannot follow the load: {ack.get('error', ack)}")
+            reply = ctl.request(obj)
+            if reply.get("ok") is not True:
+                raise _Outcome(REFUSED, str(reply.get("error", reply)))
+            if reply.get("ignored"):
+                raise _Outcome(REFUSED, f"the daemon ignored the selection: {reply['ignored']}")
+            _watch(events, ctl, key, started, limit, progress)
+    except _Outcome as outcome:
+        progress.clear()
+        if outcome.code == OK:
+            print(outcome.message)
+        else:
+            error(f"select: {outcome.message}")
+        return outcome.code
+    except DaemonNotRunning as e:
+        progress.clear()
+        error(str(e))
+        return NO_DAEMON
+    except (LmkeeperError, OSError) as e:
+        progress.clear()
+        error(f"select: {e}")
+        return REFUSED
+    except KeyboardInterrupt:
+        progress.clear()
+        return 130
+    raise AssertionError("unreachable: _watch ends with an outcome")  # pragma: no cover
+
+
+def _watch(
+    events: ControlClient,
+    ctl: ControlClient,
+    key: str,
+    started: float,
+    limit: float | None,
+    progress: _Progress,
+) -> None:
+    while True:
+        status: dict[str, Any] = ctl.request({"op": "status"}).get("status", {})
+        elapsed = time.monotonic() - started
+        _settled(status, key, elapsed)
+        if limit is not None and elapsed >= limit:
+            raise _Outcome(REFUSED, f"{key} is not loaded after {_secs(limit)} ({_phase(status)})")
+        progress.show(f"{key}: {_phase(status)}, {_secs(elapsed)}")
+        wait = _POLL_S if limit is None else max(0.0, min(_POLL_S, limit - elapsed))
+        if not events.has_buffered_line():
+            readable, _, _ = selector.select([events.fileno()], [], [], wait)
+            if not readable:
+                continue
+        event = events.read_message()
+        if event is None:
+            raise DaemonError("lmkeeperd closed the connection (it is stopping?)")
+        _judge(event, key)
+
+
+def _settled(status: dict[str, Any], key: str, elapsed: float) -> None:
+    if status.get("engine") not in (None, "lmstudio"):
+        raise _Outcome(REFUSED, f"lmkeeperd is hands-off: the engine is {status['engine']}")
+    selected = status.get("selected")
+    if selected not in (None, key):
+        raise _Outcome(REFUSED, f"the selection of {key} was superseded by {selected}")
+    if status.get("model") == key and status.get("state") in _HELD and not status.get("pending"):
+        raise _Outcome(OK, f"loaded {key} ({_secs(elapsed)})")
+
+
+def _judge(event: dict[str, Any], key: str) -> None:
+    name = event.get("event")
+    if name == "load_failed" and event.get("model") == key and not event.get("draft"):
+        raise _Outcome(REFUSED, f"loading {key} failed: {event.get('error')}")
+    if name == "selection_superseded" and event.get("model") == key:
+        raise _Outcome(REFUSED, f"the selection of {key} was superseded by {event.get('by')}")
+
+
+def _phase(status: dict[str, Any]) -> str:
+    why = status.get("why") or {}
+    state = str(status.get("state", "?"))
+    waiting = why.get("waiting_for")
+    if not waiting or str(waiting).endswith("in flight"):  # "loading" says that already
+        return state
+    return f"{state}, waiting for {waiting}"
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f} s"
+
+
+class _Progress:
+    """One line on the terminal, redrawn in place; nothing at all when not a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._shown = False
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r\x1b[2K{text}")
+            sys.stderr.flush()
+            self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+            self._shown = False
