@@ -39,12 +39,12 @@ import contextlib
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from lmkeeperd.errors import AuthError, ChannelMissing, RpcMissing, ServerError
-from lmkeeperd.lmstudio.channel import InstanceInfo, LMStudioChannel
+from lmkeeperd.lmstudio.channel import InstanceInfo, LMStudioChannel, ProcessingState
 
 log = structlog.get_logger()
 
@@ -196,17 +196,22 @@ class ActivityWatcher:
                 references = self._listed(await channel.list_loaded())
                 next_list = now + self._list_interval
             if not rpc_missing:
+                found: list[tuple[str, ProcessingState]] = []
                 try:
                     for identifier in sorted(self._managed & references.keys()):
                         state = await channel.processing_state(reference=references[identifier])
                         if state is None:
                             next_list = 0.0  # it went away: look again at once
-                            continue
-                        self._observe_state(identifier, state.busy, state.status, state.queued)
-                    self._available()
+                        else:
+                            found.append((identifier, state))
                 except RpcMissing as exc:
                     rpc_missing = True
                     self._unavailable(exc)
+                else:
+                    # Availability first: states are only meaningful once it says "lmstudio".
+                    self._available()
+                    for identifier, state in found:
+                        self._observe_state(identifier, state.busy, state.status, state.queued)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._state_interval)
@@ -265,3 +270,9 @@ def _reason(exc: Exception) -> str:
         return "rpc missing"
     # Dropped, timed out, garbled: all "cannot use it now", retried with backoff.
     return "unreachable"
+
+
+if TYPE_CHECKING:
+
+    def _is_a_source(watcher: ActivityWatcher) -> ActivitySource:
+        return watcher  # mypy checks that the watcher fits the Protocol
