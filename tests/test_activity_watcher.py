@@ -159,6 +159,8 @@ def test_a_direct_generation_is_busy_then_idle_with_last_used(emulator: Emulator
                 busy = await recorder.next_for(state_of(True, "generating"))
                 assert isinstance(busy, InstanceState) and busy.identifier == LLM
                 assert busy.queued == 1
+                again = await w.recheck(LLM)
+                assert again is not None and again.busy and again.status == "generating"
                 mark = recorder.seen.index(busy)
                 await task
             await recorder.wait_for(state_of(False, "idle"), since=mark)
@@ -273,6 +275,21 @@ def test_a_failing_callback_does_not_stop_the_watcher(emulator: Emulator) -> Non
         w.start()
         try:
             await recorder.wait_for(state_of(False, "idle"))
+        finally:
+            await w.stop()
+
+    run(main)
+
+
+def test_recheck_without_a_connection_cannot_say(emulator: Emulator) -> None:
+    emulator.load_behind(LLM)
+
+    async def main(recorder: Recorder) -> None:
+        w = watcher(emulator, recorder)
+        w.start()
+        try:
+            await recorder.wait_for(available(LMSTUDIO))
+            assert await w.recheck(LLM) is None  # nothing managed: no connection
         finally:
             await w.stop()
 

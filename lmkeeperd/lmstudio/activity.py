@@ -120,6 +120,9 @@ class ActivityWatcher:
         self._availability: Availability | None = None
         self._states: dict[str, InstanceState] = {}
         self._last_used: dict[str, float] = {}
+        # The connection being watched on, for recheck(); None between connections.
+        self._channel: LMStudioChannel | None = None
+        self._rpc_missing = False
 
     @property
     def availability(self) -> Availability | None:
@@ -136,6 +139,26 @@ class ActivityWatcher:
                     del table[gone]
             self._wake.set()
 
+    async def recheck(self, identifier: str) -> InstanceState | None:
+        """Ask LM Studio now what `identifier` is doing (L20, just before an unload).
+
+        Uses the open connection; None when it cannot say (no connection, the RPC
+        missing, not loaded, any failure). Never raises a ServerError. The answer is
+        also reported to the callback if it changed.
+        """
+        channel = self._channel
+        if channel is None or not channel.is_open or self._rpc_missing:
+            return None
+        try:
+            state = await channel.processing_state(identifier=identifier)
+        except ServerError:
+            return None
+        if state is None:
+            return None
+        if identifier in self._managed:
+            self._observe_state(identifier, state.busy, state.status, state.queued)
+        return InstanceState(identifier, state.busy, state.status, state.queued)
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="lmstudio-activity-watcher")
@@ -144,8 +167,7 @@ class ActivityWatcher:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task])  # the task's CancelledError stays in the task
 
     # -- the task ----------------------------------------------------------------------
 
@@ -187,15 +209,21 @@ class ActivityWatcher:
 
     async def _watch(self, channel: LMStudioChannel) -> None:
         """Poll until nothing is managed (returns) or the channel fails (raises)."""
+        self._channel, self._rpc_missing = channel, False
+        try:
+            await self._poll(channel)
+        finally:
+            self._channel = None
+
+    async def _poll(self, channel: LMStudioChannel) -> None:
         references: dict[str, str] = {}
-        rpc_missing = False
         next_list = 0.0
         while self._managed:
             now = self._monotonic()
             if now >= next_list:
                 references = self._listed(await channel.list_loaded())
                 next_list = now + self._list_interval
-            if not rpc_missing:
+            if not self._rpc_missing:
                 found: list[tuple[str, ProcessingState]] = []
                 try:
                     for identifier in sorted(self._managed & references.keys()):
@@ -205,7 +233,7 @@ class ActivityWatcher:
                         else:
                             found.append((identifier, state))
                 except RpcMissing as exc:
-                    rpc_missing = True
+                    self._rpc_missing = True
                     self._unavailable(exc)
                 else:
                     # Availability first: states are only meaningful once it says "lmstudio".

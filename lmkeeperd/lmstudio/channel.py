@@ -27,7 +27,6 @@ logging, which would print the auth frame, is held at WARNING for our connection
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -240,6 +239,9 @@ class LMStudioChannel:
             raise ServerUnreachable(f"LM Studio is not reachable at {self.url}: {reason}") from None
         try:
             await self._authenticate(ws)
+        except asyncio.CancelledError:
+            ws.transport.abort()
+            raise
         except BaseException:
             await ws.close()
             raise
@@ -291,14 +293,21 @@ class LMStudioChannel:
 
     async def close(self) -> None:
         ws, self._ws = self._ws, None
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
-        if ws is not None:
-            await ws.close()
-        self._fail_all(ServerUnreachable(f"the channel to {self.url} was closed"))
+        reader, self._reader = self._reader, None
+        closed = False
+        try:
+            if reader is not None:
+                reader.cancel()
+                # wait(), not `await reader`: the reader's CancelledError stays in the
+                # reader, while a cancellation of whoever is closing still reaches them.
+                await asyncio.wait([reader])
+            if ws is not None:
+                await ws.close()
+            closed = True
+        finally:
+            if ws is not None and not closed:
+                ws.transport.abort()  # cancelled mid-close: never leave the socket open
+            self._fail_all(ServerUnreachable(f"the channel to {self.url} was closed"))
 
     async def call(
         self,
