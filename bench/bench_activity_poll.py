@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import time
 
 import httpx
@@ -32,9 +33,13 @@ BENCH = "activity_poll"
 MODEL = "qwen/qwen2.5-0.5b-instruct"
 
 
-async def idle_cost(emu: EmulatorProcess, seconds: float, managed: bool) -> None:
+async def idle_cost(
+    emu: EmulatorProcess, seconds: float, managed: bool, list_interval: float
+) -> None:
     seen: list[Observation] = []
-    watcher = ActivityWatcher(lambda: LMStudioChannel(base_url=emu.url), seen.append)
+    watcher = ActivityWatcher(
+        lambda: LMStudioChannel(base_url=emu.url), seen.append, list_interval=list_interval
+    )
     watcher.start()
     await asyncio.sleep(2)  # past the start-up probe
     if managed:
@@ -48,6 +53,7 @@ async def idle_cost(emu: EmulatorProcess, seconds: float, managed: bool) -> None
     frames = len(emu._call("GET", "frames")["frames"])
     await watcher.stop()
     what = "one instance managed, idle" if managed else "nothing managed"
+    what += f", listLoaded every {list_interval:g} s"
     per_hour = 3600 / seconds
     emit(Figure(BENCH, f"watcher CPU ({what})", f"{cpu * per_hour:.2f} s/h"))
     emit(Figure(BENCH, f"emulator CPU ({what})", f"{server_cpu * per_hour:.2f} s/h"))
@@ -76,6 +82,8 @@ async def detection_lag(emu: EmulatorProcess, trials: int) -> None:
                     pass
 
         for _ in range(trials):
+            # Generations start at any point of the 1 s poll period, as real ones do.
+            await asyncio.sleep(random.uniform(0.0, 1.0))
             busy.clear()
             idle.clear()
             sent = time.monotonic()
@@ -103,6 +111,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--list-interval", type=float, default=3.0, metavar="SECONDS")
     args = parser.parse_args()
     seconds = args.seconds or (20.0 if args.quick else 120.0)
     trials = args.trials or (10 if args.quick else 40)
@@ -110,8 +119,8 @@ def main() -> None:
     emu = EmulatorProcess("--stream-interval", "0.08")
     try:
         emu.control("load_behind", {"key": MODEL})
-        asyncio.run(idle_cost(emu, seconds, managed=False))
-        asyncio.run(idle_cost(emu, seconds, managed=True))
+        asyncio.run(idle_cost(emu, seconds, False, args.list_interval))
+        asyncio.run(idle_cost(emu, seconds, True, args.list_interval))
         asyncio.run(detection_lag(emu, trials))
     finally:
         emu.stop()

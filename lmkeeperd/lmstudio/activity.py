@@ -241,8 +241,10 @@ class ActivityWatcher:
                     for identifier, state in found:
                         self._observe_state(identifier, state.busy, state.status, state.queued)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: no task per wait (this runs every second).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._state_interval)
+                async with asyncio.timeout(self._state_interval):
+                    await self._wake.wait()
 
     def _listed(self, instances: list[InstanceInfo]) -> dict[str, str]:
         references: dict[str, str] = {}

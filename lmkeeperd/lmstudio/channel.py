@@ -253,7 +253,8 @@ class LMStudioChannel:
         limit = self._call_timeout if timeout is None else timeout
         try:
             await ws.send(json.dumps(message))
-            return await asyncio.wait_for(future, limit)
+            async with asyncio.timeout(limit):
+                return await future
         except TimeoutError:
             message_ = f"LM Studio at {self.url} did not answer {endpoint} within {limit} s"
             raise RpcTimeout(message_) from None
