@@ -19,7 +19,7 @@ import hmac
 import json
 import logging
 import re
-import select
+import selectors
 import threading
 import time
 from dataclasses import dataclass
@@ -187,7 +187,12 @@ class _Connection:
         self._fragments: list[bytes] = []
 
     def run(self) -> None:
-        sock = self.handler.connection
+        # A selector, not select.select(): that one fails on descriptors above 1023.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.handler.connection, selectors.EVENT_READ)
+            self._loop(selector)
+
+    def _loop(self, selector: selectors.BaseSelector) -> None:
         auth_deadline = time.monotonic() + self.switches.auth_timeout
         while self.protocol.state is not State.CLOSED and not self.protocol.close_expected():
             timeout = None
@@ -196,8 +201,7 @@ class _Connection:
                 if timeout <= 0:
                     self._refuse("Authentication timed out")
                     return
-            readable, _, _ = select.select([sock], [], [], timeout)
-            if not readable:
+            if not selector.select(timeout):
                 continue
             # read1: at most one read on the socket, and whatever rfile already buffered.
             data = self.handler.rfile.read1(_READ_SIZE)
