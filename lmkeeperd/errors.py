@@ -12,7 +12,12 @@ the model, the URL or the environment variable involved, never a secret.
     │   ├── ModelNotFound           the server has no such model or instance (names it)
     │   ├── ServerTooOld            /api/v1 missing but /api/v0 present: LM Studio < 0.4
     │   ├── BadResponse             the body is not JSON or not the documented shape
-    │   └── ServerRefused           any other non-2xx, with the server's own message
+    │   ├── ServerRefused           any other non-2xx, with the server's own message
+    │   └── ChannelError            LM Studio's websocket channel (lmstudio.channel)
+    │       ├── ChannelMissing      the upgrade was answered as an unknown endpoint
+    │       ├── RpcMissing          the server does not know that RPC (LM Studio < 0.3.27)
+    │       ├── RpcFailed           the server answered the call with an rpcError
+    │       └── RpcTimeout          no answer within the call's timeout
     ├── ProtocolError               a control-socket frame is malformed (names the field)
     │   └── FrameError              ...so badly that the connection is closed
     ├── DaemonError                 the daemon cannot start or cannot be reached
@@ -98,6 +103,31 @@ class BadResponse(ServerError):
 
 class ServerRefused(ServerError):
     """Any other non-2xx answer; carries the server's own message."""
+
+
+class ChannelError(ServerError):
+    """LM Studio's websocket channel failed (refused auth: AuthError; drops: ServerUnreachable)."""
+
+
+class ChannelMissing(ChannelError):
+    """The server has no websocket channel there: it answered the upgrade like any unknown GET."""
+
+
+class RpcMissing(ChannelError):
+    """The server does not know the endpoint called (a communicationWarning, never an answer)."""
+
+
+class RpcFailed(ChannelError):
+    """The server answered with an rpcError; `title` and `code` are its own."""
+
+    def __init__(self, message: str, *, title: str, code: str | None) -> None:
+        self.title = title
+        self.code = code
+        super().__init__(message)
+
+
+class RpcTimeout(ChannelError):
+    """No answer within the call's timeout."""
 
 
 class ProtocolError(LmkeeperError):

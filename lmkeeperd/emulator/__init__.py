@@ -4,8 +4,9 @@
     with Emulator() as emu:
         ...  # talk to emu.url; steer it with emu.set_load_delay(), emu.go_down(), ...
 
-Standard library only, so it runs in a thread of a test process or on its own
-as `python -m lmkeeperd.emulator --port 1234`.
+Standard library (plus websockets' sans-IO protocol for the websocket channel),
+so it runs in a thread of a test process or on its own as
+`python -m lmkeeperd.emulator --port 1234`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from lmkeeperd.emulator.catalog import (
 )
 from lmkeeperd.emulator.server import Emulator
 from lmkeeperd.emulator.state import RequestRecord
+from lmkeeperd.emulator.ws import FrameRecord
 
 __all__ = [
     "CatalogModel",
     "Emulator",
+    "FrameRecord",
     "RequestRecord",
     "catalog_to_json",
     "default_catalog",

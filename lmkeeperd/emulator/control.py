@@ -208,12 +208,30 @@ def _error_style(emu: Emulator, request: ControlRequest) -> ControlAnswer:
     return ControlAnswer(200, _OK)
 
 
+def _seconds(setter: Callable[[Emulator, float], None]) -> _Handler:
+    def handle(emu: Emulator, request: ControlRequest) -> ControlAnswer:
+        setter(emu, _number(_body(request), "seconds"))
+        return ControlAnswer(200, _OK)
+
+    return handle
+
+
+def _clear_frames(emu: Emulator, request: ControlRequest) -> ControlAnswer:
+    emu.clear_frames()
+    return ControlAnswer(200, _OK)
+
+
+def _frames(emu: Emulator, request: ControlRequest) -> ControlAnswer:
+    return ControlAnswer(200, {"frames": [asdict(frame) for frame in emu.frames()]})
+
+
 _Handler = Callable[["Emulator", ControlRequest], ControlAnswer]
 
 _GET: dict[str, _Handler] = {
     "loaded": lambda emu, _: ControlAnswer(200, {"loaded": emu.loaded()}),
     "instances": lambda emu, _: ControlAnswer(200, {"instances": emu.instance_info()}),
     "requests": _requests,
+    "frames": _frames,
     "state": lambda emu, _: ControlAnswer(200, {**emu.state(), "loaded": emu.loaded()}),
 }
 
@@ -234,4 +252,11 @@ _POST: dict[str, _Handler] = {
     "advance_clock": _advance_clock,
     "stream": _stream,
     "error_style": _error_style,
+    # The websocket channel's fault switches (docs/emulator.md, "The websocket channel").
+    "channel": _switch(lambda emu, on: emu.set_channel(on)),
+    "channel_auth_refused": _switch(lambda emu, on: emu.refuse_channel_auth(on)),
+    "channel_rpc_missing": _switch(lambda emu, on: emu.set_channel_rpc_missing(on)),
+    "channel_delay": _seconds(lambda emu, seconds: emu.set_channel_delay(seconds)),
+    "channel_auth_timeout": _seconds(lambda emu, seconds: emu.set_channel_auth_timeout(seconds)),
+    "clear_frames": _clear_frames,
 }

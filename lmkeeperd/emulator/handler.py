@@ -29,6 +29,7 @@ from lmkeeperd.emulator.state import (
     Settings,
     _LogEntry,
 )
+from lmkeeperd.emulator.ws import serve_channel
 
 if TYPE_CHECKING:
     from lmkeeperd.emulator.server import Emulator
@@ -92,6 +93,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             sys.stderr.write(f"emulator: {self.address_string()} {format % args}\n")
 
     def do_GET(self) -> None:
+        if serve_channel(self):  # websocket upgrades and the SDK greeting (ws.py)
+            return
         self._serve("GET")
 
     def do_POST(self) -> None:
@@ -430,10 +433,13 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             chunks=request.settings.stream_chunks,
             prompt_tokens=payloads.count_prompt_tokens(body),
         )
-        if stream:
-            self._stream(request, completion)
-        else:
-            self._reply(request, completion.whole())
+        # What the websocket channel reports for the instance (activity.py).
+        with self.emulator._serving(name, "completion") as served:
+            served.generating()
+            if stream:
+                self._stream(request, completion)
+            else:
+                self._reply(request, completion.whole())
 
     def _stream(self, request: _Request, completion: payloads.Completion) -> None:
         self.state.record_status(request.entry, 200)
@@ -468,7 +474,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             return
         name = self._ready_model(request, body, "embedding")
         if name is not None:
-            self._reply(request, payloads.embeddings(name, inputs))
+            with self.emulator._serving(name, "embedding"):
+                self._reply(request, payloads.embeddings(name, inputs))
 
 
 def _parse_json(raw: bytes) -> tuple[Any, bool]:

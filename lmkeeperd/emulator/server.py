@@ -16,15 +16,18 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lmkeeperd.emulator.activity import ActivityTracker, ProcessingState, ServedRequest
 from lmkeeperd.emulator.catalog import CatalogModel, default_catalog, load_catalog
 from lmkeeperd.emulator.handler import CLIENT_GONE, EmulatorRequestHandler
 from lmkeeperd.emulator.state import DEFAULT_LOG_LIMIT, EmulatorState, RequestRecord
+from lmkeeperd.emulator.ws import DEFAULT_AUTH_TIMEOUT, ChannelSwitches, FrameRecord
 
 DEFAULT_FAILURE_MESSAGE = "Failed to load model (failure injected by the emulator)"
 
@@ -101,6 +104,7 @@ class Emulator:
         load_delay: float = 0.0,
         verbose: bool = False,
         request_log_limit: int = DEFAULT_LOG_LIMIT,
+        channel_auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
     ) -> None:
         self._state = EmulatorState(
             default_catalog() if models is None else models,
@@ -114,6 +118,9 @@ class Emulator:
         )
         self._state.update_settings(auto_evict=auto_evict, legacy_load_answer=legacy_load_answer)
         self._state.set_load_delay(load_delay)
+        # The websocket channel (ws.py): its switches, and what each instance is doing.
+        self._channel = ChannelSwitches(channel_auth_timeout, request_log_limit)
+        self._activity = ActivityTracker(on_change=self._state.touch)
         self.verbose = verbose
         self._host = host
         self._port = port
@@ -356,7 +363,50 @@ class Emulator:
 
     def state(self) -> dict[str, Any]:
         """The current switches (the token only as token_set)."""
-        return self._state.describe()
+        return {**self._state.describe(), **self._channel.describe()}
+
+    # -- the websocket channel (ws.py, rpc.py, activity.py) ------------------------
+
+    def set_channel(self, on: bool) -> None:
+        """Off: the upgrade is answered like an unknown endpoint (HTTP 200, error body)."""
+        self._channel.update(enabled=on)
+
+    def refuse_channel_auth(self, on: bool) -> None:
+        """While on, every channel auth frame is refused (even a right token)."""
+        self._channel.update(refuse_auth=on)
+
+    def set_channel_rpc_missing(self, on: bool) -> None:
+        """While on, getInstanceProcessingState is unknown, as before LM Studio 0.3.27."""
+        self._channel.update(rpc_missing=on)
+
+    def set_channel_delay(self, seconds: float) -> None:
+        """Every channel reply (not the auth reply) waits `seconds` first."""
+        self._channel.update(delay=seconds)
+
+    def set_channel_auth_timeout(self, seconds: float) -> None:
+        """How long a new channel connection may take to authenticate (LM Studio: 10 s)."""
+        self._channel.update(auth_timeout=seconds)
+
+    def frames(self) -> list[FrameRecord]:
+        """Every frame channel clients sent, in order of arrival."""
+        return self._channel.frames()
+
+    def clear_frames(self) -> None:
+        self._channel.clear_frames()
+
+    def processing_state(self, instance_id: str) -> ProcessingState:
+        """What getInstanceProcessingState answers for `instance_id` now."""
+        return self._activity.state(instance_id)
+
+    @contextmanager
+    def _serving(self, name: str, kind: str) -> Iterator[ServedRequest]:
+        """Around one inference request for `name` (a model key or an instance id)."""
+        loaded = self._state.loaded()
+        instance_id = name
+        if not any(name in ids for ids in loaded.values()) and loaded.get(name):
+            instance_id = loaded[name][0]
+        with self._activity.serving(instance_id, kind) as served:
+            yield served
 
     # -- waiting, for tests --------------------------------------------------------
 

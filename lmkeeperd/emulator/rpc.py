@@ -1,0 +1,254 @@
+"""The RPC endpoints of the emulated websocket channel, as in lmstudio-ws.md.
+
+`dispatch(namespace, message, ...)` turns one client frame (already parsed JSON,
+already authenticated) into the frames to answer with: `rpcResult`, `rpcError`,
+`communicationWarning` or `keepAliveAck`. No sockets here; the transport is ws.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lmkeeperd.emulator.activity import ActivityTracker
+from lmkeeperd.emulator.catalog import CatalogModel
+from lmkeeperd.emulator.state import EmulatorState
+
+# What `/system` `version` reports: a 0.4 server (channel, processing state, API tokens).
+EMULATED_VERSION = {"version": "0.4.0", "build": 1}
+
+# LM Studio stops warning after this many communicationWarnings on one connection.
+MAX_WARNINGS = 5
+
+_NAMESPACE_TYPES = {"/llm": "llm", "/embedding": "embedding"}
+_QUERY_KEYS = frozenset({"domain", "identifier", "path", "vision", "deviceIdentifier"})
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    model: CatalogModel
+    identifier: str
+    config: dict[str, Any]
+
+
+class _BadParameter(Exception):
+    pass
+
+
+class Dispatcher:
+    """One connection's RPC handling (it counts that connection's warnings)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        state: EmulatorState,
+        activity: ActivityTracker,
+        rpc_missing: Callable[[], bool],
+    ) -> None:
+        self.namespace = namespace
+        self._state = state
+        self._activity = activity
+        self._rpc_missing = rpc_missing
+        self._warnings = 0
+
+    def dispatch(self, message: Any) -> list[dict[str, Any]]:
+        """The frames answering one client frame (often none)."""
+        if not isinstance(message, dict):
+            return self._warn("Received a message that is not an object", "invalidMessage")
+        kind = message.get("type")
+        if kind == "keepAlive":
+            return [{"type": "keepAliveAck"}]
+        if kind == "rpcCall":
+            return self._rpc(message)
+        if kind == "communicationWarning":
+            return []
+        if kind in ("channelCreate", "signalSubscribe", "writableSignalSubscribe"):
+            endpoint = message.get("endpoint")
+            text = f"Received {kind} for unknown endpoint, endpoint = {endpoint}"
+            return self._warn(text, f"{kind}EndpointUnknown")
+        return self._warn(f"Received a message of unknown type {kind!r}", "invalidMessage")
+
+    def _warn(self, text: str, kind: str) -> list[dict[str, Any]]:
+        self._warnings += 1
+        if self._warnings > MAX_WARNINGS:
+            return []
+        return [{"type": "communicationWarning", "warning": text, "kind": kind}]
+
+    def _rpc(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        endpoint, call_id = message.get("endpoint"), message.get("callId")
+        if not isinstance(call_id, int) or isinstance(call_id, bool):
+            return self._warn("Received rpcCall without an integer callId", "invalidMessage")
+        handler = self._handler(endpoint)
+        if handler is None:
+            text = f"Received rpcCall for unknown endpoint, endpoint = {endpoint}"
+            return self._warn(text, "rpcEndpointUnknown")
+        try:
+            has_result, result = handler("parameter" in message, message.get("parameter"))
+        except _BadParameter as exc:
+            text = (
+                f"Received invalid parameter for rpcCall, endpointName = {endpoint}, "
+                f"parameter = {message.get('parameter')!r}. Zod error: {exc}"
+            )
+            return self._warn(text, "rpcParameterTypeError")
+        except _RpcFailure as exc:
+            return [{"type": "rpcError", "callId": call_id, "error": exc.error}]
+        answer: dict[str, Any] = {"type": "rpcResult", "callId": call_id}
+        if has_result:
+            answer["result"] = result
+        return [answer]
+
+    def _handler(self, endpoint: object) -> Callable[[bool, Any], tuple[bool, Any]] | None:
+        if self.namespace == "/system":
+            return self._version if endpoint == "version" else None
+        if endpoint == "listLoaded":
+            return self._list_loaded
+        if endpoint == "getModelInfo":
+            return self._model_info
+        if endpoint == "getInstanceProcessingState" and not self._rpc_missing():
+            return self._processing_state
+        return None
+
+    # -- endpoints -------------------------------------------------------------------
+
+    def _version(self, given: bool, parameter: Any) -> tuple[bool, Any]:
+        _no_parameter(given)
+        return True, dict(EMULATED_VERSION)
+
+    def _list_loaded(self, given: bool, parameter: Any) -> tuple[bool, Any]:
+        _no_parameter(given)
+        return True, [self._info(view) for view in self._instances()]
+
+    def _model_info(self, given: bool, parameter: Any) -> tuple[bool, Any]:
+        view = self._find(given, parameter)
+        return (False, None) if view is None else (True, self._info(view))
+
+    def _processing_state(self, given: bool, parameter: Any) -> tuple[bool, Any]:
+        view = self._find(given, parameter)
+        if view is None:
+            return False, None
+        state = self._activity.state(view.identifier)
+        return True, {"status": state.status, "queued": state.queued}
+
+    # -- instances -------------------------------------------------------------------
+
+    def _instances(self) -> list[InstanceView]:
+        everything = [
+            InstanceView(model, identifier, config)
+            for model, instances in self._state.models()
+            for identifier, config in instances
+        ]
+        self._activity.prune({view.identifier for view in everything})
+        wanted = _NAMESPACE_TYPES[self.namespace]
+        return [view for view in everything if view.model.type == wanted]
+
+    def _info(self, view: InstanceView) -> dict[str, Any]:
+        """An LLMInstanceInfo (or EmbeddingModelInstanceInfo) for one loaded instance."""
+        model = view.model
+        info: dict[str, Any] = {
+            "type": model.type,
+            "modelKey": model.key,
+            "format": model.format or "gguf",
+            "displayName": model.display_name or model.key,
+            "publisher": model.publisher or "",
+            "path": _path(model),
+            "sizeBytes": model.size_bytes,
+            "indexedModelIdentifier": _path(model),
+            "deviceIdentifier": None,
+            "identifier": view.identifier,
+            "instanceReference": self._activity.reference(view.identifier),
+            # The emulator's instances never expire on their own (see docs/emulator.md).
+            "ttlMs": None,
+            "lastUsedTime": self._activity.last_used(view.identifier),
+            "maxContextLength": model.max_context_length,
+            "contextLength": view.config.get("context_length", model.max_context_length),
+        }
+        if model.params_string is not None:
+            info["paramsString"] = model.params_string
+        if model.architecture is not None:
+            info["architecture"] = model.architecture
+        if model.quantization is not None:
+            bits = model.bits_per_weight
+            info["quantization"] = {"name": model.quantization, "bits": int(bits or 0)}
+        if model.type == "llm":
+            info["vision"] = model.vision
+            info["trainedForToolUse"] = model.trained_for_tool_use
+        return info
+
+    def _find(self, given: bool, parameter: Any) -> InstanceView | None:
+        """The instance a `{specifier, throwIfNotFound}` parameter names, or None."""
+        if not given or not isinstance(parameter, dict):
+            raise _BadParameter("expected an object {specifier, throwIfNotFound}")
+        specifier, throw = parameter.get("specifier"), parameter.get("throwIfNotFound")
+        if not isinstance(throw, bool):
+            raise _BadParameter("throwIfNotFound: expected boolean")
+        if not isinstance(specifier, dict):
+            raise _BadParameter("specifier: expected object")
+        views = self._instances()
+        if specifier.get("type") == "instanceReference":
+            reference = specifier.get("instanceReference")
+            if not isinstance(reference, str):
+                raise _BadParameter("specifier.instanceReference: expected string")
+            for view in views:
+                if self._activity.reference(view.identifier) == reference:
+                    return view
+            if throw:
+                raise _RpcFailure(_error("Model is unloaded.", "generic.specificModelUnloaded"))
+            return None
+        if specifier.get("type") != "query":
+            raise _BadParameter("specifier.type: expected 'instanceReference' or 'query'")
+        query = specifier.get("query")
+        if not isinstance(query, dict) or not set(query) <= _QUERY_KEYS:
+            raise _BadParameter(f"specifier.query: expected an object with keys {_QUERY_KEYS}")
+        for view in views:
+            if _matches(view, query):
+                return view
+        if throw:
+            data = {
+                "code": "generic.noModelMatchingQuery",
+                "query": query,
+                "loadedModelsSample": [v.identifier for v in views[:10]],
+                "totalLoadedModels": len(views),
+            }
+            raise _RpcFailure(_error("No model found that fits the query.", data))
+        return None
+
+
+class _RpcFailure(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = error
+        super().__init__(error["title"])
+
+
+def _no_parameter(given: bool) -> None:
+    if given:
+        raise _BadParameter("this endpoint takes no parameter: omit 'parameter'")
+
+
+def _matches(view: InstanceView, query: dict[str, Any]) -> bool:
+    # Exact matching: the identifier (`key` or `key:2`) or the model key (its first instance).
+    identifier = query.get("identifier")
+    if identifier is not None and identifier not in (view.identifier, view.model.key):
+        return False
+    if "domain" in query and query["domain"] != view.model.type:
+        return False
+    if "vision" in query and query["vision"] != view.model.vision:
+        return False
+    path = query.get("path")
+    return path is None or path == _path(view.model)
+
+
+def _path(model: CatalogModel) -> str:
+    # Relative to the models folder: publisher/name (a key may already carry the publisher).
+    return model.key if "/" in model.key else f"{model.publisher or 'local'}/{model.key}"
+
+
+def _error(title: str, display: str | dict[str, Any]) -> dict[str, Any]:
+    """LM Studio's serialized error object."""
+    display_data = {"code": display} if isinstance(display, str) else display
+    return {
+        "title": title,
+        "rootTitle": title,
+        "displayData": display_data,
+        "stack": f"Error: {title}\n    at lmkeeperd-emulator",
+    }
