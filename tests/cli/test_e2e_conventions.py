@@ -235,14 +235,16 @@ def test_the_demo_prints_commands_that_work_as_typed(tmp_path: Path) -> None:
     printed: list[str] = []
     deadline = time.monotonic() + 30
     try:
-        while not any("Ctrl-C stops the demo" in line for line in printed):
+        # The instructions come first, then the daemon starts: run them once it listens.
+        while not any("daemon_started" in line for line in printed):
             assert time.monotonic() < deadline, "".join(printed)
             try:
                 printed.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 continue
         start = printed.index("In another terminal:\n")
-        commands = [line.split("#")[0].strip() for line in printed[start + 1 :]]
+        end = next(i for i, line in enumerate(printed) if "Ctrl-C stops the demo" in line)
+        commands = [line.split("#")[0].strip() for line in printed[start + 1 : end]]
         commands = [c for c in commands if c and not c.startswith("Ctrl-C")]
         assert commands[0].startswith("export LMKEEPERD_CONFIG=")
         assert all(shlex.split(c)[0] == str(console_script) for c in commands[1:]), commands
