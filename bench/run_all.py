@@ -29,6 +29,7 @@ from typing import Any
 import bench_burst
 import bench_clients
 import bench_config_edit
+import bench_flood
 import bench_fuzz
 import bench_idle
 import bench_idle_eject
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "idle_eject": bench_idle_eject,
     "soak": bench_soak,
     "fuzz": bench_fuzz,
+    "flood": bench_flood,
 }
 REPORT = ROOT / "docs" / "performance.md"
 # The last full run's results, so that the report's text can be rewritten without a new run.
@@ -66,6 +68,7 @@ COMMANDS = {
     "idle_eject": "bench/bench_idle_eject.py",
     "soak": "bench/bench_soak.py",
     "fuzz": "bench/bench_fuzz.py",
+    "flood": "bench/bench_flood.py",
 }
 
 # How the design reaches each target, or why it does not yet. Kept next to the code that
@@ -161,6 +164,15 @@ httpx's timeouts bound each read and not the exchange (lmkeeperd/lmstudio/client
 bounds the whole exchange); bursts of connections overflowed the socket's listen backlog
 (see the clients figure); and a quoted TOML key holding a newline made a config problem span
 two lines (lmkeeperd/config/schema.py now escapes it).""",
+    "flood": """\
+2,000 connections held open against one listener, the daemon under `ulimit -n 1024`
+(systemd's default soft limit). Each listener caps its connections (proxy 256, control
+socket 128; lmkeeperd/listening.py) and, when full, sheds the connection that has been idle
+longest, never one holding a stream, a subscription or a request under way; so a flood of
+silent connections cannot hold every slot and `lmkeeperd status` still gets one. Request
+heads must arrive within 10 s. Running out of descriptors on accept is one `accept_failed`
+event per burst with a count (a loop exception handler replaces asyncio's traceback per
+accept), which keeps the log's growth to a few hundred bytes.""",
 }
 
 
