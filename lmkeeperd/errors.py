@@ -41,7 +41,7 @@ Some exceptions stay outside this tree on purpose: they are control flow inside 
 part, always caught within that part and turned into one of the errors above or into
 an answer, so no caller outside it ever sees one. `config.values.Invalid` (becomes one
 line of a ConfigError), `lmstudio.client._Shape` (a BadResponse), `proxy.http1.HttpError`
-and `proxy.server._Refused`/`_Broken` (an HTTP error answer, or a closed connection),
+and `proxy.forward._Refused`/`Broken` (an HTTP error answer, or a closed connection),
 `proxy.wire.UpstreamUnreachable` (a 502 answer), `memory.kv.GeometryError` (the estimate
 notes why and uses another source), and the emulator's own (a stand-in for LM Studio,
 not part of lmkeeperd's behaviour).

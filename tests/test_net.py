@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lmkeeperd.config import parse_config
-from lmkeeperd.control import server as control_server
+from lmkeeperd.control import socket_file
 from lmkeeperd.errors import ConfigError
 from lmkeeperd.net import (
     SOCKET_PATH_MAX,
@@ -70,7 +70,7 @@ def test_the_limit_here_is_the_longest_path_this_system_binds(short_dir: Path) -
 
 
 def test_the_config_and_the_control_server_use_the_same_limit(short_dir: Path) -> None:
-    assert control_server.SOCKET_PATH_MAX == SOCKET_PATH_MAX
+    assert socket_file.SOCKET_PATH_MAX == SOCKET_PATH_MAX
     fits = _path_of_size(short_dir, SOCKET_PATH_MAX)
     assert parse_config(f'[control]\nsocket = "{fits}"\n').control.socket == str(fits)
     too_long = _path_of_size(short_dir, SOCKET_PATH_MAX + 1)

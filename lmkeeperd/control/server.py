@@ -32,29 +32,27 @@ of the one idle the longest, which is closed, and only when none is idle is the 
 one error line and closed. A connection's first line must arrive within `first_line_timeout`
 seconds; after that a connection may stay silent as long as it likes (a stream holder does).
 
-Slow subscribers never slow the daemon: each has a bounded queue; `publish` never blocks and
-drops the event for a subscriber whose queue is full, counting it. When the subscriber catches
-up, it first receives ``{"event": "events_dropped", "count": N}`` (an extension of the event
-list in interface.md) so it knows to re-read the status.
+Slow subscribers never slow the daemon: each has a bounded queue (subscribers.py). The socket
+file's life (path checks, folder modes, stale sockets, removal) is socket_file.py's; reading
+the peer's uid and pid is peer.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import socket
-import stat
-import struct
-import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
+from lmkeeperd.control.handler import Connection as Connection
+from lmkeeperd.control.handler import RequestHandler as RequestHandler
+from lmkeeperd.control.peer import peer_credentials
 from lmkeeperd.control.protocol import (
     MAX_LINE,
     FrameError,
@@ -66,9 +64,13 @@ from lmkeeperd.control.protocol import (
     line_too_long_message,
     parse_request,
 )
-from lmkeeperd.errors import DaemonError, LmkeeperError, ProtocolError, SocketInUse
+from lmkeeperd.control.socket_file import SocketFile
+from lmkeeperd.control.subscribers import Subscribers
+from lmkeeperd.errors import LmkeeperError, ProtocolError
 from lmkeeperd.listening import ConnectionCap, GuardedStreamProtocol, Refuse, Slot
-from lmkeeperd.net import SOCKET_PATH_MAX, socket_path_size
+
+# Imported from here by the tests: the limit the socket path is checked against.
+from lmkeeperd.net import SOCKET_PATH_MAX as SOCKET_PATH_MAX
 
 log = structlog.get_logger()
 
@@ -83,79 +85,6 @@ FIRST_LINE_TIMEOUT_S = 10.0
 # Connections accepted per wake-up of the loop: asyncio accepts up to the listen backlog
 # at once, and a burst of thousands would take as many descriptors before any is refused.
 _ACCEPT_BATCH = 100
-
-# struct ucred (Linux): pid, uid, gid.
-_UCRED = struct.Struct("3i")
-# struct xucred (macOS): cr_version, cr_uid, cr_ngroups, cr_groups[16].
-_XUCRED = struct.Struct("IIh16I")
-_XUCRED_VERSION = 0
-_SOL_LOCAL = 0
-_LOCAL_PEERCRED = 1
-_LOCAL_PEERPID = 2
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Connection:
-    """One client connection, as the handler sees it (compared and hashed by identity)."""
-
-    id: int
-    """Unique within the server's life, increasing."""
-    peer_uid: int | None
-    peer_pid: int | None = None
-
-
-class RequestHandler(Protocol):
-    """What the daemon provides to answer requests."""
-
-    async def handle(self, conn: Connection, request: Request) -> dict[str, Any]:
-        """Answer one request with the reply object (``{"ok": True, ...}``).
-
-        May raise `LmkeeperError`: the client then gets ``{"ok": false, "error": str(e)}``.
-        Never called with `Subscribe`.
-        """
-        ...
-
-    def connection_closed(self, conn: Connection) -> None:
-        """`conn` is gone: end the streams it opened (lifecycle L8). Called exactly once."""
-        ...
-
-
-class _SockOpts(Protocol):
-    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
-
-
-def peer_credentials(sock: _SockOpts) -> tuple[int | None, int | None]:
-    """The (uid, pid) of the process at the other end of a connected Unix socket.
-
-    Either is None when the platform cannot tell.
-    """
-    try:
-        if sys.platform.startswith("linux"):
-            pid, uid, _gid = _UCRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-            )
-            return uid, pid
-        if sys.platform == "darwin":
-            version, uid, *_ = _XUCRED.unpack(
-                sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, _XUCRED.size)
-            )
-            if version != _XUCRED_VERSION:
-                return None, None
-            peer_pid: int | None = None
-            with contextlib.suppress(OSError, struct.error):
-                (peer_pid,) = struct.unpack("i", sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERPID, 4))
-            return uid, peer_pid
-    except (OSError, struct.error):
-        pass
-    return None, None
-
-
-@dataclass(slots=True, eq=False)
-class _Subscriber:
-    conn_id: int
-    queue: asyncio.Queue[bytes]
-    missed: int = 0
-    """Events dropped since the last one that got through."""
 
 
 @dataclass(slots=True, eq=False)
@@ -178,21 +107,16 @@ class ControlServer:
         max_connections: int = MAX_CONNECTIONS,
         first_line_timeout: float = FIRST_LINE_TIMEOUT_S,
     ) -> None:
-        if subscriber_queue < 2:
-            # One slot for a pending event plus one for the events_dropped marker before it.
-            raise ValueError("subscriber_queue must be at least 2")
         self._path = Path(path)
         self._handler = handler
-        self._queue_size = subscriber_queue
+        self._subscribers = Subscribers(subscriber_queue, closing=lambda: self._closing)
         self._allowed_uids = (
             frozenset(allowed_uids) if allowed_uids is not None else frozenset({os.getuid(), 0})
         )
         self._server: asyncio.Server | None = None
-        self._socket_identity: tuple[int, int] | None = None
+        self._socket_file = SocketFile(self._path)
         self._ids = itertools.count(1)
         self._clients: dict[int, _Client] = {}
-        self._subscribers: set[_Subscriber] = set()
-        self._dropped = 0
         self._closing = False
         self.cap = ConnectionCap("control", max_connections)
         self._first_line_timeout = first_line_timeout
@@ -204,7 +128,7 @@ class ControlServer:
     @property
     def dropped_events(self) -> int:
         """Events dropped for slow subscribers since start, over all subscribers."""
-        return self._dropped
+        return self._subscribers.dropped
 
     @property
     def subscribers(self) -> int:
@@ -222,7 +146,7 @@ class ControlServer:
         """
         if self._server is not None or self._closing:
             raise RuntimeError("ControlServer.start() may be called only once")
-        sock = self._bind()
+        sock = self._socket_file.bind()
         try:
             # A full backlog makes a client's connect fail at once (EAGAIN on a Unix socket),
             # not wait; asyncio's default of 100 filled up under bursts of connections
@@ -242,21 +166,13 @@ class ControlServer:
             sock.listen(socket.SOMAXCONN)
         except BaseException:
             sock.close()
-            self._remove_socket_file()
+            self._socket_file.remove()
             raise
         log.info("control_listening", path=str(self._path))
 
     def publish(self, event: Mapping[str, Any]) -> None:
         """Send `event` to every subscriber; never blocks. Call from the event loop's thread."""
-        if not self._subscribers:
-            return
-        try:
-            data = encode(event)
-        except (TypeError, ValueError) as e:
-            log.error("control_error", error=f"event is not plain JSON: {e}")
-            return
-        for subscriber in self._subscribers:
-            self._offer(subscriber, data)
+        self._subscribers.publish(event)
 
     async def close(self, *, flush_timeout: float = 0.5) -> None:
         """Stop accepting, end every connection, remove the socket file if it is still ours.
@@ -288,136 +204,8 @@ class ControlServer:
         if server is not None:
             await server.wait_closed()
         self.cap.close()
-        self._remove_socket_file()
+        self._socket_file.remove()
         log.info("control_closed", path=str(self._path))
-
-    # --- binding -------------------------------------------------------------------------
-
-    def _bind(self) -> socket.socket:
-        path = self._path
-        raw = os.fsencode(path)
-        size = socket_path_size(raw)
-        if size > SOCKET_PATH_MAX:
-            raise DaemonError(
-                f"control socket path is too long: {path} is {size} bytes, but this system "
-                f"allows at most {SOCKET_PATH_MAX}; set [control] socket to a shorter path"
-            )
-        self._ensure_folder(path.parent)
-        self._clear_stale_socket(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            # The umask makes bind() create the file as 0600 in one step, so there is no moment
-            # when another user could connect. The alternatives are worse: chmod after bind
-            # leaves such a window, and bind-to-a-temp-name-then-rename would silently replace
-            # whatever appeared at the path meanwhile. The umask is process-wide, but only for
-            # this one call, and it can only make a concurrently created file stricter.
-            old_umask = os.umask(0o177)
-            try:
-                sock.bind(raw)
-            finally:
-                os.umask(old_umask)
-            st = os.lstat(path)
-        except OSError as e:
-            sock.close()
-            raise DaemonError(
-                f"cannot create the control socket at {path}: {e.strerror or e}"
-            ) from None
-        self._socket_identity = (st.st_dev, st.st_ino)
-        return sock
-
-    @staticmethod
-    def _ensure_folder(folder: Path) -> None:
-        """Create the socket's folder (and missing parents) as 0700; leave existing ones be.
-
-        An existing folder's mode is not touched: it may be shared (/tmp) or deliberately
-        configured, and the socket's own 0600 mode plus the peer check protect it. A folder
-        owned by another user is refused, since that user could replace our socket.
-        """
-        missing: list[Path] = []
-        current = folder
-        while not os.path.lexists(current) and current != current.parent:
-            missing.append(current)
-            current = current.parent
-        for d in reversed(missing):
-            try:
-                os.mkdir(d, 0o700)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise DaemonError(
-                    f"cannot create folder {d} for the control socket: {e.strerror or e}"
-                ) from None
-            # mkdir's mode passes through the umask; make it exactly 0700.
-            os.chmod(d, 0o700)
-        try:
-            st = os.stat(folder)
-        except OSError as e:
-            raise DaemonError(
-                f"cannot use folder {folder} for the control socket: {e.strerror or e}"
-            ) from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise DaemonError(
-                f"{folder} is not a folder; set [control] socket to a path in a folder"
-            )
-        if st.st_uid not in (os.getuid(), 0):
-            raise DaemonError(
-                f"folder {folder} belongs to uid {st.st_uid}, who could replace the control "
-                "socket; set [control] socket to a path in a folder you own"
-            )
-
-    @staticmethod
-    def _clear_stale_socket(path: Path) -> None:
-        """Remove a socket left by a crashed daemon; refuse a live one or any other file."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            raise DaemonError(f"cannot check {path}: {e.strerror or e}") from None
-        if not stat.S_ISSOCK(st.st_mode):
-            raise DaemonError(
-                f"{path} exists and is not a socket; lmkeeperd will not replace it. Remove it, "
-                "or set [control] socket to another path"
-            )
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            try:
-                probe.connect(os.fsencode(path))
-            except ConnectionRefusedError:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                log.info("control_stale_socket_removed", path=str(path))
-                return
-            except FileNotFoundError:
-                return
-            except TimeoutError:
-                raise SocketInUse(
-                    f"another lmkeeperd is already running on {path} (it accepts connections "
-                    "but is not keeping up)"
-                ) from None
-            except OSError as e:
-                raise DaemonError(
-                    f"cannot check the existing socket at {path}: {e.strerror or e}"
-                ) from None
-            _uid, pid = peer_credentials(probe)
-        owner = f" (pid {pid})" if pid else ""
-        raise SocketInUse(f"another lmkeeperd is already running on {path}{owner}")
-
-    def _remove_socket_file(self) -> None:
-        identity, self._socket_identity = self._socket_identity, None
-        if identity is None:
-            return
-        try:
-            st = os.lstat(self._path)
-            if (st.st_dev, st.st_ino) != identity:
-                # Someone (a newer daemon, the user) put something else there: not ours.
-                log.warning("control_socket_replaced", path=str(self._path))
-                return
-            os.unlink(self._path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warning("control_socket_not_removed", path=str(self._path), error=str(e))
 
     # --- connections ---------------------------------------------------------------------
 
@@ -505,7 +293,7 @@ class ControlServer:
             if slot is not None:
                 slot.busy()
             if isinstance(request, Subscribe):
-                await self._stream_events(conn, reader, writer)
+                await self._subscribers.serve(conn.id, reader, writer)
                 return
             reply = await self._call_handler(conn, request)
             if reply.get("ok") is True:
@@ -550,66 +338,6 @@ class ControlServer:
             writer.transport.abort()
         except Exception:
             pass  # the connection is gone either way
-
-    # --- subscriptions -------------------------------------------------------------------
-
-    async def _stream_events(
-        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        subscriber = _Subscriber(conn.id, asyncio.Queue(self._queue_size))
-        # Registered before the reply, so no event published after the reply is missed.
-        self._subscribers.add(subscriber)
-        try:
-            await self._send(conn, writer, {"ok": True})
-            pump = asyncio.create_task(self._pump(subscriber, writer))
-            until_eof = asyncio.create_task(_discard_until_eof(reader))
-            try:
-                done, _ = await asyncio.wait({pump, until_eof}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                pump.cancel()
-                until_eof.cancel()
-                await asyncio.gather(pump, until_eof, return_exceptions=True)
-                if self._closing:
-                    # Hand what is still queued to the transport; closing flushes it.
-                    while not subscriber.queue.empty():
-                        writer.write(subscriber.queue.get_nowait())
-            for task in done:
-                error = task.exception()
-                if error is not None:
-                    raise error
-        finally:
-            self._subscribers.discard(subscriber)
-
-    @staticmethod
-    async def _pump(subscriber: _Subscriber, writer: asyncio.StreamWriter) -> None:
-        while True:
-            writer.write(await subscriber.queue.get())
-            await writer.drain()
-
-    def _offer(self, subscriber: _Subscriber, data: bytes) -> None:
-        queue = subscriber.queue
-        if subscriber.missed:
-            # The marker must go before this event, so both need room.
-            if queue.maxsize - queue.qsize() < 2:
-                self._drop(subscriber)
-                return
-            queue.put_nowait(encode({"event": "events_dropped", "count": subscriber.missed}))
-            subscriber.missed = 0
-        if queue.full():
-            self._drop(subscriber)
-            return
-        queue.put_nowait(data)
-
-    def _drop(self, subscriber: _Subscriber) -> None:
-        if not subscriber.missed:
-            log.warning("control_events_dropped", conn=subscriber.conn_id)
-        subscriber.missed += 1
-        self._dropped += 1
-
-
-async def _discard_until_eof(reader: asyncio.StreamReader) -> None:
-    while await reader.read(MAX_LINE):
-        pass
 
 
 _OVER_CAP = encode(

@@ -11,7 +11,7 @@
     memory_advisor.py   the memory advisory (L12) and memory status
     selection.py        the last socket selection, kept across restarts
     sdnotify.py         systemd's notify protocol
-    watcher.py          watches the config file
+    watcher/            watches the config file (inotify, kqueue, a stat poll)
     metrics.py          Prometheus text from announced events
 
 A selection from the socket, hop by hop: docs/architecture.md.

@@ -58,59 +58,47 @@ origin, gets 403 (origin.py); a foreign origin gets 403 without it too.
 
 Nothing here logs a request or response body, a query string or a header
 value: Authorization headers and the injected token never reach the log.
+
+This module listens, runs each connection and routes each request; forward.py
+forwards it, answers.py holds the proxy's own answers (errors, metrics, 404s),
+classify.py tells inference requests and the model they name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
 import structlog
 
 from lmkeeperd.errors import DaemonError
 from lmkeeperd.listening import ConnectionCap, Refuse
-from lmkeeperd.proxy.hooks import ProxyHooks, ProxySettings, ProxyStats, SelectionError
-from lmkeeperd.proxy.http1 import (
-    LAST_CHUNK,
-    BodyDecoder,
-    Framing,
-    Headers,
-    HttpError,
-    Request,
-    Response,
-    chunk,
-    end_to_end,
-    request_head,
-    response_head,
+from lmkeeperd.proxy.answers import (
+    JSON_CONTENT_TYPE,
+    LOCAL_PREFIX,
+    OVER_CAP,
+    answer_locally,
+    error_body,
+    local_error,
+    reason_phrase,
 )
+
+# Still importable from here, their home before the split.
+from lmkeeperd.proxy.answers import METRICS_PATH as METRICS_PATH
+from lmkeeperd.proxy.classify import is_inference as is_inference
+from lmkeeperd.proxy.classify import model_of as model_of
+from lmkeeperd.proxy.forward import Broken, Forwarder
+from lmkeeperd.proxy.hooks import ProxyHooks, ProxySettings, ProxyStats
+from lmkeeperd.proxy.http1 import HttpError, Request
 from lmkeeperd.proxy.origin import own_hosts, refusal
-from lmkeeperd.proxy.wire import (
-    READ_SIZE,
-    ClientProtocol,
-    ClientSide,
-    Upstream,
-    UpstreamPool,
-    UpstreamUnreachable,
-)
+from lmkeeperd.proxy.wire import READ_SIZE, ClientProtocol, ClientSide
 
 log = structlog.get_logger()
 
-LOCAL_PREFIX = b"/lmkeeperd/"
-METRICS_PATH = b"/lmkeeperd/metrics"
-METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
-
-# A body up to this size is read whole before forwarding (see the docstring, 5.)
-REPLAY_BODY_LIMIT = 1024 * 1024
-# With select_on_request the model's name must be read: images in a vision
-# request make bodies of several MB.
-SELECT_BODY_LIMIT = 32 * 1024 * 1024
 # Connections a listener holds at most (well below systemd's soft `ulimit -n` of 1024).
 MAX_CONNECTIONS = 256
 # A request head must arrive whole within this long: from the connection's start, or
@@ -123,78 +111,9 @@ KEEPALIVE_IDLE_S = 30.0
 # How long closing the listener waits for connections to end before cutting them.
 CLOSE_GRACE_S = 0.5
 
-_API_ROOTS = (b"/v1", b"/api/v0", b"/api/v1")
-_INFERENCE = frozenset(
-    {b"/chat/completions", b"/completions", b"/embeddings", b"/responses", b"/messages", b"/chat"}
-)
-
-
-def is_inference(method: bytes, path: bytes) -> bool:
-    """Whether a request asks a model for something (and so pins it while in flight)."""
-    if method != b"POST":
-        return False
-    path = path.rstrip(b"/")
-    return any(path.startswith(root) and path[len(root) :] in _INFERENCE for root in _API_ROOTS)
-
-
-def model_of(body: bytes) -> str | None:
-    """The `model` a JSON request body names, trimmed; None when it names none."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, str) or not model.strip():
-        return None
-    return model.strip()
-
-
-def error_body(message: str, kind: str, code: str) -> bytes:
-    """An error in the shape OpenAI-compatible clients (and LM Studio) use."""
-    error = {"message": message, "type": kind, "param": None, "code": code}
-    return json.dumps({"error": error}).encode()
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
-def _is_event_stream(response: Response) -> bool:
-    content_type = response.header(b"content-type") or b""
-    return content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream"
-
 
 def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-_OVER_CAP_BODY = error_body(
-    "lmkeeperd's proxy has too many connections under way; try again shortly",
-    "server_error",
-    "too_many_connections",
-)
-# Sent to a connection over the cap without reading its request, then closed.
-_OVER_CAP = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
-    % (len(_OVER_CAP_BODY), _OVER_CAP_BODY)
-)
-
-
-class _Refused(Exception):
-    """The exchange with LM Studio failed before it answered: tell the client so."""
-
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
-class _Broken(Exception):
-    """A side broke off a message under way: the client's connection must close."""
 
 
 class ProxyServer:
@@ -217,17 +136,15 @@ class ProxyServer:
         self._host = host
         self._port = port
         self._metrics = metrics
-        self._hooks = hooks
-        self._settings = settings
-        self._pool = (
-            UpstreamPool(settings.upstream, connect_timeout=settings.connect_timeout)
-            if settings is not None
+        self.stats = ProxyStats()
+        self._forwarder = (
+            Forwarder(hooks, settings, self.stats)
+            if hooks is not None and settings is not None
             else None
         )
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._closing = False
-        self.stats = ProxyStats()
         self.address = format_address(host, port)
         self.cap = ConnectionCap("proxy" if settings is not None else "metrics", max_connections)
         self._head_timeout = head_timeout
@@ -236,21 +153,17 @@ class ProxyServer:
 
     @property
     def forwarding(self) -> bool:
-        return self._settings is not None
+        return self._forwarder is not None
 
     @property
     def settings(self) -> ProxySettings | None:
-        return self._settings
+        return self._forwarder.settings if self._forwarder is not None else None
 
     def configure(self, settings: ProxySettings) -> None:
         """Apply new settings from the next request on (a reloaded config)."""
-        if self._settings is None:
+        if self._forwarder is None:
             raise ValueError("a metrics-only listener does not forward")
-        old, self._settings = self._settings, settings
-        if (settings.upstream, settings.connect_timeout) != (old.upstream, old.connect_timeout):
-            if self._pool is not None:
-                self._pool.close()
-            self._pool = UpstreamPool(settings.upstream, connect_timeout=settings.connect_timeout)
+        self._forwarder.configure(settings)
 
     async def start(self) -> None:
         """Listen; raises DaemonError when the address cannot be used."""
@@ -260,7 +173,7 @@ class ProxyServer:
             def protocol() -> ClientProtocol | Refuse:
                 slot = self.cap.admit()
                 if slot is None:
-                    return Refuse(_OVER_CAP)
+                    return Refuse(OVER_CAP)
                 reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
                 return ClientProtocol(reader, self._serve, loop, slot)
 
@@ -299,8 +212,8 @@ class ProxyServer:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=CLOSE_GRACE_S)
-        if self._pool is not None:
-            self._pool.close()
+        if self._forwarder is not None:
+            self._forwarder.close()
         self.cap.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
@@ -331,7 +244,7 @@ class ProxyServer:
             # log that as an error.
             if hung_up:
                 task.uncancel()
-        except (OSError, _Broken):
+        except (OSError, Broken):
             pass  # either side went away or broke off: nothing to tell anyone
         except Exception:
             log.exception("proxy_error")
@@ -368,7 +281,7 @@ class ProxyServer:
                 # quotes the request's bytes.
                 body = error_body(str(e), "invalid_request", "bad_request")
                 await client.respond(
-                    e.status, _reason(e.status), body, JSON_CONTENT_TYPE, close=True
+                    e.status, reason_phrase(e.status), body, JSON_CONTENT_TYPE, close=True
                 )
                 return
 
@@ -377,27 +290,28 @@ class ProxyServer:
     ) -> bool:
         """Answer one request; whether the connection can carry another."""
         path = request.target.split(b"?", 1)[0]
-        settings = self._settings
-        if settings is not None:
-            why = refusal(request, self._own_hosts, inject_token=settings.inject_token)
+        forwarder = self._forwarder
+        if forwarder is not None:
+            inject_token = forwarder.settings.inject_token
+            why = refusal(request, self._own_hosts, inject_token=inject_token)
             if why is not None:
                 reason = "origin" if why.startswith("Origin") else "host"
                 log.debug("proxy_forbidden", reason=reason)
-                return await self._local_error(client, request, 403, why, "forbidden")
-        if path.startswith(LOCAL_PREFIX) or self._settings is None:
-            return await self._answer_locally(client, request, path)
+                return await local_error(client, request, 403, why, "forbidden")
+        if path.startswith(LOCAL_PREFIX) or forwarder is None:
+            return await answer_locally(client, request, path, self._metrics)
         if b"websocket" in (request.header(b"upgrade") or b"").lower():
             message = (
                 "lmkeeperd's proxy does not tunnel protocol upgrades (WebSocket); "
                 "connect such clients (the LM Studio SDK) to LM Studio directly"
             )
-            return await self._local_error(client, request, 501, message, "not_implemented")
+            return await local_error(client, request, 501, message, "not_implemented")
         stats = self.stats
         stats.request_started()
         outcome = "aborted"
         started = time.monotonic()
         try:
-            keep, outcome = await self._forward(client, request, path, hangup)
+            keep, outcome = await forwarder.forward(client, request, path, hangup)
             return keep
         finally:
             stats.request_ended(outcome)
@@ -408,254 +322,3 @@ class ProxyServer:
                 outcome=outcome,
                 seconds=round(time.monotonic() - started, 4),
             )
-
-    async def _answer_locally(self, client: ClientSide, request: Request, path: bytes) -> bool:
-        if path == METRICS_PATH and request.method == b"GET":
-            _, complete = await client.read_body_upto(REPLAY_BODY_LIMIT)
-            keep = request.keep_alive and complete
-            text = self._metrics().encode()
-            await client.respond(200, b"OK", text, METRICS_CONTENT_TYPE, close=not keep)
-            return keep
-        what = "lmkeeperd serves only GET /lmkeeperd/metrics"
-        if path.startswith(LOCAL_PREFIX):
-            what += " under /lmkeeperd/"
-        else:
-            what += " on this listener (the proxy is [proxy] listen)"
-        return await self._local_error(client, request, 404, what, "not_found")
-
-    async def _local_error(
-        self, client: ClientSide, request: Request, status: int, message: str, code: str
-    ) -> bool:
-        """Answer with an error of our own; whether the connection can carry another."""
-        _, complete = await client.read_body_upto(REPLAY_BODY_LIMIT)
-        keep = request.keep_alive and complete
-        body = error_body(message, "invalid_request", code)
-        head_only = request.method == b"HEAD"
-        await client.respond(
-            status, _reason(status), body, JSON_CONTENT_TYPE, close=not keep, head_only=head_only
-        )
-        return keep
-
-    # --- forwarding --------------------------------------------------------------------
-
-    async def _forward(
-        self, client: ClientSide, request: Request, path: bytes, hangup: Callable[[], None]
-    ) -> tuple[bool, str]:
-        """Forward one request and its answer: (connection reusable, outcome "2xx".."5xx")."""
-        settings, hooks, pool = self._settings, self._hooks, self._pool
-        assert settings is not None and hooks is not None and pool is not None
-        inference = is_inference(request.method, path)
-        select = inference and settings.select_on_request
-        body, complete = await client.read_body_upto(
-            SELECT_BODY_LIMIT if select else REPLAY_BODY_LIMIT
-        )
-        model = model_of(body) if select and complete else None
-        if complete:
-            client.watch_hangup(hangup)
-        stream: int | None = None
-        upstream: Upstream | None = None
-
-        def open_stream() -> None:
-            nonlocal stream
-            stream = hooks.stream_opened()
-            self.stats.streams_open += 1
-
-        def sent() -> None:
-            # The request is on its way: what the daemon does with that news (the
-            # log line of a state change) overlaps with LM Studio's work on it.
-            if not inference:
-                hooks.activity()
-            elif stream is None:
-                open_stream()  # its end restarts the idle timer (L9): activity enough
-
-        async def refuse(status: int, message: str, kind: str, code: str) -> tuple[bool, str]:
-            keep = request.keep_alive and client.body.done
-            reply = error_body(message, kind, code)
-            head_only = request.method == b"HEAD"
-            await client.respond(
-                status,
-                _reason(status),
-                reply,
-                JSON_CONTENT_TYPE,
-                close=not keep,
-                head_only=head_only,
-            )
-            return keep, f"{status // 100}xx"
-
-        try:
-            if model is not None:
-                try:
-                    stream = await hooks.stream_for(model, max_wait=settings.read_timeout)
-                    self.stats.streams_open += 1
-                except SelectionError as e:
-                    return await refuse(e.status, str(e), "model_unavailable", "model_not_ready")
-            try:
-                # An inference request pins the model from the moment it is on its
-                # way: nothing can unload it before `sent` opens its stream, as no
-                # await comes between sending and opening.
-                upstream, response = await self._exchange(
-                    client, request, body, settings, pool, hangup, on_sent=sent
-                )
-            except _Refused as e:
-                self.stats.upstream_errors += 1
-                log.debug("proxy_upstream_failed", status=e.status, error=str(e))
-                return await refuse(e.status, str(e), "upstream_error", e.code)
-            if stream is None and _is_event_stream(response):
-                open_stream()
-            keep = await self._relay(client, request, upstream, response, settings.read_timeout)
-            if response.keep_alive:
-                pool.release(upstream)
-            else:
-                upstream.close()
-            upstream = None
-            return keep, f"{response.status // 100}xx"
-        finally:
-            if upstream is not None:
-                upstream.close()  # LM Studio sees the request cancelled
-            if stream is not None:
-                self.stats.streams_open -= 1
-                hooks.stream_closed(stream)
-            client.disarm_hangup()
-
-    async def _relay(
-        self,
-        client: ClientSide,
-        request: Request,
-        upstream: Upstream,
-        response: Response,
-        read_timeout: float,
-    ) -> bool:
-        """The answer, from LM Studio to the client, each read as it arrives.
-
-        Returns whether the client's connection can carry another request.
-        """
-        headers = end_to_end(response.headers, response.names)
-        framing = response.framing
-        chunked = framing in (Framing.CHUNKED, Framing.CLOSE) and request.minor == 1
-        keep = request.keep_alive and client.body.done
-        if chunked:
-            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        elif framing is Framing.CLOSE:
-            keep = False  # an HTTP/1.0 client: the end of the body is the end of the connection
-        if not keep:
-            headers.append((b"Connection", b"close"))
-        client.write(response_head(response.status, response.reason, headers))
-        body = BodyDecoder(framing, response.length)
-        # The head leaves with the first body bytes if they are here already, else
-        # on its own before the wait for them (`before_wait`): never held back.
-        while not body.done:
-            try:
-                async with asyncio.timeout(read_timeout):
-                    data = await upstream.read_body(body, before_wait=client.flush)
-            except (OSError, HttpError, TimeoutError) as e:
-                self.stats.upstream_errors += 1
-                log.debug("proxy_upstream_broke_off", error=type(e).__name__)
-                raise _Broken from None
-            if data:
-                client.write(chunk(data) if chunked else data)
-            if not body.done:
-                await client.drain()
-        client.disarm_hangup()  # the client may close as soon as it has the last byte
-        if chunked:
-            client.write(LAST_CHUNK)
-        await client.drain()
-        return keep
-
-    async def _exchange(
-        self,
-        client: ClientSide,
-        request: Request,
-        body: bytes,
-        settings: ProxySettings,
-        pool: UpstreamPool,
-        hangup: Callable[[], None],
-        on_sent: Callable[[], None] | None,
-    ) -> tuple[Upstream, Response]:
-        """Send the request to LM Studio and read its answer's head; raises _Refused.
-
-        `on_sent` is called once, right after the request first leaves.
-        """
-        complete = client.body.done
-        headers: Headers = [(b"Host", pool.host_header)]
-        headers += [
-            (k, v)
-            for k, v in end_to_end(request.headers, request.names)
-            if k.lower() != b"content-length"
-        ]
-        token = settings.token if settings.inject_token else None
-        if token is not None and request.header(b"authorization") is None:
-            headers.append((b"Authorization", token.bearer().encode("latin-1")))
-        # "OPTIONS *" is the one target that is not a path.
-        target = pool.prefix + request.target if request.target[:1] == b"/" else request.target
-        if complete:
-            if body or request.framing is not Framing.NONE:
-                headers.append((b"Content-Length", b"%d" % len(body)))
-            first = request_head(request.method, target, headers) + body
-        elif request.framing is Framing.LENGTH:
-            headers.append((b"Content-Length", b"%d" % request.length))
-            first = request_head(request.method, target, headers) + body
-        else:
-            headers.append((b"Transfer-Encoding", b"chunked"))
-            first = request_head(request.method, target, headers)
-            first += chunk(body) if body else b""
-        upstream_url = settings.upstream
-        for attempt in (1, 2):
-            try:
-                upstream, reused = await pool.acquire()
-            except UpstreamUnreachable as e:
-                raise _Refused(
-                    502,
-                    f"lmkeeperd could not connect to LM Studio at {upstream_url}: {e}",
-                    "upstream_unreachable",
-                ) from None
-            try:
-                upstream.write(first)
-                upstream.flush()
-                if on_sent is not None:
-                    on_sent()
-                    on_sent = None
-                if not complete:
-                    chunked = request.framing is not Framing.LENGTH
-                    await self._send_rest(client, upstream, chunked=chunked)
-                    client.watch_hangup(hangup)
-                await upstream.drain()
-                async with asyncio.timeout(settings.read_timeout):
-                    return upstream, await upstream.response(request.method)
-            except TimeoutError:
-                upstream.close()
-                raise _Refused(
-                    504,
-                    f"LM Studio at {upstream_url} did not answer within "
-                    f"{settings.read_timeout:g} s ([server] load_timeout)",
-                    "upstream_timeout",
-                ) from None
-            except (OSError, HttpError) as e:
-                upstream.close()
-                if reused and complete and attempt == 1 and not isinstance(e, HttpError):
-                    continue  # the server had closed that idle connection: send it again
-                reason = (
-                    "it sent a malformed answer"
-                    if isinstance(e, HttpError)
-                    else "it closed the connection without answering"
-                )
-                raise _Refused(
-                    502, f"LM Studio at {upstream_url} failed the request: {reason}", "bad_gateway"
-                ) from None
-            except BaseException:
-                upstream.close()  # cancelled (the client left, or we are closing), or _Broken
-                raise
-        raise AssertionError("unreachable")
-
-    async def _send_rest(self, client: ClientSide, upstream: Upstream, *, chunked: bool) -> None:
-        """The rest of a large request body, from the client to LM Studio as it arrives."""
-        while not client.body.done:
-            try:
-                data = await client.read_body(client.body)
-            except (OSError, HttpError):
-                raise _Broken from None  # the client's fault or its leaving: nothing to answer
-            if data:
-                upstream.write(chunk(data) if chunked else data)
-                await upstream.drain()
-        if chunked:
-            upstream.write(LAST_CHUNK)
