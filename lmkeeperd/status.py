@@ -77,6 +77,13 @@ class MetricsStatus(TypedDict):
     listen: str
 
 
+class RestoredSelection(TypedDict):
+    """The stored selection the daemon started with (issue 11), and the file it came from."""
+
+    model: str
+    file: str
+
+
 class Status(TypedDict):
     state: str  # idle | loading | loaded | streaming | unloading (core.State)
     model: str | None
@@ -99,3 +106,4 @@ class Status(TypedDict):
     dropped_events: int
     proxy: ProxyStatus | None
     metrics: MetricsStatus | None
+    restored_selection: RestoredSelection | None

@@ -59,6 +59,7 @@ from lmkeeperd.core import (
 )
 from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.control_handler import ControlHandler
+from lmkeeperd.daemon.journal import Journal
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.sdnotify import Notifier
 from lmkeeperd.daemon.server_sync import ServerSync
@@ -67,7 +68,7 @@ from lmkeeperd.daemon.watcher import watch_file
 from lmkeeperd.daemon.wiring import settings_from
 from lmkeeperd.errors import ConfigError, DaemonError
 from lmkeeperd.proxy import OpenStreams, SelectModel
-from lmkeeperd.status import Status
+from lmkeeperd.status import RestoredSelection, Status
 
 log = structlog.get_logger()
 
@@ -105,8 +106,11 @@ class Daemon:
         self._started = clock()
         self._sigint_count = 0
         self._control: ControlServer | None = None
-        self._state_file = paths.selection_file()
-        self.sync = ServerSync(self, config)
+        # State belongs to the daemon of this config file (paths.state_key).
+        self._state_file = paths.selection_file(config_path)
+        self.journal = Journal(paths.journal_file(config_path))
+        self.restored: RestoredSelection | None = None
+        self.sync = ServerSync(self, config, self.journal)
         self.bridge = ProxyBridge(self, self.sync)
         self.handler = ControlHandler(
             self, self.sync, state_file=self._state_file, status=self.status
@@ -242,6 +246,7 @@ class Daemon:
             sync=self.sync,
             bridge=self.bridge,
             control=self._control,
+            restored=self.restored,
         )
 
     # --- config ---------------------------------------------------------------
@@ -321,9 +326,8 @@ class Daemon:
             socket=str(self._control.path),
             server=self.sync.base_url,
         )
-        initial = selection.initial_selection(
-            self.config.model.selected, selection.load(self._state_file)
-        )
+        self.journal.open()  # before the first load: what an earlier daemon left in flight
+        initial = self._restore_selection()
         if initial.strip():
             self.feed(Select(initial))
         self.spawn(self.sync.reconcile_loop())
@@ -337,6 +341,18 @@ class Daemon:
         finally:
             await self.shutdown()
         return 0
+
+    def _restore_selection(self) -> str:
+        """What to select at start; a stored selection that wins is logged and shown in status."""
+        config_selected = self.config.model.selected
+        stored, where = selection.load_for(self.config_path, self._state_file)
+        initial = selection.initial_selection(config_selected, stored)
+        if stored is not None and stored.config_selected == config_selected:
+            self.restored = {"model": stored.model, "file": str(where)}
+            log.info("selection_restored", model=stored.model, file=str(where))
+            if where != self._state_file:
+                selection.save(self._state_file, stored)  # the old per-user file: read once
+        return initial
 
     async def _drive(self) -> None:
         """Sleep until the next deadline or until something was fed; tick when one is due."""

@@ -15,7 +15,7 @@ from lmkeeperd.control.server import ControlServer
 from lmkeeperd.core import Lifecycle
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.server_sync import ServerSync
-from lmkeeperd.status import AdvisoryStatus, Status
+from lmkeeperd.status import AdvisoryStatus, RestoredSelection, Status
 
 
 def build_status(
@@ -27,6 +27,7 @@ def build_status(
     sync: ServerSync,
     bridge: ProxyBridge,
     control: ControlServer | None,
+    restored: RestoredSelection | None = None,
 ) -> Status:
     """`now` and `started` are readings of the driver's monotonic clock."""
     idle = core.idle_eject_in(now)
@@ -58,4 +59,5 @@ def build_status(
         "dropped_events": control.dropped_events if control else 0,
         "proxy": bridge.proxy_status(),
         "metrics": bridge.metrics_status(),
+        "restored_selection": restored,
     }

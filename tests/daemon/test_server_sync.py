@@ -18,6 +18,7 @@ STATUS_KEYS = {
     "state", "model", "selected", "pending", "engine", "active_streams", "idle_eject_in_s",
     "server", "memory", "last_error", "last_advisory", "pid", "version", "uptime_s",
     "adopted", "draft", "config", "subscribers", "dropped_events", "proxy", "metrics",
+    "restored_selection",
 }  # fmt: skip
 
 
