@@ -7,8 +7,10 @@ the server holds an instance lmkeeperd started and nothing tracks. The journal
 is how the daemon knows which instances those are, even after a `kill -9`:
 
 - before a load is sent: `load`, the model, the ids of that model's instances
-  listed just before (a new one is ours), the wall-clock start and a deadline
-  (start + `load_timeout`: a load not listed by then is given up);
+  listed just before (a new one is ours), the wall-clock start, a deadline
+  (start + `load_timeout`: until then nobody sends a second load of that
+  model, they wait for this one) and a time to forget it (one more
+  `load_timeout`: until then an instance that appears is still collected);
 - before an unload is sent: `unload`, the model and the instance id;
 - an entry is removed when its outcome is settled: the answer came, or the
   server shows what happened (the instance appeared, or is gone).
@@ -56,7 +58,8 @@ class Entry:
     instance_id: str | None  # the unload's instance; None for a load
     before: tuple[str, ...]  # a load: the model's instances listed before it was sent
     started: float  # wall clock (time.time()) when it was sent
-    deadline: float  # wall clock: a load not listed by then is given up
+    deadline: float  # wall clock: until then a new load of the model waits for this one
+    forget_at: float  # wall clock: a load not listed by then is given up
 
 
 def _entry(raw: Any) -> Entry:
@@ -65,6 +68,7 @@ def _entry(raw: Any) -> Entry:
         raise ValueError("an entry is not an object")
     kind, model, instance = raw.get("kind"), raw.get("model"), raw.get("instance_id")
     before, started, deadline = raw.get("before", []), raw.get("started"), raw.get("deadline")
+    forget_at = raw.get("forget_at", deadline)
     if kind not in ("load", "unload"):
         raise ValueError(f"unknown kind {kind!r}")
     if not isinstance(model, str) or not model:
@@ -73,10 +77,13 @@ def _entry(raw: Any) -> Entry:
         raise ValueError("an unload entry has no instance_id")
     if not isinstance(before, list) or not all(isinstance(i, str) for i in before):
         raise ValueError("before is not a list of instance ids")
-    for name, value in (("started", started), ("deadline", deadline)):
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+    for name, value in (("started", started), ("deadline", deadline), ("forget_at", forget_at)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} is not a time")
+        if not math.isfinite(value):
             raise ValueError(f"{name} is not a time")
     assert isinstance(started, int | float) and isinstance(deadline, int | float)
+    assert isinstance(forget_at, int | float)
     return Entry(
         kind,
         model,
@@ -84,6 +91,7 @@ def _entry(raw: Any) -> Entry:
         tuple(before),
         float(started),
         float(deadline),
+        float(forget_at),
     )
 
 
@@ -140,7 +148,9 @@ class Journal:
     def begin_load(self, op: int, model: str, before: Sequence[str], timeout: float) -> str:
         now = self._wall()
         key = f"load:{self._run}:{op}"
-        self._entries[key] = Entry("load", model, None, tuple(before), now, now + timeout)
+        self._entries[key] = Entry(
+            "load", model, None, tuple(before), now, now + timeout, now + 2 * timeout
+        )
         self._in_flight.add(key)
         self._write()
         return key
@@ -149,7 +159,7 @@ class Journal:
         # One entry per instance: a retry replaces the entry of the attempt that failed.
         key = f"unload:{instance_id}"
         now = self._wall()
-        self._entries[key] = Entry("unload", model, instance_id, (), now, now)
+        self._entries[key] = Entry("unload", model, instance_id, (), now, now, now)
         self._in_flight.add(key)
         self._write()
         return key
@@ -169,7 +179,8 @@ class Journal:
         self._in_flight.discard(key)
         entry = self._entries.get(key)
         if entry is not None:
-            self._entries[key] = replace(entry, deadline=self._wall() + timeout)
+            now = self._wall()
+            self._entries[key] = replace(entry, deadline=now + timeout, forget_at=now + 2 * timeout)
             self._write()
 
     # --- what the server shows ------------------------------------------------
@@ -224,6 +235,9 @@ class Journal:
         now = self._wall()
         strays: list[tuple[str, str]] = []
         settled: list[str] = []
+        # While a load of a model is in flight, a new instance of it may be that load's,
+        # listed before its answer came back: it is no stray.
+        loading = {self._entries[k].model for k in self._in_flight if k.startswith("load:")}
         for key, entry in self._entries.items():
             if key in self._in_flight:
                 continue
@@ -235,13 +249,15 @@ class Journal:
                     assert entry.instance_id is not None
                     strays.append((entry.model, entry.instance_id))
                 continue
+            if entry.model in loading:
+                continue
             new = [i for i in listed if i not in entry.before]
             if new:
                 settled.append(key)
                 mine = [i for i in new if i not in owned]
                 if mine and (entry.model, mine[0]) not in strays:
                     strays.append((entry.model, mine[0]))
-            elif entry.deadline <= now:
+            elif entry.forget_at <= now:
                 settled.append(key)
                 log.info(
                     "journal_load_given_up",

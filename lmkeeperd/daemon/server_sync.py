@@ -188,8 +188,9 @@ class ServerSync:
                     return instance
                 remaining = entry.deadline - time.time()
                 if remaining <= 0:
-                    self.journal.settle(key)
-                    log.info("journal_load_given_up", model=action.model, started=entry.started)
+                    # Load it ourselves; should that load land after all, the journal still
+                    # has it (until it forgets it) and the reconcile collects it.
+                    log.info("load_await_ended", model=action.model, started=entry.started)
                     return None
                 await asyncio.sleep(min(_PENDING_POLL_S, remaining))
                 self._note_models(await self.client.list_models())

@@ -42,11 +42,11 @@ import structlog
 from lmkeeperd.errors import (
     AuthError,
     BadResponse,
+    LoadTimedOut,
     ModelNotFound,
     ServerError,
     ServerRefused,
     ServerTooOld,
-    LoadTimedOut,
     ServerUnreachable,
 )
 from lmkeeperd.lmstudio.models import LoadResult, ModelInfo
