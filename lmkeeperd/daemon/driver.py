@@ -228,6 +228,7 @@ class Daemon:
             level = "debug"  # every proxied request flips these two: noise at info level
         getattr(log, level)(name, **fields)
         self.bridge.observe(name, fields)
+        self.sync.observe(name, fields)
         if self._control is not None:
             self._control.publish({"event": name, **fields, "time": _utc_now()})
         if name == "state_changed":
@@ -394,6 +395,9 @@ class Daemon:
             task.cancel()
         self.handler.fail_commands("lmkeeperd is shutting down")
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # What a clean stop leaves loaded (unload_on_exit off, in use) is the user's now;
+        # loads and unloads it could not wait for stay journaled for the next start (L22).
+        self.journal.drop_held()
         if self._control is not None:
             await self._control.close()
         await self.sync.aclose()

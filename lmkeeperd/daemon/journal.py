@@ -11,7 +11,12 @@ is how the daemon knows which instances those are, even after a `kill -9`:
   (start + `load_timeout`: until then nobody sends a second load of that
   model, they wait for this one) and a time to forget it (one more
   `load_timeout`: until then an instance that appears is still collected);
-- before an unload is sent: `unload`, the model and the instance id;
+- when a load of ours lands: `held`, the model and the instance id, until it
+  is unloaded (a `kill -9` while a model is loaded leaves an instance of ours
+  too); a clean stop, and an engine change away from LM Studio (L13), hand
+  what is held over to the user and drop these;
+- before an unload is sent: `unload`, the model and the instance id (it
+  replaces the instance's `held` entry);
 - an entry is removed when its outcome is settled: the answer came, or the
   server shows what happened (the instance appeared, or is gone).
 
@@ -47,7 +52,7 @@ from lmkeeperd.errors import UnsafeFileError
 
 log = structlog.get_logger()
 
-Kind = Literal["load", "unload"]
+Kind = Literal["load", "held", "unload"]
 _VERSION = 1
 
 
@@ -55,7 +60,7 @@ _VERSION = 1
 class Entry:
     kind: Kind
     model: str
-    instance_id: str | None  # the unload's instance; None for a load
+    instance_id: str | None  # the instance held or unloaded; None for a load
     before: tuple[str, ...]  # a load: the model's instances listed before it was sent
     started: float  # wall clock (time.time()) when it was sent
     deadline: float  # wall clock: until then a new load of the model waits for this one
@@ -69,12 +74,12 @@ def _entry(raw: Any) -> Entry:
     kind, model, instance = raw.get("kind"), raw.get("model"), raw.get("instance_id")
     before, started, deadline = raw.get("before", []), raw.get("started"), raw.get("deadline")
     forget_at = raw.get("forget_at", deadline)
-    if kind not in ("load", "unload"):
+    if kind not in ("load", "held", "unload"):
         raise ValueError(f"unknown kind {kind!r}")
     if not isinstance(model, str) or not model:
         raise ValueError("an entry has no model")
-    if kind == "unload" and (not isinstance(instance, str) or not instance):
-        raise ValueError("an unload entry has no instance_id")
+    if kind != "load" and (not isinstance(instance, str) or not instance):
+        raise ValueError(f"a {kind} entry has no instance_id")
     if not isinstance(before, list) or not all(isinstance(i, str) for i in before):
         raise ValueError("before is not a list of instance ids")
     for name, value in (("started", started), ("deadline", deadline), ("forget_at", forget_at)):
@@ -87,7 +92,7 @@ def _entry(raw: Any) -> Entry:
     return Entry(
         kind,
         model,
-        instance if kind == "unload" else None,
+        instance if kind != "load" else None,
         tuple(before),
         float(started),
         float(deadline),
@@ -136,6 +141,7 @@ class Journal:
                 "journal_inherited",
                 path=str(self.path),
                 loads=sum(e.kind == "load" for e in entries.values()),
+                held=sum(e.kind == "held" for e in entries.values()),
                 unloads=sum(e.kind == "unload" for e in entries.values()),
             )
         return len(entries)
@@ -155,14 +161,32 @@ class Journal:
         self._write()
         return key
 
+    def hold(self, model: str, instance_id: str, load_key: str | None = None) -> None:
+        """A load of ours landed as `instance_id` (its entry `load_key`, if any, is settled)."""
+        if load_key is not None:
+            self._in_flight.discard(load_key)
+            self._entries.pop(load_key, None)
+        now = self._wall()
+        self._entries[f"inst:{instance_id}"] = Entry("held", model, instance_id, (), now, now, now)
+        self._write()
+
     def begin_unload(self, model: str, instance_id: str) -> str:
-        # One entry per instance: a retry replaces the entry of the attempt that failed.
-        key = f"unload:{instance_id}"
+        # One entry per instance: it replaces the instance's `held` entry, and a retry
+        # replaces the entry of the attempt that failed.
+        key = f"inst:{instance_id}"
         now = self._wall()
         self._entries[key] = Entry("unload", model, instance_id, (), now, now, now)
         self._in_flight.add(key)
         self._write()
         return key
+
+    def drop_held(self) -> None:
+        """Hand what is held over to the user: a clean stop, or another engine (L13)."""
+        held = [k for k, e in self._entries.items() if e.kind == "held"]
+        for key in held:
+            del self._entries[key]
+        if held:
+            self._write()
 
     def settle(self, key: str) -> None:
         """Its outcome is known: forget it."""
@@ -217,7 +241,7 @@ class Journal:
         for key, entry in self._entries.items():
             if key in self._in_flight or entry.model != model:
                 continue
-            if entry.kind == "unload" and entry.instance_id == instance_id:
+            if entry.kind != "load" and entry.instance_id == instance_id:
                 return key
             if entry.kind == "load" and instance_id not in entry.before:
                 return key
@@ -235,6 +259,7 @@ class Journal:
         now = self._wall()
         strays: list[tuple[str, str]] = []
         settled: list[str] = []
+        landed: dict[str, tuple[str, str]] = {}
         # While a load of a model is in flight, a new instance of it may be that load's,
         # listed before its answer came back: it is no stray.
         loading = {self._entries[k].model for k in self._in_flight if k.startswith("load:")}
@@ -242,7 +267,7 @@ class Journal:
             if key in self._in_flight:
                 continue
             listed = loaded.get(entry.model, ())
-            if entry.kind == "unload":
+            if entry.kind != "load":
                 if entry.instance_id not in listed:
                     settled.append(key)
                 elif entry.instance_id not in owned:
@@ -257,6 +282,7 @@ class Journal:
                 mine = [i for i in new if i not in owned]
                 if mine and (entry.model, mine[0]) not in strays:
                     strays.append((entry.model, mine[0]))
+                    landed[key] = (entry.model, mine[0])
             elif entry.forget_at <= now:
                 settled.append(key)
                 log.info(
@@ -267,6 +293,10 @@ class Journal:
                 )
         for key in settled:
             del self._entries[key]
+        for model, instance in landed.values():
+            # Ours from now on: held until the core unloads it (or adopts and keeps it).
+            now_entry = Entry("held", model, instance, (), now, now, now)
+            self._entries[f"inst:{instance}"] = now_entry
         if settled:
             self._write()
         return strays

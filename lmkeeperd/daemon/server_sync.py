@@ -130,7 +130,7 @@ class ServerSync:
                 # An instance the journal says we started is ours, not adopted (L22).
                 ours = self.journal.ours(action.model, plan.instance_id)
                 if ours is not None:
-                    self.journal.settle(ours)
+                    self.journal.hold(action.model, plan.instance_id, ours)
                 adopted = ours is None
                 self._outcome(LoadFinished(action.op, plan.instance_id, adopted=adopted))
                 return
@@ -139,7 +139,7 @@ class ServerSync:
             timeout = self._host.config.server.load_timeout
             key = self.journal.begin_load(action.op, action.model, info.instance_ids, timeout)
             result = await self.client.load(action.model, action.load_config)
-            self.journal.settle(key)
+            self.journal.hold(action.model, result.instance_id, key)
             self._outcome(LoadFinished(action.op, result.instance_id))
         except LoadTimedOut as e:
             # The server may still finish it: the journal keeps it so the reconcile
@@ -184,7 +184,7 @@ class ServerSync:
                 listed = self.loaded.get(action.model, ())
                 instance = self.journal.landed(key, listed, owned)
                 if instance is not None:
-                    self.journal.settle(key)
+                    self.journal.hold(action.model, instance, key)
                     return instance
                 remaining = entry.deadline - time.time()
                 if remaining <= 0:
@@ -346,6 +346,11 @@ class ServerSync:
             self.reachable = None
             self._recheck.set()
         self.memory = make_memory_check(new)
+
+    def observe(self, name: str, fields: Mapping[str, Any]) -> None:
+        """An announced event: another engine takes what the core held (L13)."""
+        if name == "engine_changed" and fields.get("engine") != "lmstudio":
+            self.journal.drop_held()
 
     async def aclose(self) -> None:
         for client in [self.client, *self._old_clients]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from daemon_harness import DaemonProc, loads_of, unloads_of, wait_until
+from daemon_harness import DaemonProc, loads_of, model_listings, unloads_of, wait_until
 
 from lmkeeperd.emulator import Emulator
 
@@ -166,4 +166,43 @@ def test_hung_unloads_and_switches_never_leave_our_models_behind(
     assert d.events("stray_found", model=A) and d.events("stray_found", model=B)
     assert foreign not in unloads_of(emulator)
     d.wait_status(state="loaded", model=C)
+    assert d.stop() == 0
+
+
+def test_kill_9_while_loaded_then_another_selection_unloads_what_we_held(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    foreign = emulator.load_behind(FOREIGN)
+    d = daemon_factory()
+    d.request({"op": "select", "model": A})
+    d.wait_status(state="loaded", model=A)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGKILL)
+    assert d.wait_exit() == -signal.SIGKILL
+    d.tables["model"]["selected"] = B
+    d.write_config()
+    d.start()
+    d.wait_event("stray_found", timeout=20, model=A, instance_id=A)
+    d.wait_status(timeout=10, state="loaded", model=B)
+    server_holds(emulator, {B: [B], FOREIGN: [foreign]})
+    assert d.stop() == 0
+    server_holds(emulator, {FOREIGN: [foreign]})
+
+
+def test_a_clean_stop_that_keeps_the_model_hands_it_over(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    d = daemon_factory(model={"unload_on_exit": False})
+    d.request({"op": "select", "model": A})
+    d.wait_status(state="loaded", model=A)
+    assert d.stop() == 0
+    assert emulator.loaded() == {A: [A]}  # kept on purpose: the user's now
+    d.tables["model"]["selected"] = B
+    d.write_config()
+    d.start()
+    d.wait_status(timeout=10, state="loaded", model=B)
+    listings = model_listings(emulator)
+    wait_until(lambda: model_listings(emulator) >= listings + 2, 10, "two reconciles")
+    assert not d.events("stray_found")
+    assert emulator.loaded() == {A: [A], B: [B]}
     assert d.stop() == 0

@@ -80,7 +80,30 @@ def test_a_landed_load_is_a_stray_but_instances_listed_before_it_never_are(
     journal.release(key)
     assert journal.collect({A: (A,)}, owned=()) == []
     assert journal.collect({A: (A, f"{A}:2")}, owned=()) == [(A, f"{A}:2")]
-    assert journal.entries() == {}  # reported once: the core owns the answer now
+    # Reported once, and held from then on: the core adopts it or unloads it.
+    [(key, entry)] = journal.entries().items()
+    assert (key, entry.kind, entry.instance_id) == (f"inst:{A}:2", "held", f"{A}:2")
+    assert journal.collect({A: (A, f"{A}:2")}, owned={f"{A}:2"}) == []
+
+
+def test_a_held_instance_outlives_a_crash_but_not_a_clean_stop_or_another_engine(
+    tmp_path: Path,
+) -> None:
+    path, wall = tmp_path / "j.json", Wall()
+    journal = Journal(path, wall=wall)
+    key = journal.begin_load(1, A, [], timeout=60)
+    journal.hold(A, A, key)  # the load's answer
+    assert [e.kind for e in journal.entries().values()] == ["held"]
+    assert journal.collect({A: (A,)}, owned={A}) == []  # the core's main model
+    after_crash = reopened(path, wall)  # kill -9 while A was loaded
+    assert after_crash.collect({A: (A,)}, owned=()) == [(A, A)]
+    journal.drop_held()  # a clean stop, or the engine moved away (L13)
+    assert not path.exists()
+    assert reopened(path, wall).collect({A: (A,)}, owned=()) == []
+    unload = journal.begin_unload(B, B)
+    journal.release(unload)
+    journal.drop_held()  # an unload that failed is no hand-over: it stays for a retry
+    assert list(journal.entries()) == [unload]
 
 
 def test_an_abandoned_load_gets_another_load_timeout_to_land(tmp_path: Path) -> None:
@@ -105,7 +128,7 @@ def test_no_stray_is_reported_for_a_model_while_a_load_of_it_is_in_flight(
     new = journal.begin_load(2, A, [], timeout=10)
     # Listed before the new load's answer came: it may be the new load's instance.
     assert journal.collect({A: (A,)}, owned=()) == []
-    journal.settle(new)  # its answer: A is the core's now
+    journal.hold(A, A, new)  # its answer: A is the core's now
     assert journal.collect({A: (A, f"{A}:2")}, owned={A}) == [(A, f"{A}:2")]
 
 
