@@ -7,10 +7,11 @@ the server holds an instance lmkeeperd started and nothing tracks. The journal
 is how the daemon knows which instances those are, even after a `kill -9`:
 
 - before a load is sent: `load`, the model, the ids of that model's instances
-  listed just before (a new one is ours), the wall-clock start, a deadline
-  (start + `load_timeout`: until then nobody sends a second load of that
-  model, they wait for this one) and a time to forget it (one more
-  `load_timeout`: until then an instance that appears is still collected);
+  listed just before (a new one is ours), the wall-clock start and a deadline,
+  start + 2 × `load_timeout`: the load is abandoned at `load_timeout` and the
+  server may still finish it within another one. Until the deadline nobody
+  sends a second load of that model (they wait for this one) and an instance
+  that appears is collected; after it, the load is given up;
 - when a load of ours lands: `held`, the model and the instance id, until it
   is unloaded (a `kill -9` while a model is loaded leaves an instance of ours
   too); a clean stop, and an engine change away from LM Studio (L13), hand
@@ -41,7 +42,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,8 +64,7 @@ class Entry:
     instance_id: str | None  # the instance held or unloaded; None for a load
     before: tuple[str, ...]  # a load: the model's instances listed before it was sent
     started: float  # wall clock (time.time()) when it was sent
-    deadline: float  # wall clock: until then a new load of the model waits for this one
-    forget_at: float  # wall clock: a load not listed by then is given up
+    deadline: float  # wall clock: a load not listed by then is given up
 
 
 def _entry(raw: Any) -> Entry:
@@ -73,7 +73,6 @@ def _entry(raw: Any) -> Entry:
         raise ValueError("an entry is not an object")
     kind, model, instance = raw.get("kind"), raw.get("model"), raw.get("instance_id")
     before, started, deadline = raw.get("before", []), raw.get("started"), raw.get("deadline")
-    forget_at = raw.get("forget_at", deadline)
     if kind not in ("load", "held", "unload"):
         raise ValueError(f"unknown kind {kind!r}")
     if not isinstance(model, str) or not model:
@@ -82,13 +81,12 @@ def _entry(raw: Any) -> Entry:
         raise ValueError(f"a {kind} entry has no instance_id")
     if not isinstance(before, list) or not all(isinstance(i, str) for i in before):
         raise ValueError("before is not a list of instance ids")
-    for name, value in (("started", started), ("deadline", deadline), ("forget_at", forget_at)):
+    for name, value in (("started", started), ("deadline", deadline)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} is not a time")
         if not math.isfinite(value):
             raise ValueError(f"{name} is not a time")
     assert isinstance(started, int | float) and isinstance(deadline, int | float)
-    assert isinstance(forget_at, int | float)
     return Entry(
         kind,
         model,
@@ -96,7 +94,6 @@ def _entry(raw: Any) -> Entry:
         tuple(before),
         float(started),
         float(deadline),
-        float(forget_at),
     )
 
 
@@ -154,9 +151,7 @@ class Journal:
     def begin_load(self, op: int, model: str, before: Sequence[str], timeout: float) -> str:
         now = self._wall()
         key = f"load:{self._run}:{op}"
-        self._entries[key] = Entry(
-            "load", model, None, tuple(before), now, now + timeout, now + 2 * timeout
-        )
+        self._entries[key] = Entry("load", model, None, tuple(before), now, now + 2 * timeout)
         self._in_flight.add(key)
         self._write()
         return key
@@ -167,7 +162,7 @@ class Journal:
             self._in_flight.discard(load_key)
             self._entries.pop(load_key, None)
         now = self._wall()
-        self._entries[f"inst:{instance_id}"] = Entry("held", model, instance_id, (), now, now, now)
+        self._entries[f"inst:{instance_id}"] = Entry("held", model, instance_id, (), now, now)
         self._write()
 
     def begin_unload(self, model: str, instance_id: str) -> str:
@@ -175,7 +170,7 @@ class Journal:
         # replaces the entry of the attempt that failed.
         key = f"inst:{instance_id}"
         now = self._wall()
-        self._entries[key] = Entry("unload", model, instance_id, (), now, now, now)
+        self._entries[key] = Entry("unload", model, instance_id, (), now, now)
         self._in_flight.add(key)
         self._write()
         return key
@@ -198,14 +193,9 @@ class Journal:
         """No task waits on it any more, but the server may still hold what it started."""
         self._in_flight.discard(key)
 
-    def abandon(self, key: str, timeout: float) -> None:
-        """The load outlasted `load_timeout`: the server may finish it within another one."""
+    def abandon(self, key: str) -> None:
+        """The load outlasted `load_timeout`; the server may finish it until its deadline."""
         self._in_flight.discard(key)
-        entry = self._entries.get(key)
-        if entry is not None:
-            now = self._wall()
-            self._entries[key] = replace(entry, deadline=now + timeout, forget_at=now + 2 * timeout)
-            self._write()
 
     # --- what the server shows ------------------------------------------------
 
@@ -283,7 +273,7 @@ class Journal:
                 if mine and (entry.model, mine[0]) not in strays:
                     strays.append((entry.model, mine[0]))
                     landed[key] = (entry.model, mine[0])
-            elif entry.forget_at <= now:
+            elif entry.deadline <= now:
                 settled.append(key)
                 log.info(
                     "journal_load_given_up",
@@ -295,7 +285,7 @@ class Journal:
             del self._entries[key]
         for model, instance in landed.values():
             # Ours from now on: held until the core unloads it (or adopts and keeps it).
-            now_entry = Entry("held", model, instance, (), now, now, now)
+            now_entry = Entry("held", model, instance, (), now, now)
             self._entries[f"inst:{instance}"] = now_entry
         if settled:
             self._write()

@@ -145,7 +145,7 @@ class ServerSync:
             # The server may still finish it: the journal keeps it so the reconcile
             # collects its instance when it appears (L22).
             if key is not None:
-                self.journal.abandon(key, self._host.config.server.load_timeout)
+                self.journal.abandon(key)
             self._outcome(LoadFailed(action.op, str(e), abandoned=key is not None))
         except ServerUnreachable as e:
             if key is not None:
@@ -188,9 +188,8 @@ class ServerSync:
                     return instance
                 remaining = entry.deadline - time.time()
                 if remaining <= 0:
-                    # Load it ourselves; should that load land after all, the journal still
-                    # has it (until it forgets it) and the reconcile collects it.
-                    log.info("load_await_ended", model=action.model, started=entry.started)
+                    self.journal.settle(key)
+                    log.info("journal_load_given_up", model=action.model, started=entry.started)
                     return None
                 await asyncio.sleep(min(_PENDING_POLL_S, remaining))
                 self._note_models(await self.client.list_models())
