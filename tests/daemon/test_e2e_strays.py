@@ -113,8 +113,8 @@ def test_a_load_past_load_timeout_lands_and_is_collected_after_a_switch(
 def test_an_abandoned_load_landing_while_still_wanted_is_adopted(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(server={"load_timeout": "1s"}, model={"idle_timeout": "1h"})
-    emulator.set_load_delay(3.0)
+    d = daemon_factory(server={"load_timeout": "1.5s"}, model={"idle_timeout": "1h"})
+    emulator.set_load_delay(2.5)  # past load_timeout, within the 2 × load_timeout it is awaited
     d.request({"op": "select", "model": A})
     d.wait_event("load_failed", timeout=10, model=A)
     d.wait_event("stray_adopted", timeout=20, model=A, instance_id=A)
