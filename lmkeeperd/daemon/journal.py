@@ -238,13 +238,19 @@ class Journal:
         return None
 
     def collect(
-        self, loaded: Mapping[str, Sequence[str]], owned: Collection[str]
+        self,
+        loaded: Mapping[str, Sequence[str]],
+        owned: Collection[str],
+        loading: Collection[str] = (),
     ) -> list[tuple[str, str]]:
         """The (model, instance) pairs lmkeeperd started that nothing tracks, from a listing.
 
         Settles what the listing answers: an unloaded instance that is gone, a load whose
         instance appeared (reported here) or whose deadline passed. `owned` are the
-        instances the core tracks (Lifecycle.owned_instances()).
+        instances the core tracks (Lifecycle.owned_instances()); `loading` the models a
+        load task is working on (listing, waiting or sent): their instances are left to that
+        task, which reports an instance of ours as its own outcome. Reported here too, it
+        would be adopted, the load superseded, and its outcome (that same instance) unloaded.
         """
         now = self._wall()
         strays: list[tuple[str, str]] = []
@@ -252,9 +258,10 @@ class Journal:
         landed: dict[str, tuple[str, str]] = {}
         # While a load of a model is in flight, a new instance of it may be that load's,
         # listed before its answer came back: it is no stray.
-        loading = {self._entries[k].model for k in self._in_flight if k.startswith("load:")}
+        busy = {self._entries[k].model for k in self._in_flight if k.startswith("load:")}
+        busy.update(loading)
         for key, entry in self._entries.items():
-            if key in self._in_flight:
+            if key in self._in_flight or entry.model in busy:
                 continue
             listed = loaded.get(entry.model, ())
             if entry.kind != "load":
@@ -263,8 +270,6 @@ class Journal:
                 elif entry.instance_id not in owned:
                     assert entry.instance_id is not None
                     strays.append((entry.model, entry.instance_id))
-                continue
-            if entry.model in loading:
                 continue
             new = [i for i in listed if i not in entry.before]
             if new:

@@ -65,6 +65,7 @@ class ServerSync:
         self.memory: MemoryCheck = make_memory_check(config)
         self._recheck = asyncio.Event()
         self._op_tasks: dict[int, asyncio.Task[None]] = {}
+        self._loading: dict[int, str] = {}  # load op -> model, while its task runs
         self._outcomes = 0  # counts load/unload outcomes: a snapshot older than one is stale
         self._pressure_task: asyncio.Task[None] | None = None
         self.reachable: bool | None = None
@@ -92,6 +93,7 @@ class ServerSync:
     # --- loads and unloads --------------------------------------------------
 
     def start_load(self, action: StartLoad) -> None:
+        self._loading[action.op] = action.model
         self._op_tasks[action.op] = self._host.spawn(self._load(action))
 
     def start_unload(self, action: StartUnload) -> None:
@@ -164,6 +166,7 @@ class ServerSync:
         finally:
             # Cancelled (the stop's bound ran out): the entry stays for the next start.
             self._op_tasks.pop(action.op, None)
+            self._loading.pop(action.op, None)
 
     async def _await_pending(self, action: StartLoad, key: str, entry: Entry) -> str | None:
         """Wait for the load in journal entry `key` to land; its instance, or None at its deadline.
@@ -276,7 +279,9 @@ class ServerSync:
         """A fresh listing: the core's view first, then what the journal says is ours (L22)."""
         self._note_models(models)
         self._host.feed(ServerSnapshot(self.loaded, after_outage=after_outage))
-        for model, instance in self.journal.collect(self.loaded, self._host.core.owned_instances()):
+        owned = self._host.core.owned_instances()
+        loading = set(self._loading.values())
+        for model, instance in self.journal.collect(self.loaded, owned, loading):
             self._host.feed(OwnStray(model, instance))
 
     async def refresh(self, tries: int = 3) -> str | None:

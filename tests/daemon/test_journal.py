@@ -206,3 +206,14 @@ def test_a_journal_that_cannot_be_written_is_a_warning_only(
     key = journal.begin_load(1, A, [], timeout=1)
     journal.settle(key)
     assert "journal_write_failed" in capsys.readouterr().out
+
+
+def test_instances_of_a_model_a_load_task_works_on_are_left_to_that_task(tmp_path: Path) -> None:
+    # After a crash, the restored selection's load lists the server while the reconcile does:
+    # the held instance must come back as that load's outcome only, never also as a stray
+    # (the core would adopt it, supersede the load and unload its outcome: the same instance).
+    journal = Journal(tmp_path / "j.json", wall=Wall())
+    journal.hold(A, A)
+    assert journal.collect({A: (A,)}, owned=(), loading={A}) == []
+    assert journal.ours(A, A) is not None  # what the load task asks instead
+    assert journal.collect({A: (A,)}, owned=(), loading={B}) == [(A, A)]
