@@ -328,7 +328,9 @@ class Daemon:
             server=self.sync.base_url,
         )
         self.journal.open()  # before the first load: what an earlier daemon left in flight
-        initial = self._restore_selection()
+        initial, self.restored = selection.restore(
+            self.config_path, self._state_file, self.config.model.selected
+        )
         if initial.strip():
             self.feed(Select(initial))
         self.spawn(self.sync.reconcile_loop())
@@ -342,18 +344,6 @@ class Daemon:
         finally:
             await self.shutdown()
         return 0
-
-    def _restore_selection(self) -> str:
-        """What to select at start; a stored selection that wins is logged and shown in status."""
-        config_selected = self.config.model.selected
-        stored, where = selection.load_for(self.config_path, self._state_file)
-        initial = selection.initial_selection(config_selected, stored)
-        if stored is not None and stored.config_selected == config_selected:
-            self.restored = {"model": stored.model, "file": str(where)}
-            log.info("selection_restored", model=stored.model, file=str(where))
-            if where != self._state_file:
-                selection.save(self._state_file, stored)  # the old per-user file: read once
-        return initial
 
     async def _drive(self) -> None:
         """Sleep until the next deadline or until something was fed; tick when one is due."""

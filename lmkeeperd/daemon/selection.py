@@ -26,6 +26,7 @@ import structlog
 
 from lmkeeperd import fileio, paths
 from lmkeeperd.errors import UnsafeFileError
+from lmkeeperd.status import RestoredSelection
 
 log = structlog.get_logger()
 
@@ -86,3 +87,17 @@ def initial_selection(config_selected: str, stored: StoredSelection | None) -> s
     if stored is not None and stored.config_selected == config_selected:
         return stored.model
     return config_selected
+
+
+def restore(
+    config_path: Path, path: Path, config_selected: str
+) -> tuple[str, RestoredSelection | None]:
+    """What to select at start, and the stored selection used (logged, shown in status)."""
+    stored, where = load_for(config_path, path)
+    initial = initial_selection(config_selected, stored)
+    if stored is None or stored.config_selected != config_selected:
+        return initial, None
+    log.info("selection_restored", model=stored.model, file=str(where))
+    if where != path:
+        save(path, stored)  # the old per-user file: read once, then the daemon's own
+    return initial, {"model": stored.model, "file": str(where)}
