@@ -23,6 +23,8 @@ FAULTS = (
     "fault_restart",
     "load_behind",
     "unload_behind",
+    "fault_load_timeout",
+    "fault_crash",
 )
 
 LAST: dict[str, Any] = {}  # the last result's summary, for run_all's report
@@ -46,7 +48,10 @@ def run(quick: bool = False, events: int | None = None, seed: int = DEFAULT_SEED
                 str(len(result.violations)),
                 "0",
                 not result.violations and result.exit_code == 0,
-                f"{result.seconds:.0f} s; {faults} faults injected; "
+                f"{result.seconds:.0f} s; {faults} faults injected "
+                f"({result.events['fault_crash']} kill -9 and restarts, "
+                f"{result.events['fault_load_timeout']} load timeouts); "
+                f"L22 held at {checks['L22 quiet points']} quiet points; "
                 f"{checks['unload vs streams']} unloads checked against open streams "
                 f"({checks['unload in flight before a stream (excused)']} in flight before one), "
                 f"{checks['instance snapshots']} instance snapshots, "

@@ -154,7 +154,11 @@ cancellation that arrives as its event is set, which the stop's own unload did t
 reconcile loop (lmkeeperd/daemon/server_sync.py now uses `asyncio.timeout`). RSS grew by 1.4 MiB
 over 20,000 events in each of the last two full runs (40.0 → 41.4 MiB), against 0.1-0.2 MiB over
 100,000 requests in the clients benchmark: not shown to be flat over longer runs, and not
-investigated further (allocator fragmentation, or a slow leak on a fault path).""",
+investigated further (allocator fragmentation, or a slow leak on a fault path). Since issue 11
+the soak also kills the daemon with `kill -9` at random moments and starts it again, makes
+loads outlast `load_timeout` (0.6 s in the soak), and checks L22 at quiet points against the
+emulator's instances (invariant 7). RSS samples then come from whichever process runs, so the
+RSS figure spans restarts.""",
     "fuzz": """\
 Three kinds of input come from outside: socket frames, config files, server answers. Each
 fuzz test checks that every input ends in a result or a clear error within a bound, and that

@@ -8,6 +8,7 @@ the model, the URL or the environment variable involved, never a secret.
     │   └── ConfigEmpty             the file is empty (mid-edit, or never written)
     ├── ServerError                 talking to LM Studio failed
     │   ├── ServerUnreachable       connection refused / timed out (names the URL)
+    │   │   └── LoadTimedOut        a load outlasted load_timeout: it may still land
     │   ├── AuthError               401/403: token missing or wrong (names the env var)
     │   ├── ModelNotFound           the server has no such model or instance (names it)
     │   ├── ServerTooOld            /api/v1 missing but /api/v0 present: LM Studio < 0.4
@@ -83,6 +84,10 @@ class ServerError(LmkeeperError):
 
 class ServerUnreachable(ServerError):
     """The server did not answer (not running, wrong URL, or timed out)."""
+
+
+class LoadTimedOut(ServerUnreachable):
+    """A load request outlasted `load_timeout`: the server may still finish it (L22)."""
 
 
 class AuthError(ServerError):

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 APP_NAME = "lmkeeperd"
 CONFIG_ENV = "LMKEEPERD_CONFIG"
 SOCKET_NAME = "lmkeeperd.sock"
-SELECTION_FILE_NAME = "selection.json"
+# Before state was kept per config file (issue 11), one selection per user lived here.
+LEGACY_SELECTION_FILE_NAME = "selection.json"
 
 
 def _platformdirs() -> ModuleType:
@@ -93,6 +94,29 @@ def socket_path(config: Config) -> Path:
     return runtime_dir() / SOCKET_NAME
 
 
-def selection_file() -> Path:
-    """Where the daemon persists the last selection made over the socket."""
-    return state_dir() / SELECTION_FILE_NAME
+def state_key(config_path: Path) -> str:
+    """A short, stable name for the daemon that runs `config_path`.
+
+    State belongs to one daemon: two daemons of one user with their own config files
+    must not inherit each other's selection or journal. The resolved path is hashed
+    (not spelled out) so that any path makes a short, safe file name.
+    """
+    import hashlib  # only the daemon needs it: the CLI's imports stay lean
+
+    resolved = str(Path(config_path).expanduser().resolve())
+    return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def selection_file(config_path: Path) -> Path:
+    """Where the daemon running `config_path` keeps its last socket selection."""
+    return state_dir() / f"selection-{state_key(config_path)}.json"
+
+
+def journal_file(config_path: Path) -> Path:
+    """Where the daemon running `config_path` journals its loads and unloads in flight."""
+    return state_dir() / f"journal-{state_key(config_path)}.json"
+
+
+def legacy_selection_file() -> Path:
+    """The per-user selection of versions before issue 11 (read once, default config only)."""
+    return state_dir() / LEGACY_SELECTION_FILE_NAME

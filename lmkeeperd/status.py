@@ -109,6 +109,13 @@ class WhyStatus(TypedDict):
     deferred_unloads: int
 
 
+class RestoredSelection(TypedDict):
+    """The stored selection the daemon started with (issue 11), and the file it came from."""
+
+    model: str
+    file: str
+
+
 class Status(TypedDict):
     state: str  # idle | loading | loaded | streaming | unloading (core.State)
     model: str | None
@@ -135,3 +142,4 @@ class Status(TypedDict):
     why: WhyStatus
     keep_alive_s: float | None  # the selection's own idle timeout (`select --keep-alive`)
     config_error: ConfigErrorStatus | None
+    restored_selection: RestoredSelection | None

@@ -77,7 +77,11 @@ def test_state_dir_prefers_systemds_state_directory(
 ) -> None:
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     assert paths.state_dir() == tmp_path / "state"
-    assert paths.selection_file() == tmp_path / "state" / "selection.json"
+    config = tmp_path / "config.toml"
+    key = paths.state_key(config)
+    assert paths.selection_file(config) == tmp_path / "state" / f"selection-{key}.json"
+    assert paths.journal_file(config) == tmp_path / "state" / f"journal-{key}.json"
+    assert paths.legacy_selection_file() == tmp_path / "state" / "selection.json"
     monkeypatch.delenv("STATE_DIRECTORY")
     assert paths.state_dir() == platformdirs.user_state_path("lmkeeperd")
 
@@ -97,5 +101,16 @@ def test_nothing_is_created(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     paths.config_path()
     paths.socket_path(Config())
-    paths.selection_file()
+    paths.selection_file(tmp_path / "c.toml")
+    paths.journal_file(tmp_path / "c.toml")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_state_belongs_to_one_config_file(tmp_path: Path) -> None:
+    # Two daemons of one user with their own config files never share state files.
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    assert paths.state_key(one) != paths.state_key(two)
+    assert paths.selection_file(one) != paths.selection_file(two)
+    # The same file named another way is the same daemon's.
+    assert paths.state_key(tmp_path / "x" / ".." / "one.toml") == paths.state_key(one)
+    assert len(paths.state_key(one)) == 12

@@ -60,6 +60,7 @@ from lmkeeperd.core import (
 from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.config_file import ConfigReader
 from lmkeeperd.daemon.control_handler import ControlHandler
+from lmkeeperd.daemon.journal import Journal
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.sdnotify import Notifier
 from lmkeeperd.daemon.selection_check import SelectionChecker
@@ -71,7 +72,7 @@ from lmkeeperd.daemon.wiring import settings_from
 from lmkeeperd.errors import ConfigError, DaemonError
 from lmkeeperd.listening import install_accept_guard
 from lmkeeperd.proxy import OpenStreams, SelectModel
-from lmkeeperd.status import Status
+from lmkeeperd.status import RestoredSelection, Status
 
 log = structlog.get_logger()
 
@@ -121,7 +122,10 @@ class Daemon:
         self._started = clock()
         self._sigint_count = 0
         self._control: ControlServer | None = None
-        self._state_file = paths.selection_file()
+        # State belongs to the daemon of this config file (paths.state_key).
+        self._state_file = paths.selection_file(config_path)
+        self.journal = Journal(paths.journal_file(config_path))
+        self.restored: RestoredSelection | None = None
         self.config_problem = ConfigProblem()  # `config_error` in status until fixed
         self._reader = ConfigReader(
             config_path,
@@ -130,7 +134,7 @@ class Daemon:
             on_invalid=lambda e: self.config_problem.failed(str(config_path), e),
         )
         self._stop_at: float | None = None
-        self.sync = ServerSync(self, config)
+        self.sync = ServerSync(self, config, self.journal)
         self.bridge = ProxyBridge(self, self.sync)
         self.checker = SelectionChecker(self, self.sync, state_file=self._state_file)
         self.handler = ControlHandler(
@@ -252,6 +256,7 @@ class Daemon:
             level = "debug"  # every proxied request flips these two: noise at info level
         getattr(log, level)(name, **fields)
         self.bridge.observe(name, fields)
+        self.sync.observe(name, fields)
         if self._control is not None:
             self._control.publish({"event": name, **fields, "time": _utc_now()})
         if name == "state_changed":
@@ -272,6 +277,7 @@ class Daemon:
             sync=self.sync,
             bridge=self.bridge,
             control=self._control,
+            restored=self.restored,
         )
 
     # --- config ---------------------------------------------------------------
@@ -347,8 +353,9 @@ class Daemon:
             socket=str(self._control.path),
             server=self.sync.base_url,
         )
-        initial = selection.initial_selection(
-            self.config.model.selected, selection.load(self._state_file)
+        self.journal.open()  # before the first load: what an earlier daemon left in flight
+        initial, self.restored = selection.restore(
+            self.config_path, self._state_file, self.config.model.selected
         )
         if initial.strip():
             restored = initial != self.config.model.selected
@@ -422,6 +429,9 @@ class Daemon:
         if self._tasks:
             # A task that ignores its cancellation (a thread under it) is left behind.
             await asyncio.wait(list(self._tasks), timeout=left())
+        # What a clean stop leaves loaded (unload_on_exit off, in use) is the user's now;
+        # loads and unloads it could not wait for stay journaled for the next start (L22).
+        self.journal.drop_held()
         if self._control is not None:
             await _within(left(), self._control.close())
         await _within(left(), self.sync.aclose())

@@ -6,6 +6,12 @@ Error text is made printable and capped (transport.printable) before it
 reaches the core or status, whatever raised it. What to do is decided in the
 pure core (lmkeeperd/core/policy.py for adopt-or-load); this module only asks
 the server and reports what it said.
+
+L22 (nothing of ours left behind): every load and unload is written to the
+journal (journal.py) before it is sent. A load the journal says may still land
+(an earlier daemon's, or one abandoned at `load_timeout`) is waited for rather
+than sent twice; after each listing, instances the journal says are ours and
+the core does not track go back to the core as `OwnStray`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from lmkeeperd.core import (
     LoadFinished,
     MemoryPressure,
     Missing,
+    OwnStray,
     ServerSnapshot,
     StartLoad,
     StartUnload,
@@ -35,9 +42,10 @@ from lmkeeperd.core import (
     adopt_or_load,
 )
 from lmkeeperd.daemon.context import Host
+from lmkeeperd.daemon.journal import Entry, Journal
 from lmkeeperd.daemon.memory_advisor import MemoryCheck
 from lmkeeperd.daemon.wiring import loaded_map, make_client, make_memory_check
-from lmkeeperd.errors import LmkeeperError, ModelNotFound, ServerUnreachable
+from lmkeeperd.errors import LmkeeperError, LoadTimedOut, ModelNotFound, ServerUnreachable
 from lmkeeperd.lmstudio.client import LMStudioClient
 from lmkeeperd.lmstudio.models import ModelInfo
 from lmkeeperd.lmstudio.transport import printable
@@ -46,18 +54,21 @@ from lmkeeperd.memory.sizes import to_gb
 log = structlog.get_logger()
 
 _FIRST_RETRY_S = 1.0
+_PENDING_POLL_S = 0.5  # how often a load waiting on an earlier one lists the server
 
 
 class ServerSync:
     """Talks to LM Studio for the core, and keeps the server's latest view."""
 
-    def __init__(self, host: Host, config: Config) -> None:
+    def __init__(self, host: Host, config: Config, journal: Journal | None = None) -> None:
         self._host = host
+        self.journal = journal or Journal(None)
         self.client: LMStudioClient = make_client(config)
         self._old_clients: list[LMStudioClient] = []
         self.memory: MemoryCheck = make_memory_check(config)
         self._recheck = asyncio.Event()
         self._op_tasks: dict[int, asyncio.Task[None]] = {}
+        self._loading: dict[int, str] = {}  # load op -> model, while its task runs
         self._outcomes = 0  # counts load/unload outcomes: a snapshot older than one is stale
         self._pressure_task: asyncio.Task[None] | None = None
         self.reachable: bool | None = None
@@ -93,6 +104,7 @@ class ServerSync:
     # --- loads and unloads --------------------------------------------------
 
     def start_load(self, action: StartLoad) -> None:
+        self._loading[action.op] = action.model
         self._op_tasks[action.op] = self._host.spawn(self._load(action))
 
     def start_unload(self, action: StartUnload) -> None:
@@ -104,11 +116,20 @@ class ServerSync:
         self._host.feed(event)
 
     async def _load(self, action: StartLoad) -> None:
+        key: str | None = None
         try:
             # A fresh look at the server first: lmkeeperd never loads a model that
             # already has an instance; it adopts it instead (L17).
             models = await self.client.list_models()
             self._note_models(models)
+            pending = self.journal.pending_load(action.model)
+            if pending is not None:
+                # A load of ours may still land (L22): wait for it, never send a second.
+                instance = await self._await_pending(action, *pending)
+                if instance is not None:
+                    self._outcome(LoadFinished(action.op, instance))
+                    return
+                self._note_models(await self.client.list_models())
             info = self._models.get(action.model)
             plan = adopt_or_load(
                 action.model,
@@ -119,34 +140,94 @@ class ServerSync:
             if isinstance(plan, Missing):
                 raise ModelNotFound(plan.message)
             if isinstance(plan, Adopt):
-                self._outcome(LoadFinished(action.op, plan.instance_id, adopted=True))
+                # An instance the journal says we started is ours, not adopted (L22).
+                ours = self.journal.ours(action.model, plan.instance_id)
+                if ours is not None:
+                    self.journal.hold(action.model, plan.instance_id, ours)
+                adopted = ours is None
+                self._outcome(LoadFinished(action.op, plan.instance_id, adopted=adopted))
                 return
             assert info is not None  # Load: the listing had the model
             self._advise(info)  # runs beside the load: it must never delay it (L12)
+            timeout = self._host.config.server.load_timeout
+            key = self.journal.begin_load(action.op, action.model, info.instance_ids, timeout)
             result = await self.client.load(action.model, action.load_config)
+            self.journal.hold(action.model, result.instance_id, key)
             self._outcome(LoadFinished(action.op, result.instance_id))
+        except LoadTimedOut as e:
+            # The server may still finish it: the journal keeps it so the reconcile
+            # collects its instance when it appears (L22).
+            if key is not None:
+                self.journal.abandon(key)
+            self._outcome(LoadFailed(action.op, str(e), abandoned=key is not None))
         except ServerUnreachable as e:
+            if key is not None:
+                self.journal.settle(key)  # a server that went away forgets its loads
             self._recheck.set()  # the reconcile loop notices the outage and retries
             self._outcome(LoadFailed(action.op, printable(str(e)), unreachable=True))
         except LmkeeperError as e:
+            if key is not None:
+                self.journal.settle(key)  # refused: nothing will land
             self._outcome(LoadFailed(action.op, printable(str(e))))
         except Exception as e:  # never let a bug in here stop the daemon
+            if key is not None:
+                self.journal.release(key)  # unknown: the reconcile will see
             log.exception("load_crashed", model=action.model)
             self._outcome(LoadFailed(action.op, printable(f"internal error: {e!r}")))
         finally:
+            # Cancelled (the stop's bound ran out): the entry stays for the next start.
             self._op_tasks.pop(action.op, None)
+            self._loading.pop(action.op, None)
+
+    async def _await_pending(self, action: StartLoad, key: str, entry: Entry) -> str | None:
+        """Wait for the load in journal entry `key` to land; its instance, or None at its deadline.
+
+        Takes the place of a second load of the same model: after a crash, the earlier
+        daemon's load may still be running on the server (instance not listed yet).
+        """
+        self.journal.claim(key)
+        log.info(
+            "load_awaited",
+            model=action.model,
+            started_s_ago=round(max(0.0, time.time() - entry.started), 1),
+            until_s=round(max(0.0, entry.deadline - time.time()), 1),
+        )
+        try:
+            while True:
+                owned = self._host.core.owned_instances()
+                listed = self.loaded.get(action.model, ())
+                instance = self.journal.landed(key, listed, owned)
+                if instance is not None:
+                    self.journal.hold(action.model, instance, key)
+                    return instance
+                remaining = entry.deadline - time.time()
+                if remaining <= 0:
+                    self.journal.settle(key)
+                    log.info("journal_load_given_up", model=action.model, started=entry.started)
+                    return None
+                await asyncio.sleep(min(_PENDING_POLL_S, remaining))
+                self._note_models(await self.client.list_models())
+        finally:
+            self.journal.release(key)
 
     async def _unload(self, action: StartUnload) -> None:
+        key = self.journal.begin_unload(action.model, action.instance_id)
         try:
             await self.client.unload(action.instance_id)
+            self.journal.settle(key)
             self._outcome(UnloadFinished(action.op))
         except ModelNotFound:
+            self.journal.settle(key)
             self._outcome(UnloadFinished(action.op))  # already gone: what we wanted
         except LmkeeperError as e:
+            # Kept: while the server still lists the instance, the reconcile hands it
+            # back to the core as a stray and its unload is tried again (L22).
+            self.journal.release(key)
             if isinstance(e, ServerUnreachable):
                 self._recheck.set()
             self._outcome(UnloadFailed(action.op, printable(str(e))))
         except Exception as e:
+            self.journal.release(key)
             log.exception("unload_crashed", model=action.model)
             self._outcome(UnloadFailed(action.op, printable(f"internal error: {e!r}")))
         finally:
@@ -225,6 +306,15 @@ class ServerSync:
                 return None
         return frozenset(self._models)
 
+    def _snapshot(self, models: list[ModelInfo], *, after_outage: bool) -> None:
+        """A fresh listing: the core's view first, then what the journal says is ours (L22)."""
+        self._note_models(models)
+        self._host.feed(ServerSnapshot(self.loaded, after_outage=after_outage))
+        owned = self._host.core.owned_instances()
+        loading = set(self._loading.values())
+        for model, instance in self.journal.collect(self.loaded, owned, loading):
+            self._host.feed(OwnStray(model, instance))
+
     async def refresh(self, tries: int = 3) -> str | None:
         """List the server now and hand the core the snapshot; the error, if any.
 
@@ -238,8 +328,7 @@ class ServerSync:
             except LmkeeperError as e:
                 return printable(str(e))
             if outcomes == self._outcomes:
-                self._note_models(models)
-                self._host.feed(ServerSnapshot(loaded_map(models)))
+                self._snapshot(models, after_outage=False)
                 break
         return None
 
@@ -270,8 +359,7 @@ class ServerSync:
                 retry = _FIRST_RETRY_S
                 if after_outage:
                     self._host.announce("server_reachable", {"url": self.client.base_url})
-                self._note_models(models)
-                self._host.feed(ServerSnapshot(loaded_map(models), after_outage=after_outage))
+                self._snapshot(models, after_outage=after_outage)
                 wait = interval
             with contextlib.suppress(TimeoutError):
                 # Not wait_for: on Python 3.11 it swallows a cancellation that arrives just as
@@ -293,6 +381,11 @@ class ServerSync:
             self.reachable = None
             self._recheck.set()
         self.memory = make_memory_check(new)
+
+    def observe(self, name: str, fields: Mapping[str, Any]) -> None:
+        """An announced event: another engine takes what the core held (L13)."""
+        if name == "engine_changed" and fields.get("engine") != "lmstudio":
+            self.journal.drop_held()
 
     async def aclose(self) -> None:
         for client in [self.client, *self._old_clients]:

@@ -17,7 +17,7 @@ from lmkeeperd.core import Lifecycle
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.daemon.why import explain_status
-from lmkeeperd.status import AdvisoryStatus, ConfigErrorStatus, Status
+from lmkeeperd.status import AdvisoryStatus, ConfigErrorStatus, RestoredSelection, Status
 
 
 def build_status(
@@ -31,6 +31,7 @@ def build_status(
     sync: ServerSync,
     bridge: ProxyBridge,
     control: ControlServer | None,
+    restored: RestoredSelection | None = None,
 ) -> Status:
     """`now` and `started` are readings of the driver's monotonic clock."""
     idle = core.idle_eject_in(now)
@@ -71,4 +72,5 @@ def build_status(
         "why": explain_status(core, now),
         "keep_alive_s": core.keep_alive,
         "config_error": config_error,
+        "restored_selection": restored,
     }

@@ -42,6 +42,7 @@ import structlog
 from lmkeeperd.errors import (
     AuthError,
     BadResponse,
+    LoadTimedOut,
     ModelNotFound,
     ServerError,
     ServerRefused,
@@ -264,7 +265,9 @@ class LMStudioClient:
                     body = await read_capped(streamed, cap)
         except TimeoutError:
             log.debug("lmstudio_request_failed", method=method, path=path, error="too slow")
-            raise ServerUnreachable(
+            # A load the server took in may still finish after we stop waiting (L22).
+            slow = LoadTimedOut if path == LOAD_PATH else ServerUnreachable
+            raise slow(
                 f"LM Studio at {self._base_url} did not finish answering the request to "
                 f"{action} within {whole:g}s"
             ) from None
@@ -279,12 +282,11 @@ class LMStudioClient:
             reason = self._scrub(describe(error, method, path, timeout, self._request_timeout))
             log.debug("lmstudio_request_failed", method=method, path=path, error=reason)
             if isinstance(error, httpx.ReadTimeout) and path == LOAD_PATH:
-                message = (
+                raise LoadTimedOut(
                     f"LM Studio at {self._base_url} did not answer the request to {action} within "
                     f"{self._load_timeout:g}s (server.load_timeout); it may still be loading"
-                )
-            else:
-                message = f"LM Studio is not reachable at {self._base_url}: {reason}"
+                ) from None
+            message = f"LM Studio is not reachable at {self._base_url}: {reason}"
             raise ServerUnreachable(message) from None
         except httpx.DecodingError:
             raise BadResponse(

@@ -27,7 +27,8 @@ def test_select_is_stored_for_the_next_start_and_loads(emulator: Emulator, tmp_p
         async with inprocess_daemon(emulator, tmp_path) as d:
             conn = Connection(1, None)
             assert await d.handler.handle(conn, proto.Select(f"  {A} ")) == {"ok": True}
-            assert selection.load(paths.selection_file()) == selection.StoredSelection(A, "")
+            stored = selection.load(paths.selection_file(d.config_path))
+            assert stored == selection.StoredSelection(A, "")
             await until(lambda: d.core.state is State.LOADED, "the load")
             assert loads_of(emulator) == [A]
             empty = await d.handler.handle(conn, proto.Select("  "))

@@ -5,10 +5,12 @@ process: selections, stream starts and ends from several client connections (som
 hang up abruptly, with a TCP-style reset, streams still open), activity, engine changes, config
 edits (valid and invalid), SIGHUP, `unload` commands, malformed requests and pauses that let
 timers fire. Interleaved with them, the in-process emulator injects faults: slow loads, failed
-loads, hung unloads, server restarts (everything forgotten), and loads and unloads behind the
-daemon's back. The CI run plays about 2,000 events ($LMKEEPERD_SOAK_EVENTS changes that);
-`bench/bench_soak.py` (or `PYTHONPATH=tests python tests/daemon/test_e2e_soak.py --events 20000
-[--seed N]`) plays the same code with more.
+loads, loads that outlast `load_timeout` (abandoned by the daemon, landing later), hung
+unloads, server restarts (everything forgotten), and loads and unloads behind the daemon's
+back; and the daemon itself crashes: `kill -9` at any moment, then a restart. The CI run
+plays about 2,000 events ($LMKEEPERD_SOAK_EVENTS changes that); `bench/bench_soak.py` (or
+`PYTHONPATH=tests python tests/daemon/test_e2e_soak.py --events 20000 [--seed N]`) plays the
+same code with more.
 
 Ground truth is what the soak itself did and saw (with `time.monotonic()` timestamps) and the
 emulator's request log (arrival time of every request the daemon sent). The daemon's own debug
@@ -59,7 +61,13 @@ Invariants
 5. **The daemon never exits** (checked on every tick of the checker and at the end), and it stops
    cleanly on SIGTERM at the end (exit status 0).
 6. **RSS stays flat:** the growth from the early part of the run (10-20 % of the events) to its
-   end is bounded.
+   end is bounded (samples of whichever daemon process runs; crashes restart it).
+7. **L22 at every quiet point.** Now and then (`quiet_point` events, and at the end) the soak
+   makes a quiet point: faults off (hung unloads released, load delays gone), clients gone,
+   engine back; once the daemon is quiet and nothing is in flight on the server, the server
+   must hold, within a deadline, no daemon-loaded instance but one of the daemon's model
+   (and those the daemon let go of on purpose at an engine change, L13), whatever crashes,
+   abandoned loads and hung unloads came before. Judged on the emulator's real instances.
 """
 
 from __future__ import annotations
@@ -106,6 +114,7 @@ UNKNOWN = "nobody/no-such-model"
 DAEMON_CTX = 2048
 BEHIND_CTX = 1111
 UNLOAD_PATH = "/api/v1/models/unload"
+LOAD_PATH = "/api/v1/models/load"
 MODELS_PATH = "/api/v1/models"
 REPLY_TIMEOUT_S = 15.0
 SETTLE_TIMEOUT_S = 30.0
@@ -137,7 +146,12 @@ WEIGHTS: dict[str, float] = {
     "load_behind": 2,
     "unload_behind": 2,
     "pause": 1.2,
+    "fault_load_timeout": 0.5,
+    "fault_crash": 0.25,
+    "quiet_point": 0.3,
 }
+LOAD_TIMEOUT_S = 0.6  # the soak's `load_timeout`: the load-timeout fault's delays outlast it
+QUIET_TIMEOUT_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +167,7 @@ class StreamRecord:
     client: int
     acked: float
     protects: bool
+    generation: int = 0  # which daemon process (crashes restart it; stream ids start over)
     until: float = float("inf")  # when protection ended (see invariant 1)
 
 
@@ -254,13 +269,21 @@ class Soak:
         self.result = SoakResult(plan)
         self.daemon = DaemonProc(
             emulator.url,
-            server={"reconcile_interval": "250ms", "request_timeout": "1s", "load_timeout": "60s"},
+            server={
+                "reconcile_interval": "250ms",
+                "request_timeout": "1s",
+                "load_timeout": f"{LOAD_TIMEOUT_S}s",
+            },
             model={"switch_debounce": "20ms", "idle_timeout": "400ms", "selected": ""},
             model_load={"context_length": DAEMON_CTX},
             log={"format": "json", "level": "debug"},
         )
         self.clients: list[LineClient | None] = [None] * CLIENTS
-        self.streams: dict[int, StreamRecord] = {}
+        self.streams: dict[tuple[int, int], StreamRecord] = {}  # (generation, stream) ->
+        self.generation = 0
+        self.crashing = threading.Event()
+        self.process: psutil.Process | None = None
+        self.listeners: list[threading.Thread] = []
         self.commands: list[Command] = []
         self.command_futures: list[Future[None]] = []
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="soak-unload")
@@ -282,18 +305,15 @@ class Soak:
         try:
             self.daemon.start()
             assert self.daemon.proc is not None
-            process = psutil.Process(self.daemon.proc.pid)
-            threads = [
-                threading.Thread(target=self._check_loop, args=(process,), daemon=True),
-                threading.Thread(target=self._listen, daemon=True),
-            ]
-            for thread in threads:
-                thread.start()
+            self.process = psutil.Process(self.daemon.proc.pid)
+            threads = [threading.Thread(target=self._check_loop, daemon=True)]
+            threads[0].start()
+            self._start_listener()
             self._drive()
             self._settle()
         finally:
             self.stop.set()
-            for thread in threads:
+            for thread in [*threads, *self.listeners]:
                 thread.join(10)
             self.pool.shutdown(wait=True, cancel_futures=True)
             for client in self.clients:
@@ -379,7 +399,9 @@ class Soak:
         self._expect_ok("stream_start", reply)
         stream = int(reply["stream"])
         client.streams.append(stream)
-        self.streams[stream] = StreamRecord(stream, number, acked, protects=self.hands_on)
+        self.streams[(self.generation, stream)] = StreamRecord(
+            stream, number, acked, protects=self.hands_on, generation=self.generation
+        )
 
     def _do_stream_end(self) -> None:
         open_clients = [i for i, c in enumerate(self.clients) if c is not None and c.streams]
@@ -398,7 +420,7 @@ class Soak:
         self._expect_ok("stream_end", client.ask(request)[0])
 
     def _end_protection(self, stream: int, when: float) -> None:
-        record = self.streams[stream]
+        record = self.streams[(self.generation, stream)]
         record.until = min(record.until, when)
 
     def _do_disconnect(self) -> None:
@@ -549,6 +571,43 @@ class Soak:
     def _do_pause(self) -> None:
         time.sleep(self.rng.uniform(0.05, 0.5))  # timers (debounce, idle) get their turn
 
+    def _do_fault_load_timeout(self) -> None:
+        # The daemon gives up at LOAD_TIMEOUT_S; the server finishes the load later (L22).
+        self.emu.set_load_delay(self.rng.uniform(1.2, 1.8) * LOAD_TIMEOUT_S)
+
+    def _do_fault_crash(self) -> None:
+        """`kill -9` the daemon, wherever it is, and start it again (L22 across a crash)."""
+        for future in self.command_futures:  # their replies would be lost with the process
+            future.result(timeout=60)
+        self.crashing.set()
+        try:
+            now = time.monotonic()
+            self._close_clients(now)
+            proc = self.daemon.proc
+            assert proc is not None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(15)
+            self.generation += 1
+            self.hands_on = True  # a new daemon starts with LM Studio as its engine
+            self.daemon.write_config()  # an invalid config edit would stop it starting at all
+            self.daemon.start()
+            assert self.daemon.proc is not None
+            self.process = psutil.Process(self.daemon.proc.pid)
+        finally:
+            self.crashing.clear()
+        self._start_listener()
+
+    def _close_clients(self, now: float) -> None:
+        for number, client in enumerate(self.clients):
+            if client is not None:
+                for stream in client.streams:
+                    self._end_protection(stream, now)
+                client.close()
+                self.clients[number] = None
+
+    def _do_quiet_point(self) -> None:
+        self._quiet()
+
     # --- watching ---------------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot | None:
@@ -565,9 +624,13 @@ class Soak:
         }
         return Snapshot(before, after, instances)
 
-    def _check_loop(self, process: psutil.Process) -> None:
+    def _check_loop(self) -> None:
         last_rss = 0.0
         while not self.stop.wait(0.02):
+            if self.crashing.is_set():
+                continue  # the soak kills the daemon on purpose: not an exit
+            process = self.process
+            assert process is not None
             if self.daemon.proc is not None and self.daemon.proc.poll() is not None:
                 self.violate(f"the daemon exited (status {self.daemon.proc.returncode})")
                 return
@@ -581,6 +644,11 @@ class Soak:
             snapshot = self._snapshot()
             if snapshot is not None:
                 self.snapshots.append(snapshot)
+
+    def _start_listener(self) -> None:
+        thread = threading.Thread(target=self._listen, daemon=True)
+        self.listeners.append(thread)
+        thread.start()
 
     def _listen(self) -> None:
         try:
@@ -603,29 +671,63 @@ class Soak:
                         if event is not None:
                             self.result.daemon_events[str(event)] += 1
         except (OSError, ValueError) as e:
-            self.violate(f"the subscription failed: {e!r}")
+            if not self.crashing.is_set():
+                self.violate(f"the subscription failed: {e!r}")
 
     # --- the end ------------------------------------------------------------------------------
 
-    def _settle(self) -> None:
-        """Faults off, clients gone, engine back; then the status must match the server."""
+    def _calm(self) -> None:
+        """Faults off, clients gone, engine back: what a quiet point needs."""
         self.emu.hang_unloads(False)
+        self.hang_until = 0
         self.emu.set_load_delay(0.0)
-        self.emu.fail_next_loads(0)
         self.emu.wait_until(lambda: self.emu.phase == "up", timeout=10)
         for future in self.command_futures:
             future.result(timeout=60)
         now = time.monotonic()
-        for number, client in enumerate(self.clients):
-            if client is not None:
-                for stream in client.streams:
-                    self._end_protection(stream, now)
-                client.close()
-                self.clients[number] = None
+        self._close_clients(now)
         for record in self.streams.values():
             record.until = min(record.until, now)
         if not self.hands_on:
             self._do_engine_back()
+
+    def _in_flight_on_server(self) -> bool:
+        return any(
+            r.t_done is None and r.path in (LOAD_PATH, UNLOAD_PATH) for r in self.emu.requests()
+        )
+
+    def _quiet(self) -> None:
+        """Invariant 7: at a quiet point the server holds what L22 allows, within a deadline."""
+        self._calm()
+        deadline = time.monotonic() + QUIET_TIMEOUT_S
+        steady = 0
+        last = ""
+        while time.monotonic() < deadline:
+            status = self.daemon.status()
+            quiet = (
+                status["state"] in ("idle", "loaded")
+                and status["pending"] is None
+                and status["active_streams"] == 0
+                and status["server"]["reachable"] is True
+                and not self._in_flight_on_server()
+            )
+            snapshot = self._snapshot()
+            orphans = None if snapshot is None else self._orphans(status["model"], snapshot)
+            last = f"status {status}, orphans {orphans}"
+            if quiet and orphans == []:
+                steady += 1
+                if steady >= 3:
+                    self.result.checks["L22 quiet points"] += 1
+                    return
+            else:
+                steady = 0
+            time.sleep(0.1)
+        self.violate(f"L22: not quiet with nothing of ours left within {QUIET_TIMEOUT_S} s: {last}")
+
+    def _settle(self) -> None:
+        """Faults off, clients gone, engine back; then the status must match the server."""
+        self.emu.fail_next_loads(0)
+        self._calm()
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         agreed = 0
         last = ""
@@ -656,16 +758,23 @@ class Soak:
             time.sleep(0.2)
         self.violate(f"the daemon's status never matched the server once quiet: {last}")
 
-    def _check_orphans(self, model: str | None) -> None:
-        snapshot = self._snapshot()
-        assert snapshot is not None
+    def _orphans(self, model: str | None, snapshot: Snapshot) -> list[str]:
+        """Daemon-loaded instances L22 does not allow: all but one of the daemon's model."""
+        orphans: list[str] = []
         for key, instances in snapshot.instances.items():
             ours = [i for i, context in instances if context == DAEMON_CTX]
             if key == model:
                 ours = ours[1:]  # the daemon's current model
-            orphans = [] if key in self.released else ours
-            if orphans:
-                self.violate(f"daemon-loaded instances left on the server: {orphans}")
+            if key not in self.released:
+                orphans.extend(ours)
+        return orphans
+
+    def _check_orphans(self, model: str | None) -> None:
+        snapshot = self._snapshot()
+        assert snapshot is not None
+        orphans = self._orphans(model, snapshot)
+        if orphans:
+            self.violate(f"daemon-loaded instances left on the server: {orphans}")
         self.result.checks["orphan check"] += 1
 
     # --- the invariants, over the whole run -----------------------------------------------------
@@ -673,12 +782,15 @@ class Soak:
     def _check_log(self) -> None:
         lines = self.daemon.log_events()
         offset = time.time() - time.monotonic()
-        opened: dict[int, int] = {}
+        opened: dict[tuple[int, int], int] = {}
         decisions: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        generation = -1
         for index, event in enumerate(lines):
             name = event.get("event")
-            if name == "stream_opened":
-                opened[int(event["stream"])] = index
+            if name == "daemon_started":
+                generation += 1  # the log is appended to by every daemon process in turn
+            elif name == "stream_opened":
+                opened[(generation, int(event["stream"]))] = index
             elif name == "unload_started":
                 when = _log_time(str(event["time"])) - offset
                 decisions[str(event["instance_id"])].append((index, when))
@@ -693,7 +805,7 @@ class Soak:
     def _check_streams(
         self,
         unloads: list[Any],
-        opened: dict[int, int],
+        opened: dict[tuple[int, int], int],
         decisions: dict[str, list[tuple[int, float]]],
     ) -> None:
         protecting = sorted(
@@ -713,7 +825,7 @@ class Soak:
                     break
                 if request.t >= record.until:
                     continue
-                registered = opened.get(record.stream)
+                registered = opened.get((record.generation, record.stream))
                 if decision is not None and registered is not None and decision[0] < registered:
                     self.result.checks["unload in flight before a stream (excused)"] += 1
                     continue
@@ -790,6 +902,9 @@ def test_chaos_soak_keeps_every_invariant() -> None:
     # The run must have exercised what it claims to check.
     assert result.checks["unload vs streams"] > 0, summary
     assert result.checks["final agreement"] == 1, summary
+    assert result.checks["L22 quiet points"] > 0, summary
+    assert result.events["fault_crash"] > 0, summary
+    assert result.events["fault_load_timeout"] > 0, summary
     assert result.daemon_events["load_finished"] > 0, summary
     assert result.daemon_events["unloaded"] > 0, summary
 

@@ -19,6 +19,7 @@ STATUS_KEYS = {
     "server", "memory", "last_error", "last_advisory", "pid", "version", "uptime_s",
     "adopted", "draft", "config", "subscribers", "dropped_events", "proxy", "metrics",
     "running", "why", "keep_alive_s", "config_error",
+    "restored_selection",
 }  # fmt: skip
 
 
