@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmkeeperd.emulator.checks import is_int, is_number
+
 MODEL_TYPES = ("llm", "embedding")
 MODEL_FORMATS = ("gguf", "mlx", None)
 
@@ -52,13 +54,13 @@ def _problems(model: CatalogModel) -> list[str]:
         problems.append("key must be a non-empty string")
     if model.type not in MODEL_TYPES:
         problems.append(f"type must be one of {MODEL_TYPES}, not {model.type!r}")
-    if not _is_int(model.size_bytes) or model.size_bytes < 0:
+    if not is_int(model.size_bytes) or model.size_bytes < 0:
         problems.append("size_bytes must be a non-negative integer")
-    if not _is_int(model.max_context_length) or model.max_context_length < 1:
+    if not is_int(model.max_context_length) or model.max_context_length < 1:
         problems.append("max_context_length must be a positive integer")
     if model.format not in MODEL_FORMATS:
         problems.append(f"format must be one of {MODEL_FORMATS}, not {model.format!r}")
-    if model.bits_per_weight is not None and not _is_number(model.bits_per_weight):
+    if model.bits_per_weight is not None and not is_number(model.bits_per_weight):
         problems.append("bits_per_weight must be a number or null")
     for name in ("publisher", "display_name", "architecture", "quantization", "params_string"):
         value = getattr(model, name)
@@ -68,14 +70,6 @@ def _problems(model: CatalogModel) -> list[str]:
         if not isinstance(getattr(model, name), bool):
             problems.append(f"{name} must be a boolean")
     return problems
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 _GB = 1_000_000_000

@@ -196,7 +196,3 @@ def count_prompt_tokens(body: dict[str, Any]) -> int:
         if isinstance(content, str):
             total += len(content.split())
     return total
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
