@@ -362,7 +362,9 @@ class Daemon:
             where = self._state_file if restored else self.config_path
             source = "restored" if restored else "config"
             selection.received(initial, source, path=str(where))
-            self.spawn(self.checker.select_quietly(initial, source=source, store=None))
+            self.spawn(self._start_with(initial, source))
+        else:
+            self.sync.collecting = True
         self.spawn(self.sync.reconcile_loop())
         self.spawn(self._watch_config())
         interval = self._notifier.watchdog_interval()
@@ -374,6 +376,13 @@ class Daemon:
         finally:
             await self.shutdown()
         return 0
+
+    async def _start_with(self, model: str, source: str) -> None:
+        """The selection to start with, checked (L23); only then are strays collected (L22)."""
+        try:
+            await self.checker.select_quietly(model, source=source, store=None)
+        finally:
+            self.sync.collecting = True
 
     async def _drive(self) -> None:
         """Sleep until the next deadline or until something was fed; tick when one is due."""

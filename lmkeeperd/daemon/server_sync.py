@@ -69,6 +69,10 @@ class ServerSync:
         self._recheck = asyncio.Event()
         self._op_tasks: dict[int, asyncio.Task[None]] = {}
         self._loading: dict[int, str] = {}  # load op -> model, while its task runs
+        # Strays are handed to the core only once the selection to start with has reached
+        # it (the driver says when): before that, an instance of the model about to be
+        # restored would look unwanted and be unloaded, then loaded again (L22).
+        self.collecting = False
         self._outcomes = 0  # counts load/unload outcomes: a snapshot older than one is stale
         self._pressure_task: asyncio.Task[None] | None = None
         self.reachable: bool | None = None
@@ -311,6 +315,8 @@ class ServerSync:
         self._note_models(models)
         self._host.feed(ServerSnapshot(self.loaded, after_outage=after_outage))
         owned = self._host.core.owned_instances()
+        if not self.collecting:
+            return
         loading = set(self._loading.values())
         for model, instance in self.journal.collect(self.loaded, owned, loading):
             self._host.feed(OwnStray(model, instance))
