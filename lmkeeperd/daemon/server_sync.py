@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import structlog
@@ -30,10 +30,12 @@ from lmkeeperd.core import (
     StartLoad,
     StartUnload,
     State,
+    UnloadDeferred,
     UnloadFailed,
     UnloadFinished,
     adopt_or_load,
 )
+from lmkeeperd.daemon.activity_bridge import Look
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.memory_advisor import MemoryCheck
 from lmkeeperd.daemon.wiring import loaded_map, make_client, make_memory_check
@@ -68,6 +70,8 @@ class ServerSync:
         self.listed_at: float | None = None  # time.monotonic() of the last good listing
         # Called after every good listing (selection_check.py checks deferred selections).
         self.on_listing: Callable[[], None] | None = None
+        # L20: re-reads an instance's processing state (activity_bridge.py); None: never look.
+        self.look: Callable[[str], Awaitable[Look]] | None = None
 
     # --- what others read ---------------------------------------------------
 
@@ -138,6 +142,20 @@ class ServerSync:
 
     async def _unload(self, action: StartUnload) -> None:
         try:
+            if action.look_first and self.look is not None:
+                look = await self.look(action.instance_id)
+                state = look.state
+                if state is not None and state.busy:
+                    self._outcome(UnloadDeferred(action.op, state.status, state.queued))
+                    return
+                if state is None:
+                    # Clients-only semantics, as before L20: what the core decided stands.
+                    log.debug(
+                        "unload_look_skipped",
+                        op=action.op,
+                        instance_id=action.instance_id,
+                        why=look.why_not,
+                    )
             await self.client.unload(action.instance_id)
             self._outcome(UnloadFinished(action.op))
         except ModelNotFound:

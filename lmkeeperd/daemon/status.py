@@ -14,6 +14,7 @@ from typing import cast
 from lmkeeperd import __version__
 from lmkeeperd.control.server import ControlServer
 from lmkeeperd.core import Lifecycle
+from lmkeeperd.daemon.activity_bridge import ActivityBridge
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.daemon.why import explain_status
@@ -31,6 +32,7 @@ def build_status(
     sync: ServerSync,
     bridge: ProxyBridge,
     control: ControlServer | None,
+    activity: ActivityBridge | None = None,
 ) -> Status:
     """`now` and `started` are readings of the driver's monotonic clock."""
     idle = core.idle_eject_in(now)
@@ -71,4 +73,7 @@ def build_status(
         "why": explain_status(core, now),
         "keep_alive_s": core.keep_alive,
         "config_error": config_error,
+        "activity_source": core.activity_source,
+        "activity_reason": activity.reason if activity else None,
+        "server_activity": activity.server_activity(now) if activity else None,
     }
