@@ -161,9 +161,7 @@ class ActivityBridge:
                 self.availability = observation
                 if observation.source != LMSTUDIO:
                     self._states.clear()  # they no longer hold (the core drops its own)
-                self._host.feed(
-                    ActivitySource(observation.source == LMSTUDIO, observation.reason)
-                )
+                self._host.feed(ActivitySource(observation.source == LMSTUDIO, observation.reason))
             case InstanceState(identifier=instance):
                 self._states[instance] = observation
                 # No last_used here: a busy -> idle report means "used until now", while
