@@ -30,6 +30,7 @@ from lmkeeperd.lmstudio.activity import (
     LMSTUDIO,
     ActivityWatcher,
     Availability,
+    InstanceGone,
     InstanceLastUsed,
     InstanceState,
     Observation,
@@ -93,6 +94,9 @@ class ActivityBridge:
         self.availability: Availability | None = None
         self._states: dict[str, InstanceState] = {}
         self._last_used: dict[str, float] = {}
+        # Called when the server's REST view should be read now: an instance of ours left
+        # listLoaded, or the channel was lost (server_sync.py's reconcile relies on it).
+        self.on_server_change: Callable[[], None] | None = None
 
     def _default_watcher(
         self, config: Config, on_observation: Callable[[Observation], None]
@@ -142,6 +146,11 @@ class ActivityBridge:
         a = self.availability
         return a is not None and a.source == LMSTUDIO
 
+    @property
+    def watching(self) -> bool:
+        """The channel lists our instances every few seconds (vanishes are seen from it)."""
+        return self._started and self.available and bool(self._managed)
+
     async def look(self, instance_id: str) -> Look:
         """Re-read `instance_id`'s processing state now, for an unload that may cut a use."""
         if not self.available:
@@ -161,6 +170,7 @@ class ActivityBridge:
                 self.availability = observation
                 if observation.source != LMSTUDIO:
                     self._states.clear()  # they no longer hold (the core drops its own)
+                    self._server_changed()  # the REST reconcile takes over at its own pace
                 self._host.feed(ActivitySource(observation.source == LMSTUDIO, observation.reason))
             case InstanceState(identifier=instance):
                 self._states[instance] = observation
@@ -172,12 +182,18 @@ class ActivityBridge:
                         instance, observation.busy, observation.status, observation.queued
                     )
                 )
+            case InstanceGone():
+                self._server_changed()
             case InstanceLastUsed(identifier=instance, last_used=used):
                 self._last_used[instance] = used
                 state = self._states.get(instance)
                 busy = state.busy if state else instance in self._host.core.busy_instances
                 if not busy:  # while busy the use is not over; the idle report counts then
                     self._host.feed(ServerActivity(instance, False, last_used=used))
+
+    def _server_changed(self) -> None:
+        if self.on_server_change is not None:
+            self.on_server_change()
 
     # --- status -----------------------------------------------------------------------
 

@@ -137,6 +137,8 @@ class Daemon:
         self.bridge = ProxyBridge(self, self.sync)
         self.activity = ActivityBridge(self, config, clock=clock)
         self.sync.look = self.activity.look  # L20: look before unloading
+        self.sync.watched = lambda: self.activity.watching
+        self.activity.on_server_change = self.sync.recheck_now
         self.checker = SelectionChecker(self, self.sync, state_file=self._state_file)
         self.handler = ControlHandler(
             self, self.sync, state_file=self._state_file, status=self.status, checker=self.checker
@@ -274,7 +276,7 @@ class Daemon:
             started=self._started,
             config_path=self.config_path,
             config_error=self.config_problem.current,
-            reconcile_interval=self._config.server.reconcile_interval,
+            reconcile_interval=self.sync.reconcile_interval_now(),
             sync=self.sync,
             bridge=self.bridge,
             control=self._control,

@@ -48,6 +48,11 @@ from lmkeeperd.memory.sizes import to_gb
 log = structlog.get_logger()
 
 _FIRST_RETRY_S = 1.0
+WATCHED_RECONCILE_FACTOR = 4
+"""While LM Studio's channel lists our instances every few seconds, the REST reconcile runs
+this many times less often: the channel sees an instance of ours vanish first (L18) and
+asks for a reconcile then. What else the reconcile finds (models others loaded) shows up
+later; the CPU saved is in docs/performance.md (activity)."""
 
 
 class ServerSync:
@@ -72,6 +77,8 @@ class ServerSync:
         self.on_listing: Callable[[], None] | None = None
         # L20: re-reads an instance's processing state (activity_bridge.py); None: never look.
         self.look: Callable[[str], Awaitable[Look]] | None = None
+        # True while the channel watches our instances (activity_bridge.py): reconcile less.
+        self.watched: Callable[[], bool] | None = None
 
     # --- what others read ---------------------------------------------------
 
@@ -88,6 +95,17 @@ class ServerSync:
     def models(self) -> Mapping[str, ModelInfo]:
         """The last listing: model key -> what the server said of it."""
         return self._models
+
+    def reconcile_interval_now(self) -> float:
+        """`[server] reconcile_interval`, stretched while the channel watches our instances."""
+        interval = self._host.config.server.reconcile_interval
+        if self.watched is not None and self.watched():
+            return interval * WATCHED_RECONCILE_FACTOR
+        return interval
+
+    def recheck_now(self) -> None:
+        """Read the server now (the channel saw an instance of ours go, or was lost)."""
+        self._recheck.set()
 
     def model_type(self, model: str) -> str | None:
         """The type the server listed for `model` ("llm", "embedding"); None if unlisted."""
@@ -265,7 +283,7 @@ class ServerSync:
         retry = _FIRST_RETRY_S
         while True:
             self._recheck.clear()
-            interval = self._host.config.server.reconcile_interval
+            interval = self.reconcile_interval_now()
             outcomes = self._outcomes
             try:
                 models = await self.client.list_models()

@@ -13,11 +13,13 @@ not, one task keeps one `/llm` channel open and
     managed instance that is loaded.
 
 Every finding goes to the `on_observation` callback, on the event loop, as one
-of three frozen records, and only when it changed:
+of four frozen records, and only when it changed:
 
   * `InstanceState`: busy or idle, what it is doing, `queued`;
   * `InstanceLastUsed`: LM Studio's `lastUsedTime`, as unix ms and converted to
     the caller's monotonic clock (`last_used`);
+  * `InstanceGone`: a managed instance `listLoaded` no longer shows (once until it
+    is listed again), so the caller can re-read the server at once (L18);
   * `Availability`: `source` is "lmstudio" or "clients only" (with `reason`:
     "older server", "auth refused", "rpc missing", "unreachable"). Whenever the
     source leaves "lmstudio", earlier `InstanceState`s no longer hold.
@@ -69,13 +71,20 @@ class InstanceLastUsed:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceGone:
+    """A managed instance that `listLoaded` no longer shows (unloaded behind our back, L18)."""
+
+    identifier: str
+
+
+@dataclass(frozen=True, slots=True)
 class Availability:
     source: str  # LMSTUDIO | CLIENTS_ONLY
     reason: str | None = None  # "older server" | "auth refused" | "rpc missing" | "unreachable"
     detail: str = ""  # the error's message (never the token)
 
 
-Observation = InstanceState | InstanceLastUsed | Availability
+Observation = InstanceState | InstanceLastUsed | InstanceGone | Availability
 
 
 class ActivitySource(Protocol):
@@ -120,6 +129,7 @@ class ActivityWatcher:
         self._availability: Availability | None = None
         self._states: dict[str, InstanceState] = {}
         self._last_used: dict[str, float] = {}
+        self._gone: set[str] = set()  # reported as gone, not listed since
         # The connection being watched on, for recheck(); None between connections.
         self._channel: LMStudioChannel | None = None
         self._rpc_missing = False
@@ -137,6 +147,7 @@ class ActivityWatcher:
             for table in (self._states, self._last_used):
                 for gone in [i for i in table if i not in managed]:
                     del table[gone]
+            self._gone &= managed
             self._wake.set()
 
     async def recheck(self, identifier: str) -> InstanceState | None:
@@ -252,6 +263,10 @@ class ActivityWatcher:
             references[info.identifier] = info.instance_reference
             if info.identifier in self._managed and info.last_used_ms is not None:
                 self._observe_last_used(info.identifier, info.last_used_ms)
+        self._gone &= self._managed - references.keys()  # listed again: may go again
+        for identifier in sorted(self._managed - references.keys() - self._gone):
+            self._gone.add(identifier)
+            self._emit(InstanceGone(identifier))
         return references
 
     # -- observations (no I/O from here on) --------------------------------------------
