@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import bench_activity
 import bench_burst
 import bench_clients
 import bench_config_edit
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "clients": bench_clients,
     "config_edit": bench_config_edit,
     "idle_eject": bench_idle_eject,
+    "activity": bench_activity,
     "soak": bench_soak,
     "fuzz": bench_fuzz,
 }
@@ -64,6 +66,7 @@ COMMANDS = {
     "clients": "bench/bench_clients.py",
     "config_edit": "bench/bench_config_edit.py",
     "idle_eject": "bench/bench_idle_eject.py",
+    "activity": "bench/bench_activity.py",
     "soak": "bench/bench_soak.py",
     "fuzz": "bench/bench_fuzz.py",
 }
@@ -152,6 +155,8 @@ reconcile loop (lmkeeperd/daemon/server_sync.py now uses `asyncio.timeout`). RSS
 over 20,000 events in each of the last two full runs (40.0 → 41.4 MiB), against 0.1-0.2 MiB over
 100,000 requests in the clients benchmark: not shown to be flat over longer runs, and not
 investigated further (allocator fragmentation, or a slow leak on a fault path).""",
+    "activity": """\
+ACTIVITY_DESIGN""",
     "fuzz": """\
 Three kinds of input come from outside: socket frames, config files, server answers. Each
 fuzz test checks that every input ends in a result or a clear error within a bound, and that

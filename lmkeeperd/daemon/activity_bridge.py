@@ -96,7 +96,8 @@ class ActivityBridge:
         self._last_used: dict[str, float] = {}
         # Called when the server's REST view should be read now: an instance of ours left
         # listLoaded, or the channel was lost (server_sync.py's reconcile relies on it).
-        self.on_server_change: Callable[[], None] | None = None
+        # The argument: the channel lost the server itself ("unreachable").
+        self.on_server_change: Callable[[bool], None] | None = None
 
     def _default_watcher(
         self, config: Config, on_observation: Callable[[Observation], None]
@@ -170,7 +171,8 @@ class ActivityBridge:
                 self.availability = observation
                 if observation.source != LMSTUDIO:
                     self._states.clear()  # they no longer hold (the core drops its own)
-                    self._server_changed()  # the REST reconcile takes over at its own pace
+                    # The REST reconcile takes over at its own pace; it looks now.
+                    self._server_changed(outage=observation.reason == "unreachable")
                 self._host.feed(ActivitySource(observation.source == LMSTUDIO, observation.reason))
             case InstanceState(identifier=instance):
                 self._states[instance] = observation
@@ -191,9 +193,9 @@ class ActivityBridge:
                 if not busy:  # while busy the use is not over; the idle report counts then
                     self._host.feed(ServerActivity(instance, False, last_used=used))
 
-    def _server_changed(self) -> None:
+    def _server_changed(self, outage: bool = False) -> None:
         if self.on_server_change is not None:
-            self.on_server_change()
+            self.on_server_change(outage)
 
     # --- status -----------------------------------------------------------------------
 

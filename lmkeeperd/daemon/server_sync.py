@@ -68,6 +68,7 @@ class ServerSync:
         self._outcomes = 0  # counts load/unload outcomes: a snapshot older than one is stale
         self._pressure_task: asyncio.Task[None] | None = None
         self.reachable: bool | None = None
+        self._outage_seen = False  # the channel saw the server go (recheck_now)
         self.error: str | None = None
         self.loaded: dict[str, tuple[str, ...]] = {}
         self.last_advisory: dict[str, Any] | None = None
@@ -103,8 +104,14 @@ class ServerSync:
             return interval * WATCHED_RECONCILE_FACTOR
         return interval
 
-    def recheck_now(self) -> None:
-        """Read the server now (the channel saw an instance of ours go, or was lost)."""
+    def recheck_now(self, outage: bool = False) -> None:
+        """Read the server now (the channel saw an instance of ours go, or was lost).
+
+        `outage`: the channel lost the server itself. A restart quicker than the REST
+        reconcile's own look would otherwise pass for our model unloaded by hand (L18)
+        instead of a restart to restore it after (L17).
+        """
+        self._outage_seen = self._outage_seen or outage
         self._recheck.set()
 
     def model_type(self, model: str) -> str | None:
@@ -301,10 +308,11 @@ class ServerSync:
             else:
                 if outcomes != self._outcomes and self.reachable:
                     continue  # a load or unload finished meanwhile: this view is stale
-                after_outage = self.reachable is not True
+                after_outage = self.reachable is not True or self._outage_seen
+                was_reachable, self._outage_seen = self.reachable, False
                 self.reachable, self.error = True, None
                 retry = _FIRST_RETRY_S
-                if after_outage:
+                if was_reachable is not True:
                     self._host.announce("server_reachable", {"url": self.client.base_url})
                 self._note_models(models)
                 self._host.feed(ServerSnapshot(loaded_map(models), after_outage=after_outage))

@@ -39,14 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from lmkeeperd.errors import AuthError, ChannelMissing, RpcMissing, ServerError
-from lmkeeperd.lmstudio.channel import InstanceInfo, LMStudioChannel, ProcessingState
+from lmkeeperd.lmstudio.channel import InstanceInfo, LMStudioChannel
 
 log = structlog.get_logger()
 
@@ -229,33 +229,62 @@ class ActivityWatcher:
     async def _poll(self, channel: LMStudioChannel) -> None:
         references: dict[str, str] = {}
         next_list = 0.0
-        while self._managed:
+        listed_for: frozenset[str] = frozenset()
+        while managed := self._managed:
             now = self._monotonic()
-            if now >= next_list:
-                references = self._listed(await channel.list_loaded())
-                next_list = now + self._list_interval
-            if not self._rpc_missing:
-                found: list[tuple[str, ProcessingState]] = []
-                try:
-                    for identifier in sorted(self._managed & references.keys()):
-                        state = await channel.processing_state(reference=references[identifier])
-                        if state is None:
-                            next_list = 0.0  # it went away: look again at once
-                        else:
-                            found.append((identifier, state))
-                except RpcMissing as exc:
-                    self._rpc_missing = True
-                    self._unavailable(exc)
-                else:
-                    # Availability first: states are only meaningful once it says "lmstudio".
-                    self._available()
-                    for identifier, state in found:
-                        self._observe_state(identifier, state.busy, state.status, state.queued)
+            # A newly managed instance needs its reference now, not at the next listing.
+            listing = now >= next_list or not managed <= listed_for
+            polled = [] if self._rpc_missing else sorted(managed & references.keys())
+            calls: list[Awaitable[Any]] = [
+                channel.processing_state(reference=references[i]) for i in polled
+            ]
+            if listing:
+                next_list, listed_for = now + self._list_interval, managed
+                calls.append(channel.list_loaded())
+            # One round trip for everything due: each wake-up of an idle daemon costs more
+            # than the calls themselves (docs/performance.md, activity).
+            results = await _all(calls)
+            if listing:
+                listed = results.pop()
+                if isinstance(listed, BaseException):
+                    raise listed
+                references = self._listed(listed)
+                if managed - references.keys():
+                    # Not listed (yet): a load may be landing; look again at the state pace,
+                    # or a generation on it could start and end unseen between listings.
+                    next_list = min(next_list, now + self._state_interval)
+            if polled:
+                if self._states_read(polled, results):
+                    next_list = 0.0  # one went away: look again at once
+            elif not self._rpc_missing and listing:
+                self._available()  # nothing loaded to ask about, but the channel answers
+            if not self._rpc_missing and managed & references.keys() - set(polled):
+                continue  # just listed: ask about the instances found, without waiting
             self._wake.clear()
             # asyncio.timeout, not wait_for: no task per wait (this runs every second).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._state_interval):
                     await self._wake.wait()
+
+    def _states_read(self, polled: list[str], results: list[Any]) -> bool:
+        """Report what the state calls found; True when an instance was not loaded."""
+        missing = next((r for r in results if isinstance(r, RpcMissing)), None)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if missing is not None:
+            self._rpc_missing = True
+            self._unavailable(missing)
+            return False
+        if failed is not None:
+            raise failed
+        # Availability first: states are only meaningful once it says "lmstudio".
+        self._available()
+        gone = False
+        for identifier, state in zip(polled, results, strict=True):
+            if state is None:
+                gone = True
+            else:
+                self._observe_state(identifier, state.busy, state.status, state.queued)
+        return gone
 
     def _listed(self, instances: list[InstanceInfo]) -> dict[str, str]:
         references: dict[str, str] = {}
@@ -304,6 +333,16 @@ class ActivityWatcher:
             self._on_observation(observation)
         except Exception:
             log.exception("activity_callback_failed", observation=type(observation).__name__)
+
+
+async def _all(calls: list[Awaitable[Any]]) -> list[Any]:
+    """Each call's result or exception, in order; one call is awaited without a task."""
+    if len(calls) == 1:
+        try:
+            return [await calls[0]]
+        except Exception as exc:
+            return [exc]
+    return list(await asyncio.gather(*calls, return_exceptions=True))
 
 
 def _reason(exc: Exception) -> str:

@@ -210,7 +210,9 @@ def test_L21_emulator_down_and_up_the_watcher_reconnects(
     load(d, A)
     emulator.go_down()
     d.wait_status(activity_source="clients only", activity_reason="unreachable", timeout=15)
-    emulator.come_back()  # a restart: the daemon loads A again (L17)
+    # A restart quicker than the REST reconcile's look: the channel saw the server go, so
+    # the daemon counts it as an outage and loads A again (L17), not as A unloaded by hand.
+    emulator.come_back()
     d.wait_status(activity_source="lmstudio", state="loaded", model=A, timeout=30)
     # And it reads activity again on the new connection.
     emulator.set_stream(0.05, 40)
