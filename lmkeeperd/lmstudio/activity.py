@@ -25,7 +25,8 @@ of four frozen records, and only when it changed:
     source leaves "lmstudio", earlier `InstanceState`s no longer hold.
 
 A failed connection is retried with backoff (1 s doubling to 30 s) while
-something is managed. "rpc missing" keeps the connection for `lastUsedTime`
+something is managed; "older server" and "auth refused" only every
+`settled_retry` (5 min). "rpc missing" keeps the connection for `lastUsedTime`
 and re-tries the RPC only on the next connection. At `start()`, with nothing
 managed yet, the watcher connects once to learn the availability (probing the
 RPC with a query that matches nothing) and closes again.
@@ -112,6 +113,7 @@ class ActivityWatcher:
         state_interval: float = 1.0,
         backoff_start: float = 1.0,
         backoff_max: float = 30.0,
+        settled_retry: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -121,6 +123,7 @@ class ActivityWatcher:
         self._state_interval = state_interval
         self._backoff_start = backoff_start
         self._backoff_max = backoff_max
+        self._settled_retry = settled_retry
         self._monotonic = monotonic
         self._wall = wall
         self._managed: frozenset[str] = frozenset()
@@ -197,7 +200,10 @@ class ActivityWatcher:
                     # A bug must not end the watching for the daemon's whole life.
                     log.exception("activity_watcher_failed", error=type(exc).__name__)
                 self._unavailable(exc)
-                await self._pause(backoff)
+                # An older server or a refused token does not change within seconds: retried
+                # every few minutes (an idle daemon's wake-ups), a dropped channel with backoff.
+                transient = _reason(exc) == "unreachable"
+                await self._pause(backoff if transient else self._settled_retry)
                 backoff = min(backoff * 2, self._backoff_max)
 
     async def _probe(self) -> None:
