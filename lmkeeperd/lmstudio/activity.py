@@ -38,7 +38,6 @@ never raises into it, and `set_managed` only records the set and wakes the task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -266,11 +265,21 @@ class ActivityWatcher:
                 self._available()  # nothing loaded to ask about, but the channel answers
             if not self._rpc_missing and managed & references.keys() - set(polled):
                 continue  # just listed: ask about the instances found, without waiting
-            self._wake.clear()
-            # asyncio.timeout, not wait_for: no task per wait (this runs every second).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._state_interval):
-                    await self._wake.wait()
+            await self._sleep(self._state_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until `seconds` pass or `set_managed` wakes us.
+
+        A timer handle that sets the wake event, as the driver's loop does: no task per
+        wait (wait_for), and no cancellation raised and caught every second
+        (asyncio.timeout), which cost more than the poll it paces.
+        """
+        self._wake.clear()
+        timer = asyncio.get_running_loop().call_later(seconds, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     def _states_read(self, polled: list[str], results: list[Any]) -> bool:
         """Report what the state calls found; True when an instance was not loaded."""
