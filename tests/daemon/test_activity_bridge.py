@@ -113,3 +113,25 @@ def test_L20_without_the_channel_the_unload_goes_ahead(emulator: Emulator, tmp_p
             await task
 
     run(main())
+
+
+def test_another_server_gets_a_new_watcher_that_probes_it(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A reload naming another server: the old watcher stops, a new one reports on the new."""
+    from dataclasses import replace
+
+    with Emulator() as other:
+        other.set_channel(False)
+
+        async def main() -> None:
+            config = config_for(emulator)
+            async with inprocess_daemon(emulator, tmp_path, config) as d:
+                d.activity.start()
+                await until(lambda: d.activity.available, "the first server's channel")
+                moved = replace(config, server=replace(config.server, url=other.url))
+                d.activity.configure(config, moved)
+                await until(lambda: d.activity.reason == "older server", "the new server's probe")
+                assert d.core.activity_source == "clients only"
+
+        run(main())
