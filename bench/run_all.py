@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import bench_activity
 import bench_burst
 import bench_clients
 import bench_config_edit
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "clients": bench_clients,
     "config_edit": bench_config_edit,
     "idle_eject": bench_idle_eject,
+    "activity": bench_activity,
     "soak": bench_soak,
     "fuzz": bench_fuzz,
     "flood": bench_flood,
@@ -66,6 +68,7 @@ COMMANDS = {
     "clients": "bench/bench_clients.py",
     "config_edit": "bench/bench_config_edit.py",
     "idle_eject": "bench/bench_idle_eject.py",
+    "activity": "bench/bench_activity.py",
     "soak": "bench/bench_soak.py",
     "fuzz": "bench/bench_fuzz.py",
     "flood": "bench/bench_flood.py",
@@ -107,7 +110,10 @@ no longer imports typer at all (lmkeeperd/cli/). And each reconcile cost ~10 ms 
 half of it httpcore importing `sniffio` (not installed: anyio 4 dropped it) in every lock
 it creates, a failed import that searches the whole path every time; the daemon now marks
 sniffio as absent once (lmkeeperd/daemon/driver.py), which Python remembers. CPU time is counted in
-10 ms clock ticks, so a 120 s window resolves to about ±0.3 s per hour.""",
+10 ms clock ticks, so a 120 s window resolves to about ±0.3 s per hour. Since issue 10 the
+emulator serves LM Studio's activity channel, so this figure includes the activity watcher's
+per-second state poll (and a reconcile 4 times rarer while it watches); the `activity`
+benchmark measures the same daemon with the channel on and off.""",
     "status_cli": """\
 Met. Measured in a non-editable venv that the benchmark builds itself (`python -m venv` +
 `pip install .`), as a user gets it; an editable install's .pth import slows the bare
@@ -159,6 +165,37 @@ the soak also kills the daemon with `kill -9` at random moments and starts it ag
 loads outlast `load_timeout` (0.6 s in the soak), and checks L22 at quiet points against the
 emulator's instances (invariant 7). RSS samples then come from whichever process runs, so the
 RSS figure spans restarts.""",
+    "activity": """\
+Missed by about half a second per hour. The watcher (lmkeeperd/lmstudio/activity.py) runs on
+the daemon's loop: with nothing of ours loaded it holds no socket (one probe at start); with a
+model loaded it asks LM Studio for the instance's processing state every second
+(`getInstanceProcessingState`) and lists the instances (`listLoaded`) every 3 s. The detection
+lag target (p99 ≤ 1.5 s) is what fixes the 1 s pace: the lag's p99 is one poll period plus a
+round trip, so a slower poll trades lag for CPU about linearly (a 2 s poll would halve the
+poll's cost and put the p99 near 2 s). Profiled, one call costs ~0.25 ms of CPU in a tight
+loop, mostly the socket send/recv and epoll system calls (json and websockets' framing are
+~0.05 ms); in the idle daemon each poll is also two wake-ups (the timer, the reply), about 0.6
+ms a poll in all. With the watcher simply wired in, the daemon took 3.00 s/h and woke 154 times
+a minute against 0.90 s/h and 26/min with the channel off. Savings made, all kept: (1) while
+the channel watches our instances the REST reconcile runs 4 times less often (every 60 s by
+default): `listLoaded` sees our instance vanish first and asks for a reconcile at once, as does
+losing the channel, which also marks the next listing as after an outage (L17); what the
+reconcile alone finds, models others loaded, shows up in status later; (2) the listing rides in
+the same round trip as the state call, and an instance not listed yet (a load landing) is
+listed again at the state pace rather than every 3 s; (3) the poll is paced by a timer handle
+instead of `asyncio.timeout`, which raised and caught a cancellation every second; (4) an older
+server or a refused token is retried every 5 minutes, not every 30 s. Measured (120 s windows
+before, 300 s after): (1)+(2) brought 3.00 s/h to 2.64 s/h and 141 wake-ups/min; with (3) 2.52
+s/h; with the channel off the same daemon takes 1.20 s/h and 15 wake-ups/min ((4) took it from
+26/min back to the daemon's level before the channel). So the per-second state poll costs about
+1.3 s of CPU per hour and 125 wake-ups a minute while a model is loaded and idle. What would
+meet 2 s/h: a 1.5 s poll (p99 lag at the target's edge), or polling only while the model was
+used recently (a first generation after a long pause would then be seen late), both against the
+lag target; we keep the 1 s poll, since being late to see a generation is what L19/L20 exist to
+prevent, and propose ≤ 3 s/h with the channel on. Before wiring, the watcher alone measured
+2.13 s/h and 80 frames/min with one idle instance, 0.02 s/h with nothing managed, and a
+detection lag of p50 598 ms / p99 970 ms (bench/bench_activity_poll.py, 40 generations;
+docs/activity.md).""",
     "fuzz": """\
 Three kinds of input come from outside: socket frames, config files, server answers. Each
 fuzz test checks that every input ends in a result or a clear error within a bound, and that

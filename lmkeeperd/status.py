@@ -95,6 +95,14 @@ class InFlightStatus(TypedDict):
     elapsed_s: float
 
 
+class ServerActivityStatus(TypedDict):
+    """What LM Studio says our model's instance is doing (L19), from its websocket channel."""
+
+    doing: str | None  # "idle" | "generating" | "processingPrompt" | ...; None: not read yet
+    queued: int | None  # requests LM Studio counts on the instance, the running one included
+    last_used_ago_s: float | None  # since LM Studio's lastUsedTime; None: never used
+
+
 class WhyStatus(TypedDict):
     """Why the daemon is in its state (the core's `explain()`, times made readable)."""
 
@@ -143,3 +151,6 @@ class Status(TypedDict):
     keep_alive_s: float | None  # the selection's own idle timeout (`select --keep-alive`)
     config_error: ConfigErrorStatus | None
     restored_selection: RestoredSelection | None
+    activity_source: str  # "lmstudio" | "clients only" (L21)
+    activity_reason: str | None  # why "clients only": "older server", "auth refused", ...
+    server_activity: ServerActivityStatus | None  # None: LM Studio's view cannot be read

@@ -16,6 +16,7 @@ from lmkeeperd.lmstudio.activity import (
     LMSTUDIO,
     ActivityWatcher,
     Availability,
+    InstanceGone,
     InstanceLastUsed,
     InstanceState,
     Observation,
@@ -169,6 +170,48 @@ def test_a_direct_generation_is_busy_then_idle_with_last_used(emulator: Emulator
             assert used.last_used_unix_ms >= started_ms - 1
             assert used.last_used <= time.monotonic()
             assert w.availability == Availability(LMSTUDIO)
+        finally:
+            await w.stop()
+
+    run(main)
+
+
+def listings(emulator: Emulator) -> int:
+    return len([f for f in emulator.frames() if f.endpoint == "listLoaded"])
+
+
+async def more_listings(emulator: Emulator, n: int) -> None:
+    """Until the watcher has called listLoaded `n` more times."""
+    listed = listings(emulator)
+    async with asyncio.timeout(10):
+        # Frames do not wake emulator.wait_until: polled, with a deadline.
+        while listings(emulator) < listed + n:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+def test_a_managed_instance_unloaded_behind_is_reported_gone_once(emulator: Emulator) -> None:
+    emulator.load_behind(LLM)
+
+    def gone(o: Observation) -> bool:
+        return isinstance(o, InstanceGone) and o.identifier == LLM
+
+    async def main(recorder: Recorder) -> None:
+        w = watcher(emulator, recorder)
+        w.set_managed({LLM})
+        w.start()
+        try:
+            await recorder.wait_for(state_of(False, "idle"))
+            assert not any(gone(o) for o in recorder.seen)
+            emulator.unload_behind(LLM)
+            await recorder.wait_for(gone)
+            await more_listings(emulator, 3)
+            assert len([o for o in recorder.seen if gone(o)]) == 1  # once, not per listing
+            # Listed again, then gone again: a new disappearance, reported again.
+            emulator.load_behind(LLM)
+            await more_listings(emulator, 3)
+            mark = len(recorder.seen)
+            emulator.unload_behind(LLM)
+            await recorder.wait_for(gone, since=mark)
         finally:
             await w.stop()
 

@@ -84,6 +84,25 @@ def _server_row(server: Mapping[str, Any]) -> str:
     return f"{_or_dash(server.get('url'))} ({reach}; {listed})"
 
 
+def _activity_row(status: Status) -> str | None:
+    """L19/L21: whose activity counts, and what LM Studio says our model is doing."""
+    source = status.get("activity_source")
+    if source is None:
+        return None  # a daemon from before the activity channel
+    if source != "lmstudio":
+        reason = status.get("activity_reason")
+        return f"clients only ({reason})" if reason else "clients only"
+    seen = status.get("server_activity")
+    if not isinstance(seen, Mapping):
+        return "lmstudio"
+    text = f"lmstudio: {seen.get('doing') or 'not read yet'}"
+    if seen.get("queued"):
+        text += f", {seen['queued']} queued"
+    if seen.get("last_used_ago_s") is not None:
+        text += f", last used {_fmt_seconds(seen['last_used_ago_s'])} ago"
+    return text
+
+
 def render(status: Status) -> str:
     """A short, readable table of the daemon's status."""
     server = status.get("server") or {}
@@ -116,6 +135,7 @@ def render(status: Status) -> str:
         rows.append(("keep alive", "never ejects" if keep_alive == 0 else _fmt_seconds(keep_alive)))
     rows += [
         ("idle eject in", _fmt_seconds(status.get("idle_eject_in_s"))),
+        ("activity", _activity_row(status) or "-"),
         ("server", _server_row(server)),
         ("server loaded", ", ".join(map(str, loaded)) if loaded else "nothing"),
     ]

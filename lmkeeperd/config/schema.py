@@ -40,6 +40,7 @@ SCHEMA: Schema = {
         "draft_model": v.trimmed_string,
         "unload_on_exit": v.boolean,
         "shutdown_timeout": v.positive_duration,
+        "busy_switch_wait": v.non_negative_duration,
         "load": LOAD_SCHEMA,
     },
     "memory": {

@@ -53,6 +53,8 @@ class ModelConfig:
     draft_model: str = ""
     unload_on_exit: bool = True
     shutdown_timeout: float = 2.0
+    # L20: how long a switch waits behind a generation only LM Studio sees; 0 waits forever.
+    busy_switch_wait: float = 120.0
     # Empty by default: LM Studio then applies the user's own per-model settings.
     load: Mapping[str, Any] = field(default_factory=_no_load_settings)
 

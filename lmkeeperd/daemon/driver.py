@@ -58,6 +58,7 @@ from lmkeeperd.core import (
     Tick,
 )
 from lmkeeperd.daemon import selection
+from lmkeeperd.daemon.activity_bridge import ActivityBridge
 from lmkeeperd.daemon.config_file import ConfigReader
 from lmkeeperd.daemon.control_handler import ControlHandler
 from lmkeeperd.daemon.journal import Journal
@@ -84,6 +85,8 @@ _WARNING_EVENTS = frozenset(
         "server_unreachable",
         "memory_advisory",
         "selection_unknown",
+        "activity_blind",  # L21: generations we cannot see may be cut by idle eject
+        "switch_forced",  # L20: a generation only LM Studio saw was cut by a switch
     }
 )
 _STREAM_FLIP = frozenset({"loaded", "streaming"})
@@ -136,6 +139,10 @@ class Daemon:
         self._stop_at: float | None = None
         self.sync = ServerSync(self, config, self.journal)
         self.bridge = ProxyBridge(self, self.sync)
+        self.activity = ActivityBridge(self, config, clock=clock)
+        self.sync.look = self.activity.look  # L20: look before unloading
+        self.sync.watched = lambda: self.activity.watching
+        self.activity.on_server_change = self.sync.recheck_now
         self.checker = SelectionChecker(self, self.sync, state_file=self._state_file)
         self.handler = ControlHandler(
             self, self.sync, state_file=self._state_file, status=self.status, checker=self.checker
@@ -202,6 +209,7 @@ class Daemon:
         for action in actions:
             self._perform(action)
         self.sync.sync_pressure_watch()
+        self.activity.sync_managed()
 
     def _gate_work(self) -> None:
         """What the proxy's switch gate wants after the event: events of their own, in order."""
@@ -273,11 +281,12 @@ class Daemon:
             started=self._started,
             config_path=self.config_path,
             config_error=self.config_problem.current,
-            reconcile_interval=self._config.server.reconcile_interval,
+            reconcile_interval=self.sync.reconcile_interval_now(),
             sync=self.sync,
             bridge=self.bridge,
             control=self._control,
             restored=self.restored,
+            activity=self.activity,
         )
 
     # --- config ---------------------------------------------------------------
@@ -308,6 +317,7 @@ class Daemon:
         if new.log != old.log:
             logs.setup(new.log.level, new.log.format)
         self.sync.configure(old, new)
+        self.activity.configure(old, new)
         if new.control != old.control:
             log.warning("config_needs_restart", key="control.socket")
         for key, before, after in (
@@ -366,6 +376,7 @@ class Daemon:
         else:
             self.sync.collecting = True
         self.spawn(self.sync.reconcile_loop())
+        self.activity.start()
         self.spawn(self._watch_config())
         interval = self._notifier.watchdog_interval()
         if interval is not None:
@@ -432,6 +443,7 @@ class Daemon:
 
         # Before the sweep below: its stream ends feed the core.
         await _within(left(), self.bridge.close_listeners())
+        await _within(left(), self.activity.stop())
         for task in list(self._tasks):
             task.cancel()
         self.handler.fail_commands("lmkeeperd is shutting down")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import structlog
@@ -37,10 +37,12 @@ from lmkeeperd.core import (
     StartLoad,
     StartUnload,
     State,
+    UnloadDeferred,
     UnloadFailed,
     UnloadFinished,
     adopt_or_load,
 )
+from lmkeeperd.daemon.activity_bridge import Look
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.journal import Entry, Journal
 from lmkeeperd.daemon.memory_advisor import MemoryCheck
@@ -55,6 +57,11 @@ log = structlog.get_logger()
 
 _FIRST_RETRY_S = 1.0
 _PENDING_POLL_S = 0.5  # how often a load waiting on an earlier one lists the server
+WATCHED_RECONCILE_FACTOR = 4
+"""While LM Studio's channel lists our instances every few seconds, the REST reconcile runs
+this many times less often: the channel sees an instance of ours vanish first (L18) and
+asks for a reconcile then. What else the reconcile finds (models others loaded) shows up
+later; the CPU saved is in docs/performance.md (activity)."""
 
 
 class ServerSync:
@@ -76,6 +83,7 @@ class ServerSync:
         self._outcomes = 0  # counts load/unload outcomes: a snapshot older than one is stale
         self._pressure_task: asyncio.Task[None] | None = None
         self.reachable: bool | None = None
+        self._outage_seen = False  # the channel saw the server go (recheck_now)
         self.error: str | None = None
         self.loaded: dict[str, tuple[str, ...]] = {}
         self.last_advisory: dict[str, Any] | None = None
@@ -83,6 +91,10 @@ class ServerSync:
         self.listed_at: float | None = None  # time.monotonic() of the last good listing
         # Called after every good listing (selection_check.py checks deferred selections).
         self.on_listing: Callable[[], None] | None = None
+        # L20: re-reads an instance's processing state (activity_bridge.py); None: never look.
+        self.look: Callable[[str], Awaitable[Look]] | None = None
+        # True while the channel watches our instances (activity_bridge.py): reconcile less.
+        self.watched: Callable[[], bool] | None = None
 
     # --- what others read ---------------------------------------------------
 
@@ -99,6 +111,23 @@ class ServerSync:
     def models(self) -> Mapping[str, ModelInfo]:
         """The last listing: model key -> what the server said of it."""
         return self._models
+
+    def reconcile_interval_now(self) -> float:
+        """`[server] reconcile_interval`, stretched while the channel watches our instances."""
+        interval = self._host.config.server.reconcile_interval
+        if self.watched is not None and self.watched():
+            return interval * WATCHED_RECONCILE_FACTOR
+        return interval
+
+    def recheck_now(self, outage: bool = False) -> None:
+        """Read the server now (the channel saw an instance of ours go, or was lost).
+
+        `outage`: the channel lost the server itself. A restart quicker than the REST
+        reconcile's own look would otherwise pass for our model unloaded by hand (L18)
+        instead of a restart to restore it after (L17).
+        """
+        self._outage_seen = self._outage_seen or outage
+        self._recheck.set()
 
     def model_type(self, model: str) -> str | None:
         """The type the server listed for `model` ("llm", "embedding"); None if unlisted."""
@@ -217,6 +246,23 @@ class ServerSync:
     async def _unload(self, action: StartUnload) -> None:
         key = self.journal.begin_unload(action.model, action.instance_id)
         try:
+            if action.look_first and self.look is not None:
+                look = await self.look(action.instance_id)
+                state = look.state
+                if state is not None and state.busy:
+                    # Not sent: the instance stays ours and loaded (L22's journal says so).
+                    self.journal.release(key)
+                    self.journal.hold(action.model, action.instance_id)
+                    self._outcome(UnloadDeferred(action.op, state.status, state.queued))
+                    return
+                if state is None:
+                    # Clients-only semantics, as before L20: what the core decided stands.
+                    log.debug(
+                        "unload_look_skipped",
+                        op=action.op,
+                        instance_id=action.instance_id,
+                        why=look.why_not,
+                    )
             await self.client.unload(action.instance_id)
             self.journal.settle(key)
             self._outcome(UnloadFinished(action.op))
@@ -342,7 +388,7 @@ class ServerSync:
         retry = _FIRST_RETRY_S
         while True:
             self._recheck.clear()
-            interval = self._host.config.server.reconcile_interval
+            interval = self.reconcile_interval_now()
             outcomes = self._outcomes
             try:
                 models = await self.client.list_models()
@@ -360,10 +406,11 @@ class ServerSync:
             else:
                 if outcomes != self._outcomes and self.reachable:
                     continue  # a load or unload finished meanwhile: this view is stale
-                after_outage = self.reachable is not True
+                after_outage = self.reachable is not True or self._outage_seen
+                was_reachable, self._outage_seen = self.reachable, False
                 self.reachable, self.error = True, None
                 retry = _FIRST_RETRY_S
-                if after_outage:
+                if was_reachable is not True:
                     self._host.announce("server_reachable", {"url": self.client.base_url})
                 self._snapshot(models, after_outage=after_outage)
                 wait = interval

@@ -14,6 +14,7 @@ from typing import cast
 from lmkeeperd import __version__
 from lmkeeperd.control.server import ControlServer
 from lmkeeperd.core import Lifecycle
+from lmkeeperd.daemon.activity_bridge import ActivityBridge
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.daemon.why import explain_status
@@ -32,6 +33,7 @@ def build_status(
     bridge: ProxyBridge,
     control: ControlServer | None,
     restored: RestoredSelection | None = None,
+    activity: ActivityBridge | None = None,
 ) -> Status:
     """`now` and `started` are readings of the driver's monotonic clock."""
     idle = core.idle_eject_in(now)
@@ -73,4 +75,7 @@ def build_status(
         "keep_alive_s": core.keep_alive,
         "config_error": config_error,
         "restored_selection": restored,
+        "activity_source": core.activity_source,
+        "activity_reason": activity.reason if activity else None,
+        "server_activity": activity.server_activity(now) if activity else None,
     }

@@ -23,6 +23,7 @@ def settings_from(config: Config) -> Settings:
         draft_model=m.draft_model,
         load_config=dict(m.load),
         unload_on_exit=m.unload_on_exit,
+        busy_switch_wait=m.busy_switch_wait,
     )
 
 

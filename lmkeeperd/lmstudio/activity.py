@@ -13,17 +13,20 @@ not, one task keeps one `/llm` channel open and
     managed instance that is loaded.
 
 Every finding goes to the `on_observation` callback, on the event loop, as one
-of three frozen records, and only when it changed:
+of four frozen records, and only when it changed:
 
   * `InstanceState`: busy or idle, what it is doing, `queued`;
   * `InstanceLastUsed`: LM Studio's `lastUsedTime`, as unix ms and converted to
     the caller's monotonic clock (`last_used`);
+  * `InstanceGone`: a managed instance `listLoaded` no longer shows (once until it
+    is listed again), so the caller can re-read the server at once (L18);
   * `Availability`: `source` is "lmstudio" or "clients only" (with `reason`:
     "older server", "auth refused", "rpc missing", "unreachable"). Whenever the
     source leaves "lmstudio", earlier `InstanceState`s no longer hold.
 
 A failed connection is retried with backoff (1 s doubling to 30 s) while
-something is managed. "rpc missing" keeps the connection for `lastUsedTime`
+something is managed; "older server" and "auth refused" only every
+`settled_retry` (5 min). "rpc missing" keeps the connection for `lastUsedTime`
 and re-tries the RPC only on the next connection. At `start()`, with nothing
 managed yet, the watcher connects once to learn the availability (probing the
 RPC with a query that matches nothing) and closes again.
@@ -35,16 +38,15 @@ never raises into it, and `set_managed` only records the set and wakes the task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from lmkeeperd.errors import AuthError, ChannelMissing, RpcMissing, ServerError
-from lmkeeperd.lmstudio.channel import InstanceInfo, LMStudioChannel, ProcessingState
+from lmkeeperd.lmstudio.channel import InstanceInfo, LMStudioChannel
 
 log = structlog.get_logger()
 
@@ -69,13 +71,20 @@ class InstanceLastUsed:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceGone:
+    """A managed instance that `listLoaded` no longer shows (unloaded behind our back, L18)."""
+
+    identifier: str
+
+
+@dataclass(frozen=True, slots=True)
 class Availability:
     source: str  # LMSTUDIO | CLIENTS_ONLY
     reason: str | None = None  # "older server" | "auth refused" | "rpc missing" | "unreachable"
     detail: str = ""  # the error's message (never the token)
 
 
-Observation = InstanceState | InstanceLastUsed | Availability
+Observation = InstanceState | InstanceLastUsed | InstanceGone | Availability
 
 
 class ActivitySource(Protocol):
@@ -103,6 +112,7 @@ class ActivityWatcher:
         state_interval: float = 1.0,
         backoff_start: float = 1.0,
         backoff_max: float = 30.0,
+        settled_retry: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -112,6 +122,7 @@ class ActivityWatcher:
         self._state_interval = state_interval
         self._backoff_start = backoff_start
         self._backoff_max = backoff_max
+        self._settled_retry = settled_retry
         self._monotonic = monotonic
         self._wall = wall
         self._managed: frozenset[str] = frozenset()
@@ -120,6 +131,7 @@ class ActivityWatcher:
         self._availability: Availability | None = None
         self._states: dict[str, InstanceState] = {}
         self._last_used: dict[str, float] = {}
+        self._gone: set[str] = set()  # reported as gone, not listed since
         # The connection being watched on, for recheck(); None between connections.
         self._channel: LMStudioChannel | None = None
         self._rpc_missing = False
@@ -137,6 +149,7 @@ class ActivityWatcher:
             for table in (self._states, self._last_used):
                 for gone in [i for i in table if i not in managed]:
                     del table[gone]
+            self._gone &= managed
             self._wake.set()
 
     async def recheck(self, identifier: str) -> InstanceState | None:
@@ -186,7 +199,10 @@ class ActivityWatcher:
                     # A bug must not end the watching for the daemon's whole life.
                     log.exception("activity_watcher_failed", error=type(exc).__name__)
                 self._unavailable(exc)
-                await self._pause(backoff)
+                # An older server or a refused token does not change within seconds: retried
+                # every few minutes (an idle daemon's wake-ups), a dropped channel with backoff.
+                transient = _reason(exc) == "unreachable"
+                await self._pause(backoff if transient else self._settled_retry)
                 backoff = min(backoff * 2, self._backoff_max)
 
     async def _probe(self) -> None:
@@ -218,33 +234,72 @@ class ActivityWatcher:
     async def _poll(self, channel: LMStudioChannel) -> None:
         references: dict[str, str] = {}
         next_list = 0.0
-        while self._managed:
+        listed_for: frozenset[str] = frozenset()
+        while managed := self._managed:
             now = self._monotonic()
-            if now >= next_list:
-                references = self._listed(await channel.list_loaded())
-                next_list = now + self._list_interval
-            if not self._rpc_missing:
-                found: list[tuple[str, ProcessingState]] = []
-                try:
-                    for identifier in sorted(self._managed & references.keys()):
-                        state = await channel.processing_state(reference=references[identifier])
-                        if state is None:
-                            next_list = 0.0  # it went away: look again at once
-                        else:
-                            found.append((identifier, state))
-                except RpcMissing as exc:
-                    self._rpc_missing = True
-                    self._unavailable(exc)
-                else:
-                    # Availability first: states are only meaningful once it says "lmstudio".
-                    self._available()
-                    for identifier, state in found:
-                        self._observe_state(identifier, state.busy, state.status, state.queued)
-            self._wake.clear()
-            # asyncio.timeout, not wait_for: no task per wait (this runs every second).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._state_interval):
-                    await self._wake.wait()
+            # A newly managed instance needs its reference now, not at the next listing.
+            listing = now >= next_list or not managed <= listed_for
+            polled = [] if self._rpc_missing else sorted(managed & references.keys())
+            calls: list[Awaitable[Any]] = [
+                channel.processing_state(reference=references[i]) for i in polled
+            ]
+            if listing:
+                next_list, listed_for = now + self._list_interval, managed
+                calls.append(channel.list_loaded())
+            # One round trip for everything due: each wake-up of an idle daemon costs more
+            # than the calls themselves (docs/performance.md, activity).
+            results = await _all(calls)
+            if listing:
+                listed = results.pop()
+                if isinstance(listed, BaseException):
+                    raise listed
+                references = self._listed(listed)
+                if managed - references.keys():
+                    # Not listed (yet): a load may be landing; look again at the state pace,
+                    # or a generation on it could start and end unseen between listings.
+                    next_list = min(next_list, now + self._state_interval)
+            if polled:
+                if self._states_read(polled, results):
+                    next_list = 0.0  # one went away: look again at once
+            elif not self._rpc_missing and listing:
+                self._available()  # nothing loaded to ask about, but the channel answers
+            if not self._rpc_missing and managed & references.keys() - set(polled):
+                continue  # just listed: ask about the instances found, without waiting
+            await self._sleep(self._state_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until `seconds` pass or `set_managed` wakes us.
+
+        A timer handle that sets the wake event, as the driver's loop does: no task per
+        wait (wait_for), and no cancellation raised and caught every second
+        (asyncio.timeout), which cost more than the poll it paces.
+        """
+        self._wake.clear()
+        timer = asyncio.get_running_loop().call_later(seconds, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
+
+    def _states_read(self, polled: list[str], results: list[Any]) -> bool:
+        """Report what the state calls found; True when an instance was not loaded."""
+        missing = next((r for r in results if isinstance(r, RpcMissing)), None)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if missing is not None:
+            self._rpc_missing = True
+            self._unavailable(missing)
+            return False
+        if failed is not None:
+            raise failed
+        # Availability first: states are only meaningful once it says "lmstudio".
+        self._available()
+        gone = False
+        for identifier, state in zip(polled, results, strict=True):
+            if state is None:
+                gone = True
+            else:
+                self._observe_state(identifier, state.busy, state.status, state.queued)
+        return gone
 
     def _listed(self, instances: list[InstanceInfo]) -> dict[str, str]:
         references: dict[str, str] = {}
@@ -252,6 +307,10 @@ class ActivityWatcher:
             references[info.identifier] = info.instance_reference
             if info.identifier in self._managed and info.last_used_ms is not None:
                 self._observe_last_used(info.identifier, info.last_used_ms)
+        self._gone &= self._managed - references.keys()  # listed again: may go again
+        for identifier in sorted(self._managed - references.keys() - self._gone):
+            self._gone.add(identifier)
+            self._emit(InstanceGone(identifier))
         return references
 
     # -- observations (no I/O from here on) --------------------------------------------
@@ -289,6 +348,16 @@ class ActivityWatcher:
             self._on_observation(observation)
         except Exception:
             log.exception("activity_callback_failed", observation=type(observation).__name__)
+
+
+async def _all(calls: list[Awaitable[Any]]) -> list[Any]:
+    """Each call's result or exception, in order; one call is awaited without a task."""
+    if len(calls) == 1:
+        try:
+            return [await calls[0]]
+        except Exception as exc:
+            return [exc]
+    return list(await asyncio.gather(*calls, return_exceptions=True))
 
 
 def _reason(exc: Exception) -> str:

@@ -43,6 +43,7 @@ def test_built_in_defaults() -> None:
         draft_model="",
         unload_on_exit=True,
         shutdown_timeout=2.0,
+        busy_switch_wait=120.0,
         load={},
     )
     assert config.memory == MemoryConfig(budget_fraction=0.8)

@@ -106,6 +106,7 @@ _SCHEMA_KEYS = {
         "draft_model",
         "unload_on_exit",
         "shutdown_timeout",
+        "busy_switch_wait",
         "load",
     ],
     "memory": ["budget_fraction"],

@@ -189,6 +189,20 @@ def test_switch_debounce_may_be_zero() -> None:
     assert parse_config('[model]\nswitch_debounce = "0"\n').model.switch_debounce == 0.0
 
 
+@pytest.mark.parametrize(("value", "stored"), [('"0"', 0.0), ('"1s"', 1.0), ('"2m"', 120.0)])
+def test_busy_switch_wait_reaches_the_core(value: str, stored: float) -> None:
+    from lmkeeperd.daemon.wiring import settings_from
+
+    config = parse_config(f"[model]\nbusy_switch_wait = {value}\n")
+    assert config.model.busy_switch_wait == stored
+    assert settings_from(config).busy_switch_wait == stored
+
+
+def test_busy_switch_wait_refuses_negative() -> None:
+    with pytest.raises(ConfigError, match='busy_switch_wait: must not be negative, got "-1s"'):
+        parse_config('[model]\nbusy_switch_wait = "-1s"\n')
+
+
 # ---------------------------------------------------------------- durations
 
 

@@ -18,8 +18,8 @@ STATUS_KEYS = {
     "state", "model", "selected", "pending", "engine", "active_streams", "idle_eject_in_s",
     "server", "memory", "last_error", "last_advisory", "pid", "version", "uptime_s",
     "adopted", "draft", "config", "subscribers", "dropped_events", "proxy", "metrics",
-    "running", "why", "keep_alive_s", "config_error",
-    "restored_selection",
+    "running", "why", "keep_alive_s", "config_error", "restored_selection", "activity_source",
+    "activity_reason", "server_activity",
 }  # fmt: skip
 
 
