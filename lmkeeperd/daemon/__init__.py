@@ -1,7 +1,7 @@
 """The daemon: wires the lifecycle core to the control socket, the proxy and LM Studio.
 
-    driver.py           Daemon: feeds the core, performs its actions, sleeps, shuts down;
-                        run(config_path), the entry point of `lmkeeperd run`
+    driver.py           Daemon: feeds the core, performs its actions, sleeps, shuts down
+    entry.py            run(config_path), the entry point of `lmkeeperd run`
     context.py          Host: what the roles below may use of the driver
     control_handler.py  control-socket requests → core events (streams per connection)
     proxy_bridge.py     the proxy's hooks, the switch gate's world, listeners, metrics
@@ -23,7 +23,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lmkeeperd.daemon.driver import Daemon, run
+    from lmkeeperd.daemon.driver import Daemon
+    from lmkeeperd.daemon.entry import run
     from lmkeeperd.daemon.memory_advisor import MemoryCheck
     from lmkeeperd.daemon.wiring import (
         loaded_map,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 # wiring and the memory advisor, not the driver with the control server and the proxy.
 _EXPORTS = {
     "Daemon": "driver",
-    "run": "driver",
+    "run": "entry",
     "MemoryCheck": "memory_advisor",
     "loaded_map": "wiring",
     "make_client": "wiring",

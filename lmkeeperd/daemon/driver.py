@@ -24,21 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from lmkeeperd import __version__, logs, paths
-from lmkeeperd.config import Config, load_config
+from lmkeeperd.config import Config
 from lmkeeperd.control.server import ControlServer
 from lmkeeperd.core import (
     Action,
@@ -70,7 +67,7 @@ from lmkeeperd.daemon.status import build_status
 from lmkeeperd.daemon.watcher import watch_file
 from lmkeeperd.daemon.why import ConfigProblem
 from lmkeeperd.daemon.wiring import settings_from
-from lmkeeperd.errors import ConfigError, DaemonError
+from lmkeeperd.errors import DaemonError
 from lmkeeperd.listening import install_accept_guard
 from lmkeeperd.proxy import OpenStreams, SelectModel
 from lmkeeperd.status import RestoredSelection, Status
@@ -95,10 +92,6 @@ _DEBUG_EVENTS = frozenset({"selection_superseded"})
 
 SHUTDOWN_RESERVE_S = 0.3
 """Of the stop bound, kept back from the unload for the cleanup and the process's exit."""
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Daemon:
@@ -266,7 +259,7 @@ class Daemon:
         self.bridge.observe(name, fields)
         self.sync.observe(name, fields)
         if self._control is not None:
-            self._control.publish({"event": name, **fields, "time": _utc_now()})
+            self._control.publish({"event": name, **fields, "time": logs.utc_now()})
         if name == "state_changed":
             self._notifier.status(self._status_line())
 
@@ -495,33 +488,3 @@ async def _within(seconds: float, step: Coroutine[Any, Any, None]) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await step
-
-
-def _remember_missing_sniffio() -> None:
-    """Make a missing `sniffio` fail its import at once, every time after the first.
-
-    httpcore imports sniffio inside every lock and cancellation shield it sets up, and
-    Python does not remember a failed import: without sniffio (anyio 4 no longer needs it)
-    each request searched the whole import path several times, about half the CPU of an
-    idle daemon's reconcile (bench/bench_idle.py). None in sys.modules is Python's own
-    marker for "this module is not there".
-    """
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
-
-
-def run(config_path: Path, *, required: bool = False) -> int:
-    """Entry point of `lmkeeperd run`; `required`: the file was named, so it must exist."""
-    try:
-        config = load_config(config_path, required=required)
-    except ConfigError as e:
-        logs.setup()
-        log.error("config_invalid", error=str(e), path=str(config_path))
-        return 2
-    logs.setup(config.log.level, config.log.format)
-    _remember_missing_sniffio()
-
-    async def main() -> int:
-        return await Daemon(config, config_path).run()
-
-    return asyncio.run(main())
