@@ -94,7 +94,7 @@ def run_demo(idle_timeout: str = "60s", load_delay: float = 2.0) -> int:
         logs.setup(config.log.level, config.log.format)
 
         async def main() -> int:
-            return await Daemon(config, config_file).run()
+            return await Daemon(config, config_file, hangup_stops=True).run()
 
         return asyncio.run(main())
     finally:

@@ -104,7 +104,11 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.monotonic,
         notifier: Notifier | None = None,
+        hangup_stops: bool = False,
     ) -> None:
+        # SIGHUP reloads a service's config; a program in a terminal (the demo) stops on
+        # it instead, as the terminal that ran it has closed.
+        self._hangup_stops = hangup_stops
         self._config = config
         self.config_path = config_path
         self._clock = clock
@@ -468,7 +472,10 @@ class Daemon:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.reload(source="sighup"))
+        if self._hangup_stops:
+            loop.add_signal_handler(signal.SIGHUP, self.request_stop)
+        else:
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.reload(source="sighup"))
 
     def request_stop(self) -> None:
         if self._stop_at is None:

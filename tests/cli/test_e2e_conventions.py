@@ -266,6 +266,42 @@ def test_the_demo_prints_commands_that_work_as_typed(tmp_path: Path) -> None:
     assert code == 0
 
 
+def test_the_demo_stops_when_its_terminal_hangs_up() -> None:
+    # A daemon reloads its config on SIGHUP; the demo runs in a terminal, and a closed
+    # terminal (SIGHUP) must stop it and clean up, not leave it running unseen.
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "lmkeeperd", "demo", "--load-delay", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=_lines, args=(demo.stdout, lines), daemon=True)
+    reader.start()
+    printed: list[str] = []
+    deadline = time.monotonic() + 30
+    try:
+        while not any("daemon_started" in line for line in printed):
+            assert time.monotonic() < deadline, "".join(printed)
+            try:
+                printed.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                continue
+        config = next(line for line in printed if "export LMKEEPERD_CONFIG=" in line)
+        folder = Path(shlex.split(config.split("=", 1)[1])[0]).parent
+        assert folder.is_dir()
+        demo.send_signal(signal.SIGHUP)
+        assert demo.wait(30) == 0
+        assert not folder.exists()  # the demo's state and socket went with it
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+        reader.join(10)
+        assert demo.stdout is not None
+        demo.stdout.close()
+
+
 # --- service, on this very machine --------------------------------------------------
 
 
