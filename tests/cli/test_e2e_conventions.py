@@ -213,6 +213,49 @@ def _lines(stream: object, into: queue.Queue[str]) -> None:
         into.put(line)
 
 
+class _Demo:
+    """`lmkeeperd demo` as a process, its output read as it comes."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [*argv, "demo", "--load-delay", "0.1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(
+            target=_lines, args=(self.proc.stdout, self._lines), daemon=True
+        )
+        self._reader.start()
+        self.printed: list[str] = []
+
+    def wait_started(self) -> None:
+        """Until the daemon listens: the instructions are printed before it starts."""
+        deadline = time.monotonic() + 30
+        while not any("daemon_started" in line for line in self.printed):
+            assert time.monotonic() < deadline, "".join(self.printed)
+            try:
+                self.printed.append(self._lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                continue
+
+    def commands(self) -> list[str]:
+        start = self.printed.index("In another terminal:\n")
+        end = next(i for i, line in enumerate(self.printed) if "Ctrl-C stops the demo" in line)
+        commands = [line.split("#")[0].strip() for line in self.printed[start + 1 : end]]
+        return [c for c in commands if c]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(10)  # the pipe's end: the demo has exited
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
 def test_the_demo_prints_commands_that_work_as_typed(tmp_path: Path) -> None:
     console_script = Path(sys.executable).parent / "lmkeeperd"
     if not console_script.exists():
@@ -222,30 +265,10 @@ def test_the_demo_prints_commands_that_work_as_typed(tmp_path: Path) -> None:
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != console_script.parent
     )
-    demo = subprocess.Popen(
-        [str(console_script), "demo", "--load-delay", "0.1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=_lines, args=(demo.stdout, lines), daemon=True)
-    reader.start()
-    printed: list[str] = []
-    deadline = time.monotonic() + 30
+    demo = _Demo([str(console_script)], env)
     try:
-        # The instructions come first, then the daemon starts: run them once it listens.
-        while not any("daemon_started" in line for line in printed):
-            assert time.monotonic() < deadline, "".join(printed)
-            try:
-                printed.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                continue
-        start = printed.index("In another terminal:\n")
-        end = next(i for i, line in enumerate(printed) if "Ctrl-C stops the demo" in line)
-        commands = [line.split("#")[0].strip() for line in printed[start + 1 : end]]
-        commands = [c for c in commands if c and not c.startswith("Ctrl-C")]
+        demo.wait_started()
+        commands = demo.commands()
         assert commands[0].startswith("export LMKEEPERD_CONFIG=")
         assert all(shlex.split(c)[0] == str(console_script) for c in commands[1:]), commands
         shell = subprocess.run(
@@ -257,49 +280,26 @@ def test_the_demo_prints_commands_that_work_as_typed(tmp_path: Path) -> None:
         )
         assert shell.returncode == 0, shell.stderr
         assert f"selected {A}" in shell.stdout and "state" in shell.stdout
+        demo.proc.send_signal(signal.SIGINT)
+        assert demo.proc.wait(30) == 0
     finally:
-        demo.send_signal(signal.SIGINT)
-        code = demo.wait(30)
-        reader.join(10)  # the pipe's end: the demo has exited
-        assert demo.stdout is not None
-        demo.stdout.close()
-    assert code == 0
+        demo.close()
 
 
 def test_the_demo_stops_when_its_terminal_hangs_up() -> None:
     # A daemon reloads its config on SIGHUP; the demo runs in a terminal, and a closed
     # terminal (SIGHUP) must stop it and clean up, not leave it running unseen.
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "lmkeeperd", "demo", "--load-delay", "0.1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=_lines, args=(demo.stdout, lines), daemon=True)
-    reader.start()
-    printed: list[str] = []
-    deadline = time.monotonic() + 30
+    demo = _Demo([sys.executable, "-m", "lmkeeperd"])
     try:
-        while not any("daemon_started" in line for line in printed):
-            assert time.monotonic() < deadline, "".join(printed)
-            try:
-                printed.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                continue
-        config = next(line for line in printed if "export LMKEEPERD_CONFIG=" in line)
-        folder = Path(shlex.split(config.split("=", 1)[1])[0]).parent
+        demo.wait_started()
+        export = demo.commands()[0]
+        folder = Path(shlex.split(export.split("=", 1)[1])[0]).parent
         assert folder.is_dir()
-        demo.send_signal(signal.SIGHUP)
-        assert demo.wait(30) == 0
+        demo.proc.send_signal(signal.SIGHUP)
+        assert demo.proc.wait(30) == 0
         assert not folder.exists()  # the demo's state and socket went with it
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait(10)
-        reader.join(10)
-        assert demo.stdout is not None
-        demo.stdout.close()
+        demo.close()
 
 
 # --- service, on this very machine --------------------------------------------------
