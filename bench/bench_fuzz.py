@@ -1,6 +1,6 @@
 """The fuzz tests at full size: HYPOTHESIS_PROFILE=bench, 10,000 examples per input kind.
 
-Runs tests/test_fuzz_socket.py, tests/config/test_fuzz_config.py and tests/test_fuzz_client.py
+Runs tests/control/test_fuzz_socket.py, tests/config/test_fuzz_config.py and tests/lmstudio/test_fuzz_client.py
 with pytest under the "bench" hypothesis profile (registered in tests/conftest.py) and reports how
 many examples each test ran (the tests count them; see tests/fuzzing.py) and whether it
 passed. With --quick the CI budgets are used instead.
@@ -21,9 +21,9 @@ from typing import Any
 from _harness import PYTHON, ROOT, Figure, child_env, emit
 
 FILES = (
-    "tests/test_fuzz_socket.py",
+    "tests/control/test_fuzz_socket.py",
     "tests/config/test_fuzz_config.py",
-    "tests/test_fuzz_client.py",
+    "tests/lmstudio/test_fuzz_client.py",
 )
 TARGET = 10_000
 # The tests whose count is the "10,000 of each input" of the issue; the others (live config

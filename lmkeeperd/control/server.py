@@ -150,7 +150,7 @@ class ControlServer:
         try:
             # A full backlog makes a client's connect fail at once (EAGAIN on a Unix socket),
             # not wait; asyncio's default of 100 filled up under bursts of connections
-            # (tests/test_fuzz_socket.py). The kernel caps this at net.core.somaxconn.
+            # (tests/control/test_fuzz_socket.py). The kernel caps this at net.core.somaxconn.
             loop = asyncio.get_running_loop()
 
             def protocol() -> GuardedStreamProtocol | Refuse:

@@ -254,7 +254,7 @@ class LMStudioClient:
         headers = httpx.Headers({"Authorization": self._token.bearer()}) if self._token else None
         # httpx's timeouts bound each step (connect, each read), not the whole exchange: a
         # server that trickles its answer a byte at a time would hold the request forever
-        # (tests/test_fuzz_client.py). This bounds the whole of it.
+        # (tests/lmstudio/test_fuzz_client.py). This bounds the whole of it.
         whole = (timeout.connect or 0.0) + (timeout.read or self._request_timeout)
         url = self._base_url + path
         try:

@@ -1,7 +1,7 @@
 """The control handler (lmkeeperd/daemon/control_handler.py) in process, with a real core.
 
 The requests are the parsed frames the control server hands over; the server
-itself (framing, modes, peers) is tested in tests/test_control_server.py.
+itself (framing, modes, peers) is tested in tests/control/test_control_server.py.
 """
 
 from __future__ import annotations
