@@ -18,6 +18,7 @@ the model, the URL or the environment variable involved, never a secret.
     │       ├── ChannelMissing      the upgrade was answered as an unknown endpoint
     │       ├── RpcMissing          the server does not know that RPC (LM Studio < 0.3.27)
     │       ├── RpcFailed           the server answered the call with an rpcError
+    │       │   └── InstanceNotLoaded   ...saying no loaded instance matches ("not loaded")
     │       └── RpcTimeout          no answer within the call's timeout
     ├── ProtocolError               a control-socket frame is malformed (names the field)
     │   └── FrameError              ...so badly that the connection is closed
@@ -129,6 +130,11 @@ class RpcFailed(ChannelError):
         self.title = title
         self.code = code
         super().__init__(message)
+
+
+class InstanceNotLoaded(RpcFailed):
+    """The rpcError says no loaded instance matches the specifier (`code` names which:
+    `generic.noModelMatchingQuery` or `generic.specificModelUnloaded`): "not loaded"."""
 
 
 class RpcTimeout(ChannelError):
