@@ -14,6 +14,7 @@ the model, the URL or the environment variable involved, never a secret.
     │   ├── ServerTooOld            /api/v1 missing but /api/v0 present: LM Studio < 0.4
     │   ├── BadResponse             the body is not JSON or not the documented shape
     │   ├── ServerRefused           any other non-2xx, with the server's own message
+    │   │   └── LoadRefused         the load guardrail said the model will not fit (L27)
     │   └── ChannelError            LM Studio's websocket channel (lmstudio.channel)
     │       ├── ChannelMissing      the upgrade was answered as an unknown endpoint
     │       ├── RpcMissing          the server does not know that RPC (LM Studio < 0.3.27)
@@ -109,6 +110,18 @@ class BadResponse(ServerError):
 
 class ServerRefused(ServerError):
     """Any other non-2xx answer; carries the server's own message."""
+
+
+class LoadRefused(ServerRefused):
+    """LM Studio refused a load for lack of resources (its "model loading guardrails",
+    lmstudio-real.md); `model` is the key, `server_message` LM Studio's own words."""
+
+    def __init__(
+        self, message: str, *, model: str, server_message: str, status_code: int | None = None
+    ) -> None:
+        self.model = model
+        self.server_message = server_message
+        super().__init__(message, status_code=status_code)
 
 
 class ChannelError(ServerError):
