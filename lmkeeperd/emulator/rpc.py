@@ -21,6 +21,7 @@ from lmkeeperd.emulator.activity import ActivityTracker
 from lmkeeperd.emulator.catalog import CatalogModel
 from lmkeeperd.emulator.channel_switches import ChannelSwitches
 from lmkeeperd.emulator.errors import NoSuchInstance
+from lmkeeperd.emulator.load_channels import LOAD_CHANNELS, BadCreation, serve_load_channel
 from lmkeeperd.emulator.state import EmulatorState
 
 # What `/system` `version` reports: a 0.4 server (channel, processing state, API tokens).
@@ -103,6 +104,9 @@ class Dispatcher:
             return []  # communicationWarning from the client, or not an envelope at all
         if kind == "rpcCall":
             return self._rpc(message) if isinstance(message.get("endpoint"), str) else []
+        loading = kind == "channelCreate" and message.get("endpoint") in LOAD_CHANNELS
+        if loading and self.namespace != "/system":
+            return self._load_channel(message)
         warning_kind = _UNKNOWN_KINDS.get(str(kind))
         if warning_kind is None:
             return []  # about a channel or signal that was never opened
@@ -195,6 +199,33 @@ class Dispatcher:
                 _error("Model is unloaded.", "generic.specificModelUnloaded")
             ) from None
         return False, None
+
+    def _load_channel(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        endpoint, channel_id = message["endpoint"], message["channelId"]
+        try:
+            return serve_load_channel(
+                endpoint,
+                channel_id,
+                message.get("creationParameter"),
+                domain=_NAMESPACE_TYPES[self.namespace],
+                state=self._state,
+                generation=self._generation,
+                model_info=_model_info,
+                instance_info=self._instance_info,
+                error=_error,
+            )
+        except BadCreation as exc:
+            text = (
+                f"Received invalid creationParameter for channelCreate, endpointName = "
+                f"{endpoint}. Zod error: {exc}"
+            )
+            return self._warn(text, "channelCreationParameterTypeError")
+
+    def _instance_info(self, identifier: str) -> dict[str, Any] | None:
+        for view in self._instances():
+            if view.identifier == identifier:
+                return self._info(view)
+        return None
 
     # -- instances -------------------------------------------------------------------
 

@@ -249,3 +249,70 @@ def test_an_unload_that_hangs_holds_its_answer(emulator: Emulator) -> None:
     assert emulator.loaded() == {}
     with pytest.raises(ConnectionClosed):
         ws.recv(timeout=1)
+
+
+# -- the loading channels ------------------------------------------------------------
+
+
+def channel_frames(ws: ClientConnection, message: dict[str, Any]) -> list[Any]:
+    """Every frame answering one channelCreate, through its channelClose or channelError."""
+    send(ws, message)
+    frames = []
+    while True:
+        frame = json.loads(ws.recv(timeout=10))
+        frames.append(frame)
+        if frame["type"] in ("channelClose", "channelError"):
+            return frames
+
+
+def create(endpoint: str, channel_id: int, parameter: Any) -> dict[str, Any]:
+    return {
+        "type": "channelCreate",
+        "endpoint": endpoint,
+        "channelId": channel_id,
+        "creationParameter": parameter,
+    }
+
+
+def test_load_model_channel_loads_another_instance(
+    emulator: Emulator, llm: ClientConnection
+) -> None:
+    emulator.load_behind(LLM)
+    frames = channel_frames(llm, create("loadModel", 0, {"modelKey": LLM, "loadConfigStack": {}}))
+    assert [f["type"] for f in frames] == ["channelSend"] * 3 + ["channelClose"]
+    assert {f["channelId"] for f in frames} == {0}
+    messages = [f["message"] for f in frames[:3]]
+    assert [m["type"] for m in messages] == ["resolved", "progress", "success"]
+    assert messages[0]["info"]["modelKey"] == LLM and "identifier" not in messages[0]["info"]
+    assert messages[2]["info"]["identifier"] == LLM + ":2"
+    assert emulator.loaded() == {LLM: [LLM, LLM + ":2"]}
+
+
+def test_get_or_load_channel(emulator: Emulator, llm: ClientConnection) -> None:
+    loading = channel_frames(llm, create("getOrLoad", 0, {"identifier": LLM}))
+    kinds = [f["message"]["type"] for f in loading if f["type"] == "channelSend"]
+    assert kinds == ["startLoading", "loadProgress", "loadSuccess"]
+    assert loading[0]["message"]["identifier"] == LLM
+    again = channel_frames(llm, create("getOrLoad", 1, {"identifier": LLM}))
+    assert [f["type"] for f in again] == ["channelSend", "channelClose"]
+    assert again[0]["message"]["type"] == "alreadyLoaded"
+    assert again[0]["message"]["info"]["identifier"] == LLM
+    assert emulator.loaded() == {LLM: [LLM]}
+
+
+def test_loading_channels_fail_with_a_channel_error(
+    emulator: Emulator, llm: ClientConnection
+) -> None:
+    (unknown,) = channel_frames(llm, create("getOrLoad", 0, {"identifier": "no/such"}))
+    assert unknown["type"] == "channelError" and unknown["channelId"] == 0
+    (wrong_domain,) = channel_frames(llm, create("loadModel", 1, {"modelKey": EMBEDDING}))
+    assert "of type llm" in wrong_domain["error"]["title"]
+    emulator.set_guardrail(max_models=1)
+    emulator.load_behind(LLM)
+    (refused,) = channel_frames(llm, create("loadModel", 2, {"modelKey": LLM}))
+    assert "insufficient system resources" in refused["error"]["title"]
+    bad = answer(llm, create("loadModel", 3, {"modelKey": 5}))
+    assert bad["kind"] == "channelCreationParameterTypeError"
+    with open_channel(emulator, "/system") as system:
+        ignored = answer(system, create("getOrLoad", 0, {"identifier": LLM}))
+        assert ignored["kind"] == "channelEndpointUnknown"

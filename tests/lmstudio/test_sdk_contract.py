@@ -185,3 +185,45 @@ def test_every_catalog_format_is_one_the_sdk_accepts() -> None:
     assert set(CHANNEL_FORMATS.values()) <= accepted
     models: list[CatalogModel] = list(default_catalog())
     assert {CHANNEL_FORMATS[m.format] for m in models} <= accepted
+
+
+# -- loading through the SDK (the getOrLoad and loadModel channels) ---------------------
+
+
+def test_sdk_model_gets_a_loaded_model_or_loads_it(
+    emulator: Emulator, sdk: lmstudio.Client
+) -> None:
+    emulator.set_load_delay(0.2)
+    handle = sdk.llm.model(LLM)
+    assert handle.identifier == LLM and emulator.loaded() == {LLM: [LLM]}
+    assert sdk.llm.model(LLM).identifier == LLM  # already loaded: no second load
+    loads = [r for r in emulator.requests() if r.path == "/api/v1/models/load"]
+    assert loads == []  # the channel, not REST
+    assert [f.endpoint for f in emulator.frames() if f.type == "channelCreate"] == [
+        "getOrLoad",
+        "getOrLoad",
+    ]
+    assert sdk.embedding.model(EMBEDDING).get_info().model_key == EMBEDDING
+    with pytest.raises(lmstudio.LMStudioServerError, match="Cannot find a model"):
+        sdk.llm.model("no/such-model")
+
+
+def test_sdk_load_new_instance_makes_another_instance(
+    emulator: Emulator, sdk: lmstudio.Client
+) -> None:
+    first = sdk.llm.load_new_instance(LLM)
+    second = sdk.llm.load_new_instance(LLM)
+    assert (first.identifier, second.identifier) == (LLM, LLM + ":2")
+    assert emulator.loaded() == {LLM: [LLM, LLM + ":2"]}
+    second.unload()
+    assert emulator.loaded() == {LLM: [LLM]}
+
+
+def test_sdk_load_refused_by_the_guardrail_carries_lm_studios_text(
+    emulator: Emulator, sdk: lmstudio.Client
+) -> None:
+    emulator.set_guardrail(max_models=1)
+    sdk.llm.load_new_instance(LLM)
+    with pytest.raises(lmstudio.LMStudioServerError, match="insufficient system resources"):
+        sdk.llm.load_new_instance(LLM)
+    assert emulator.loaded() == {LLM: [LLM]}
