@@ -1,4 +1,4 @@
-"""The emulator package after its split by role (issue 12): old import paths, module sizes."""
+"""The emulator package after its split by role: old import paths, module sizes, no import loops."""
 
 from __future__ import annotations
 
