@@ -14,10 +14,12 @@ the model, the URL or the environment variable involved, never a secret.
     │   ├── ServerTooOld            /api/v1 missing but /api/v0 present: LM Studio < 0.4
     │   ├── BadResponse             the body is not JSON or not the documented shape
     │   ├── ServerRefused           any other non-2xx, with the server's own message
+    │   │   └── LoadRefused         the load guardrail said the model will not fit (L27)
     │   └── ChannelError            LM Studio's websocket channel (lmstudio.channel)
     │       ├── ChannelMissing      the upgrade was answered as an unknown endpoint
     │       ├── RpcMissing          the server does not know that RPC (LM Studio < 0.3.27)
     │       ├── RpcFailed           the server answered the call with an rpcError
+    │       │   └── InstanceNotLoaded   ...saying no loaded instance matches ("not loaded")
     │       └── RpcTimeout          no answer within the call's timeout
     ├── ProtocolError               a control-socket frame is malformed (names the field)
     │   └── FrameError              ...so badly that the connection is closed
@@ -110,6 +112,18 @@ class ServerRefused(ServerError):
     """Any other non-2xx answer; carries the server's own message."""
 
 
+class LoadRefused(ServerRefused):
+    """LM Studio refused a load for lack of resources (its "model loading guardrails",
+    lmstudio-real.md); `model` is the key, `server_message` LM Studio's own words."""
+
+    def __init__(
+        self, message: str, *, model: str, server_message: str, status_code: int | None = None
+    ) -> None:
+        self.model = model
+        self.server_message = server_message
+        super().__init__(message, status_code=status_code)
+
+
 class ChannelError(ServerError):
     """LM Studio's websocket channel failed (refused auth: AuthError; drops: ServerUnreachable)."""
 
@@ -129,6 +143,11 @@ class RpcFailed(ChannelError):
         self.title = title
         self.code = code
         super().__init__(message)
+
+
+class InstanceNotLoaded(RpcFailed):
+    """The rpcError says no loaded instance matches the specifier (`code` names which:
+    `generic.noModelMatchingQuery` or `generic.specificModelUnloaded`): "not loaded"."""
 
 
 class RpcTimeout(ChannelError):

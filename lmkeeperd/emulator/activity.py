@@ -114,7 +114,10 @@ class ActivityTracker:
             return ProcessingState(current.phase, len(queue))
 
     def last_used(self, instance_id: str) -> int | None:
+        """Unix ms of the last request's end; None while one is in flight (LM Studio's null)."""
         with self._lock:
+            if self._in_flight.get(instance_id):
+                return None
             return self._last_used.get(instance_id)
 
     def reference(self, instance_id: str) -> str:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lmkeeperd.emulator.state import NoSuchInstance, NoSuchModel
-
-if TYPE_CHECKING:
-    from lmkeeperd.emulator.server import Emulator
+from lmkeeperd.emulator.errors import NoSuchInstance, NoSuchModel
+from lmkeeperd.emulator.ports import EmulatorPort as Emulator
 
 CONTROL_PREFIX = "/_emulator/"
 
@@ -117,6 +115,17 @@ def _fail_next_loads(emu: Emulator, request: ControlRequest) -> ControlAnswer:
         emu.fail_next_loads(_integer(body, "n"), message, status=_integer(body, "status", 500))
     else:
         raise _BadRequest("'message' must be a string")
+    return ControlAnswer(200, _OK)
+
+
+def _guardrail(emu: Emulator, request: ControlRequest) -> ControlAnswer:
+    body = _body(request)
+    unknown = sorted(set(body) - {"memory_gb", "max_models"})
+    if unknown:
+        raise _BadRequest(f"unknown key(s) {unknown}: give 'memory_gb' and/or 'max_models'")
+    memory_gb = None if body.get("memory_gb") is None else _number(body, "memory_gb")
+    max_models = None if body.get("max_models") is None else _integer(body, "max_models")
+    emu.set_guardrail(memory_gb=memory_gb, max_models=max_models)
     return ControlAnswer(200, _OK)
 
 
@@ -225,7 +234,7 @@ def _frames(emu: Emulator, request: ControlRequest) -> ControlAnswer:
     return ControlAnswer(200, {"frames": [asdict(frame) for frame in emu.frames()]})
 
 
-_Handler = Callable[["Emulator", ControlRequest], ControlAnswer]
+_Handler = Callable[[Emulator, ControlRequest], ControlAnswer]
 
 _GET: dict[str, _Handler] = {
     "loaded": lambda emu, _: ControlAnswer(200, {"loaded": emu.loaded()}),
@@ -239,6 +248,7 @@ _POST: dict[str, _Handler] = {
     "load_delay": _load_delay,
     "fail_next_loads": _fail_next_loads,
     "hang_unloads": _hang_unloads,
+    "guardrail": _guardrail,
     "go_down": lambda emu, request: _go_down(emu, request, None),
     "restart": lambda emu, request: _go_down(emu, request, 0.0),
     "load_behind": _load_behind,
@@ -256,6 +266,7 @@ _POST: dict[str, _Handler] = {
     "channel": _switch(lambda emu, on: emu.set_channel(on)),
     "channel_auth_refused": _switch(lambda emu, on: emu.refuse_channel_auth(on)),
     "channel_rpc_missing": _switch(lambda emu, on: emu.set_channel_rpc_missing(on)),
+    "channel_strict": _switch(lambda emu, on: emu.set_channel_strict(on)),
     "channel_delay": _seconds(lambda emu, seconds: emu.set_channel_delay(seconds)),
     "channel_auth_timeout": _seconds(lambda emu, seconds: emu.set_channel_auth_timeout(seconds)),
     "clear_frames": _clear_frames,

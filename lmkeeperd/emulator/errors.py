@@ -25,3 +25,10 @@ class InjectedLoadFailure(Exception):
 
 class Interrupted(Exception):
     """The server went down or stopped while this request was being served."""
+
+
+class GuardrailRefusal(InjectedLoadFailure):
+    """LM Studio's model loading guardrails refused a load: it would not fit (faults.py)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 500)

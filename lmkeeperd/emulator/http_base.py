@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmkeeperd.emulator import auth, payloads
+from lmkeeperd.emulator.ports import EmulatorPort
 from lmkeeperd.emulator.request_log import LogEntry
 from lmkeeperd.emulator.settings import Settings
-
-if TYPE_CHECKING:
-    from lmkeeperd.emulator.server import Emulator
-    from lmkeeperd.emulator.state import EmulatorState
+from lmkeeperd.emulator.state import EmulatorState
 
 
 @dataclass(slots=True)
@@ -35,8 +33,8 @@ class Request:
 
 class HandlerBase(BaseHTTPRequestHandler):
     @property
-    def emulator(self) -> Emulator:
-        emulator: Emulator = getattr(self.server, "emulator")  # noqa: B009
+    def emulator(self) -> EmulatorPort:
+        emulator: EmulatorPort = getattr(self.server, "emulator")  # noqa: B009
         return emulator
 
     @property

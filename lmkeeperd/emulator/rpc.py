@@ -1,8 +1,14 @@
 """The RPC endpoints of the emulated websocket channel, as in lmstudio-ws.md.
 
-`dispatch(namespace, message, ...)` turns one client frame (already parsed JSON,
+`Dispatcher.dispatch(message)` turns one client frame (already parsed JSON,
 already authenticated) into the frames to answer with: `rpcResult`, `rpcError`,
 `communicationWarning` or `keepAliveAck`. No sockets here; the transport is ws.py.
+
+As LM Studio does (lmstudio-real.md, "The channel in practice"): a frame that
+fails the envelope schema gets no answer at all; an unknown endpoint gets a
+`communicationWarning` of the real kind (`rpcEndpointUnknown`,
+`channelEndpointUnknown`, ...), at most MAX_WARNINGS per connection; a query by
+identifier matches that identifier exactly.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from typing import Any
 
 from lmkeeperd.emulator.activity import ActivityTracker
 from lmkeeperd.emulator.catalog import CatalogModel
+from lmkeeperd.emulator.channel_switches import ChannelSwitches
+from lmkeeperd.emulator.errors import NoSuchInstance
+from lmkeeperd.emulator.load_channels import LOAD_CHANNELS, BadCreation, serve_load_channel
 from lmkeeperd.emulator.state import EmulatorState
 
 # What `/system` `version` reports: a 0.4 server (channel, processing state, API tokens).
@@ -23,6 +32,29 @@ MAX_WARNINGS = 5
 
 _NAMESPACE_TYPES = {"/llm": "llm", "/embedding": "embedding"}
 _QUERY_KEYS = frozenset({"domain", "identifier", "path", "vision", "deviceIdentifier"})
+# The channel's `format` (ModelCompatibilityType.ts) from the REST one: an MLX model is
+# safetensors files on disk, and SDK clients reject any value outside that type.
+CHANNEL_FORMATS = {"gguf": "gguf", "mlx": "safetensors", None: "gguf"}
+# Client envelopes and the integer id each must carry (lmstudio-ws.md, "Envelopes").
+_ENVELOPES = {
+    "rpcCall": "callId",
+    "channelCreate": "channelId",
+    "channelSend": "channelId",
+    "channelAck": "channelId",
+    "signalSubscribe": "subscribeId",
+    "signalUnsubscribe": "subscribeId",
+    "writableSignalSubscribe": "subscribeId",
+    "writableSignalUnsubscribe": "subscribeId",
+    "writableSignalUpdate": "subscribeId",
+}
+# The endpoint-carrying envelopes this emulator serves none of, and their warning kind.
+_UNKNOWN_KINDS = {
+    "channelCreate": "channelEndpointUnknown",
+    "signalSubscribe": "signalEndpointUnknown",
+    "writableSignalSubscribe": "writableSignalEndpointUnknown",
+}
+
+_Endpoint = Callable[[bool, Any], tuple[bool, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +68,12 @@ class _BadParameter(Exception):
     pass
 
 
+class _RpcFailure(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = error
+        super().__init__(error["title"])
+
+
 class Dispatcher:
     """One connection's RPC handling (it counts that connection's warnings)."""
 
@@ -44,30 +82,40 @@ class Dispatcher:
         namespace: str,
         state: EmulatorState,
         activity: ActivityTracker,
-        rpc_missing: Callable[[], bool],
+        switches: ChannelSwitches,
+        generation: int,
     ) -> None:
         self.namespace = namespace
         self._state = state
         self._activity = activity
-        self._rpc_missing = rpc_missing
+        self._switches = switches
+        self._generation = generation
         self._warnings = 0
 
     def dispatch(self, message: Any) -> list[dict[str, Any]]:
         """The frames answering one client frame (often none)."""
         if not isinstance(message, dict):
-            return self._warn("Received a message that is not an object", "invalidMessage")
+            return []  # fails the schema: LM Studio only logs it
         kind = message.get("type")
         if kind == "keepAlive":
             return [{"type": "keepAliveAck"}]
+        id_name = _ENVELOPES.get(kind) if isinstance(kind, str) else None
+        if id_name is None or not _is_id(message.get(id_name)):
+            return []  # communicationWarning from the client, or not an envelope at all
         if kind == "rpcCall":
-            return self._rpc(message)
-        if kind == "communicationWarning":
+            return self._rpc(message) if isinstance(message.get("endpoint"), str) else []
+        loading = kind == "channelCreate" and message.get("endpoint") in LOAD_CHANNELS
+        if loading and self.namespace != "/system":
+            return self._load_channel(message)
+        warning_kind = _UNKNOWN_KINDS.get(str(kind))
+        if warning_kind is None:
+            return []  # about a channel or signal that was never opened
+        endpoint = message.get("endpoint")
+        if not isinstance(endpoint, str):
             return []
-        if kind in ("channelCreate", "signalSubscribe", "writableSignalSubscribe"):
-            endpoint = message.get("endpoint")
-            text = f"Received {kind} for unknown endpoint, endpoint = {endpoint}"
-            return self._warn(text, f"{kind}EndpointUnknown")
-        return self._warn(f"Received a message of unknown type {kind!r}", "invalidMessage")
+        return self._warn(
+            f"Received {kind} for unknown endpoint, endpoint = {endpoint}", warning_kind
+        )
 
     def _warn(self, text: str, kind: str) -> list[dict[str, Any]]:
         self._warnings += 1
@@ -76,10 +124,8 @@ class Dispatcher:
         return [{"type": "communicationWarning", "warning": text, "kind": kind}]
 
     def _rpc(self, message: dict[str, Any]) -> list[dict[str, Any]]:
-        endpoint, call_id = message.get("endpoint"), message.get("callId")
-        if not isinstance(call_id, int) or isinstance(call_id, bool):
-            return self._warn("Received rpcCall without an integer callId", "invalidMessage")
-        handler = self._handler(endpoint)
+        endpoint, call_id = message["endpoint"], message["callId"]
+        handler = self._endpoints().get(endpoint)
         if handler is None:
             text = f"Received rpcCall for unknown endpoint, endpoint = {endpoint}"
             return self._warn(text, "rpcEndpointUnknown")
@@ -98,22 +144,28 @@ class Dispatcher:
             answer["result"] = result
         return [answer]
 
-    def _handler(self, endpoint: object) -> Callable[[bool, Any], tuple[bool, Any]] | None:
+    def _endpoints(self) -> dict[str, _Endpoint]:
         if self.namespace == "/system":
-            return self._version if endpoint == "version" else None
-        if endpoint == "listLoaded":
-            return self._list_loaded
-        if endpoint == "getModelInfo":
-            return self._model_info
-        if endpoint == "getInstanceProcessingState" and not self._rpc_missing():
-            return self._processing_state
-        return None
+            return {"version": self._version, "listDownloadedModels": self._downloaded}
+        endpoints: dict[str, _Endpoint] = {
+            "listLoaded": self._list_loaded,
+            "getModelInfo": self._model_info,
+            "unloadModel": self._unload,
+        }
+        if not self._switches.rpc_missing:
+            endpoints["getInstanceProcessingState"] = self._processing_state
+        return endpoints
 
     # -- endpoints -------------------------------------------------------------------
 
     def _version(self, given: bool, parameter: Any) -> tuple[bool, Any]:
         _no_parameter(given)
         return True, dict(EMULATED_VERSION)
+
+    def _downloaded(self, given: bool, parameter: Any) -> tuple[bool, Any]:
+        """Every model in the catalog as a ModelInfo (LlmInfo or EmbeddingModelInfo)."""
+        _no_parameter(given)
+        return True, [_model_info(model) for model, _ in self._state.models()]
 
     def _list_loaded(self, given: bool, parameter: Any) -> tuple[bool, Any]:
         _no_parameter(given)
@@ -130,6 +182,51 @@ class Dispatcher:
         state = self._activity.state(view.identifier)
         return True, {"status": state.status, "queued": state.queued}
 
+    def _unload(self, given: bool, parameter: Any) -> tuple[bool, Any]:
+        """`{identifier}`: unload that instance of this namespace's type; no result."""
+        if not given or not isinstance(parameter, dict):
+            raise _BadParameter("expected an object {identifier}")
+        identifier = parameter.get("identifier")
+        if not isinstance(identifier, str):
+            raise _BadParameter("identifier: expected string")
+        if not any(view.identifier == identifier for view in self._instances()):
+            title = f'No loaded model with the identifier "{identifier}".'
+            raise _RpcFailure(_error(title, "generic.identifierNotFound"))
+        try:
+            self._state.unload(identifier, generation=self._generation)
+        except NoSuchInstance:
+            raise _RpcFailure(
+                _error("Model is unloaded.", "generic.specificModelUnloaded")
+            ) from None
+        return False, None
+
+    def _load_channel(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        endpoint, channel_id = message["endpoint"], message["channelId"]
+        try:
+            return serve_load_channel(
+                endpoint,
+                channel_id,
+                message.get("creationParameter"),
+                domain=_NAMESPACE_TYPES[self.namespace],
+                state=self._state,
+                generation=self._generation,
+                model_info=_model_info,
+                instance_info=self._instance_info,
+                error=_error,
+            )
+        except BadCreation as exc:
+            text = (
+                f"Received invalid creationParameter for channelCreate, endpointName = "
+                f"{endpoint}. Zod error: {exc}"
+            )
+            return self._warn(text, "channelCreationParameterTypeError")
+
+    def _instance_info(self, identifier: str) -> dict[str, Any] | None:
+        for view in self._instances():
+            if view.identifier == identifier:
+                return self._info(view)
+        return None
+
     # -- instances -------------------------------------------------------------------
 
     def _instances(self) -> list[InstanceView]:
@@ -144,35 +241,18 @@ class Dispatcher:
 
     def _info(self, view: InstanceView) -> dict[str, Any]:
         """An LLMInstanceInfo (or EmbeddingModelInstanceInfo) for one loaded instance."""
-        model = view.model
-        info: dict[str, Any] = {
-            "type": model.type,
-            "modelKey": model.key,
-            "format": model.format or "gguf",
-            "displayName": model.display_name or model.key,
-            "publisher": model.publisher or "",
-            "path": _path(model),
-            "sizeBytes": model.size_bytes,
-            "indexedModelIdentifier": _path(model),
-            "deviceIdentifier": None,
-            "identifier": view.identifier,
-            "instanceReference": self._activity.reference(view.identifier),
-            # The emulator's instances never expire on their own (see docs/emulator.md).
-            "ttlMs": None,
-            "lastUsedTime": self._activity.last_used(view.identifier),
-            "maxContextLength": model.max_context_length,
-            "contextLength": view.config.get("context_length", model.max_context_length),
-        }
-        if model.params_string is not None:
-            info["paramsString"] = model.params_string
-        if model.architecture is not None:
-            info["architecture"] = model.architecture
-        if model.quantization is not None:
-            bits = model.bits_per_weight
-            info["quantization"] = {"name": model.quantization, "bits": int(bits or 0)}
-        if model.type == "llm":
-            info["vision"] = model.vision
-            info["trainedForToolUse"] = model.trained_for_tool_use
+        info = _model_info(view.model)
+        info.update(
+            {
+                "identifier": view.identifier,
+                "instanceReference": self._activity.reference(view.identifier),
+                # The emulator's instances never expire on their own (see docs/emulator.md).
+                "ttlMs": None,
+                # null while the instance is in use, set when its work ends.
+                "lastUsedTime": self._activity.last_used(view.identifier),
+                "contextLength": view.config.get("context_length", view.model.max_context_length),
+            }
+        )
         return info
 
     def _find(self, given: bool, parameter: Any) -> InstanceView | None:
@@ -184,6 +264,7 @@ class Dispatcher:
             raise _BadParameter("throwIfNotFound: expected boolean")
         if not isinstance(specifier, dict):
             raise _BadParameter("specifier: expected object")
+        throw = throw or self._switches.strict
         views = self._instances()
         if specifier.get("type") == "instanceReference":
             reference = specifier.get("instanceReference")
@@ -214,10 +295,8 @@ class Dispatcher:
         return None
 
 
-class _RpcFailure(Exception):
-    def __init__(self, error: dict[str, Any]) -> None:
-        self.error = error
-        super().__init__(error["title"])
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _no_parameter(given: bool) -> None:
@@ -225,10 +304,37 @@ def _no_parameter(given: bool) -> None:
         raise _BadParameter("this endpoint takes no parameter: omit 'parameter'")
 
 
+def _model_info(model: CatalogModel) -> dict[str, Any]:
+    """A ModelInfo (what listDownloadedModels lists; instance infos add to it)."""
+    info: dict[str, Any] = {
+        "type": model.type,
+        "modelKey": model.key,
+        "format": CHANNEL_FORMATS.get(model.format, "gguf"),
+        "displayName": model.display_name or model.key,
+        "publisher": model.publisher or "",
+        "path": _path(model),
+        "sizeBytes": model.size_bytes,
+        "indexedModelIdentifier": _path(model),
+        "deviceIdentifier": None,
+        "maxContextLength": model.max_context_length,
+    }
+    if model.params_string is not None:
+        info["paramsString"] = model.params_string
+    if model.architecture is not None:
+        info["architecture"] = model.architecture
+    if model.quantization is not None:
+        bits = model.bits_per_weight
+        info["quantization"] = {"name": model.quantization, "bits": int(bits or 0)}
+    if model.type == "llm":
+        info["vision"] = model.vision
+        info["trainedForToolUse"] = model.trained_for_tool_use
+    return info
+
+
 def _matches(view: InstanceView, query: dict[str, Any]) -> bool:
-    # Exact matching: the identifier (`key` or `key:2`) or the model key (its first instance).
+    # Exact matching: `key:2` is not `key` (lmstudio-real.md, "The channel in practice").
     identifier = query.get("identifier")
-    if identifier is not None and identifier not in (view.identifier, view.model.key):
+    if identifier is not None and identifier != view.identifier:
         return False
     if "domain" in query and query["domain"] != view.model.type:
         return False

@@ -12,76 +12,30 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import socketserver
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from lmkeeperd.emulator.activity import ActivityTracker, ProcessingState, ServedRequest
 from lmkeeperd.emulator.catalog import CatalogModel, default_catalog, load_catalog
-from lmkeeperd.emulator.handler import CLIENT_GONE, EmulatorRequestHandler
+from lmkeeperd.emulator.channel_switches import DEFAULT_AUTH_TIMEOUT, ChannelSwitches, FrameRecord
+from lmkeeperd.emulator.handler import EmulatorRequestHandler
+from lmkeeperd.emulator.http_server import HTTPServer
 from lmkeeperd.emulator.state import DEFAULT_LOG_LIMIT, EmulatorState, RequestRecord
-from lmkeeperd.emulator.ws import DEFAULT_AUTH_TIMEOUT, ChannelSwitches, FrameRecord
 
 DEFAULT_FAILURE_MESSAGE = "Failed to load model (failure injected by the emulator)"
+
+__all__ = ["DEFAULT_FAILURE_MESSAGE", "Emulator", "EmulatorRequestHandler"]
 
 # How long stop() gives connection threads to wind down before leaving them be.
 STOP_JOIN_SECONDS = 2.0
 # serve_forever's poll: bounds how long going down or stopping takes.
 POLL_SECONDS = 0.05
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
-        self.emulator = emulator
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, EmulatorRequestHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host's FQDN, which can stall on a bad resolver.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # The handler writes headers and body in separate sends; with Nagle's algorithm on,
-        # the body of every answer on a kept-alive connection waited ~40 ms for the client's
-        # delayed ACK (bench/bench_select_latency.py). LM Studio's server does not do that.
-        with contextlib.suppress(OSError):
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        thread = threading.Thread(
-            target=self.process_request_thread,
-            args=(request, client_address),
-            name="emulator-connection",
-            daemon=True,
-        )
-        # Registered before the thread runs, so going down can never miss a connection.
-        self.emulator._track(request, thread)
-        thread.start()
-
-    def shutdown_request(self, request: Any) -> None:
-        self.emulator._untrack(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, CLIENT_GONE) or (
-            isinstance(error, OSError) and self.emulator._phase != "up"
-        ):
-            return
-        super().handle_error(request, client_address)
 
 
 class Emulator:
@@ -126,7 +80,7 @@ class Emulator:
         self._port = port
         self._phase = "new"  # "new" | "up" | "down" | "stopped"
         self._lifecycle = threading.Lock()
-        self._server: _HTTPServer | None = None
+        self._server: HTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
         self._connections_lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
@@ -248,7 +202,7 @@ class Emulator:
             self._cut_connections(keep=keep)
 
     def _listen(self) -> None:
-        server = _HTTPServer((self._host, self._port), self)
+        server = HTTPServer((self._host, self._port), self)
         self._port = int(server.server_address[1])
         self._server = server
         self._serve_thread = threading.Thread(
@@ -305,6 +259,13 @@ class Emulator:
     def hang_unloads(self, on: bool) -> None:
         """While on, unload requests block (until turned off, a go_down, or stop())."""
         self._state.hang_unloads(on)
+
+    def set_guardrail(
+        self, *, memory_gb: float | None = None, max_models: int | None = None
+    ) -> None:
+        """LM Studio's load guardrail: refuse loads past `memory_gb` (loaded sizes plus the
+        new model's, from the catalog) or past `max_models` loaded; None (both) = off."""
+        self._state.set_guardrail(memory_gb, max_models)
 
     def load_behind(self, key: str, config: Mapping[str, Any] | None = None) -> str:
         """Load as the GUI would (no delay, no failure); returns the new instance id.
@@ -378,6 +339,10 @@ class Emulator:
     def set_channel_rpc_missing(self, on: bool) -> None:
         """While on, getInstanceProcessingState is unknown, as before LM Studio 0.3.27."""
         self._channel.update(rpc_missing=on)
+
+    def set_channel_strict(self, on: bool) -> None:
+        """While on, a lookup that finds nothing is an rpcError even with throwIfNotFound false."""
+        self._channel.update(strict=on)
 
     def set_channel_delay(self, seconds: float) -> None:
         """Every channel reply (not the auth reply) waits `seconds` first."""

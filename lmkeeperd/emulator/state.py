@@ -126,6 +126,11 @@ class EmulatorState(Guarded):
             self._faults.fail_next(n, message, status)
             self._changed()
 
+    def set_guardrail(self, memory_gb: float | None, max_models: int | None) -> None:
+        with self._cond:
+            self._faults.set_guardrail(memory_gb, max_models)
+            self._changed()
+
     def hang_unloads(self, on: bool) -> None:
         with self._cond:
             self._faults.hang_unloads = bool(on)
@@ -209,13 +214,21 @@ class EmulatorState(Guarded):
         instance already claimed by the request that caused it (see `release`).
         Concurrent JIT loads of one model each make their own instance, as LM Studio's
         do (bug-tracker #1751). Raises NoSuchModel, ValueError (bad options),
-        InjectedLoadFailure or Interrupted.
+        InjectedLoadFailure (GuardrailRefusal when the guardrail says no) or Interrupted.
         """
         with self._cond:
             model = self._model(key)
             config, echo = build_load_config(model, options)
             if jit and self._settings.auto_evict:
                 self._instances.evict_jit()
+            sizes = [
+                self._models[key_].size_bytes
+                for key_, ids in self._instances.loaded().items()
+                for _ in ids
+            ]
+            refusal = self._faults.guardrail_refusal(model.size_bytes, sizes)
+            if refusal is not None:
+                raise refusal  # at once, before any delay: LM Studio estimates first
             failure = self._faults.take_failure()
             if failure is not None:
                 self._changed()

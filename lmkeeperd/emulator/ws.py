@@ -20,10 +20,8 @@ import json
 import logging
 import re
 import selectors
-import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.frames import Frame, Opcode
@@ -31,15 +29,15 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from lmkeeperd.emulator.channel_switches import DEFAULT_AUTH_TIMEOUT, ChannelSwitches, FrameRecord
+from lmkeeperd.emulator.errors import Interrupted
+from lmkeeperd.emulator.ports import ChannelHandler
 from lmkeeperd.emulator.rpc import Dispatcher
-from lmkeeperd.emulator.state import Interrupted
 
-if TYPE_CHECKING:
-    from lmkeeperd.emulator.handler import EmulatorRequestHandler
+__all__ = ["DEFAULT_AUTH_TIMEOUT", "ChannelSwitches", "FrameRecord", "serve_channel"]
 
 NAMESPACES = ("/llm", "/embedding", "/system")
 MAX_FRAME_BYTES = 1024 * 1024
-DEFAULT_AUTH_TIMEOUT = 10.0
 # The SDKs' token shape; the emulator's token must have it for a channel client to match.
 TOKEN_PATTERN = re.compile(r"^sk-lm-([a-zA-Z0-9]{8}):([a-zA-Z0-9]{20})$")
 _MAX_CREDENTIAL = 256
@@ -49,76 +47,7 @@ _WIRE_LOG = logging.getLogger("lmkeeperd.emulator.ws.wire")
 _WIRE_LOG.setLevel(logging.WARNING)
 
 
-@dataclass(frozen=True, slots=True)
-class FrameRecord:
-    """One frame a channel client sent (t = time.monotonic() on arrival)."""
-
-    t: float
-    path: str
-    type: str | None
-    endpoint: str | None
-
-
-class ChannelSwitches:
-    """The channel's fault switches and its frame log, behind one lock."""
-
-    def __init__(self, auth_timeout: float = DEFAULT_AUTH_TIMEOUT, log_limit: int = 100_000):
-        self._lock = threading.Lock()
-        self.enabled = True
-        self.refuse_auth = False
-        self.rpc_missing = False
-        self.delay = 0.0
-        self.auth_timeout = _non_negative("auth timeout", auth_timeout)
-        self._log_limit = log_limit
-        self._frames: list[FrameRecord] = []
-
-    def update(self, **changes: Any) -> None:
-        with self._lock:
-            for name, value in changes.items():
-                if name in ("delay", "auth_timeout"):
-                    value = _non_negative(name.replace("_", " "), value)
-                else:
-                    value = bool(value)
-                setattr(self, name, value)
-
-    def describe(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "channel": self.enabled,
-                "channel_auth_refused": self.refuse_auth,
-                "channel_rpc_missing": self.rpc_missing,
-                "channel_delay": self.delay,
-                "channel_auth_timeout": self.auth_timeout,
-            }
-
-    def record(self, path: str, message: Any) -> None:
-        kind = endpoint = None
-        if isinstance(message, dict):
-            kind = message.get("type") if isinstance(message.get("type"), str) else None
-            if kind is None and "authVersion" in message:
-                kind = "auth"
-            endpoint = message.get("endpoint") if isinstance(message.get("endpoint"), str) else None
-        with self._lock:
-            if len(self._frames) >= self._log_limit:
-                del self._frames[: self._log_limit // 2]
-            self._frames.append(FrameRecord(time.monotonic(), path, kind, endpoint))
-
-    def frames(self) -> list[FrameRecord]:
-        with self._lock:
-            return list(self._frames)
-
-    def clear_frames(self) -> None:
-        with self._lock:
-            self._frames.clear()
-
-
-def _non_negative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0")
-    return float(value)
-
-
-def serve_channel(handler: EmulatorRequestHandler) -> bool:
+def serve_channel(handler: ChannelHandler) -> bool:
     """Serve a GET if it is the SDK greeting or a websocket upgrade; False otherwise."""
     path = urlsplit(handler.path).path
     state = handler.state
@@ -160,7 +89,7 @@ def serve_channel(handler: EmulatorRequestHandler) -> bool:
     return True
 
 
-def _flush(handler: EmulatorRequestHandler, protocol: ServerProtocol) -> None:
+def _flush(handler: ChannelHandler, protocol: ServerProtocol) -> None:
     for data in protocol.data_to_send():
         if data:
             handler.wfile.write(data)
@@ -169,19 +98,14 @@ def _flush(handler: EmulatorRequestHandler, protocol: ServerProtocol) -> None:
 class _Connection:
     """One authenticated-or-not channel connection, on its handler's thread."""
 
-    def __init__(
-        self, handler: EmulatorRequestHandler, protocol: ServerProtocol, path: str
-    ) -> None:
+    def __init__(self, handler: ChannelHandler, protocol: ServerProtocol, path: str) -> None:
         self.handler = handler
         self.protocol = protocol
         self.path = path
         self.switches = handler.emulator._channel
         self.generation = handler.state.generation()
         self.dispatcher = Dispatcher(
-            path,
-            handler.state,
-            handler.emulator._activity,
-            lambda: self.switches.rpc_missing,
+            path, handler.state, handler.emulator._activity, self.switches, self.generation
         )
         self.authenticated = False
         self._fragments: list[bytes] = []

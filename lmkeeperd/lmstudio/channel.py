@@ -12,6 +12,7 @@ Failures, all under ServerError (lmkeeperd/errors.py):
     auth refused, 401/403, bad token shape  -> AuthError        (names the env var, never the token)
     unknown endpoint (communicationWarning) -> RpcMissing       (at once, when the warning arrives)
     rpcError                                -> RpcFailed
+      ...saying no instance matches         -> InstanceNotLoaded (an RpcFailed)
     no answer in time                       -> RpcTimeout
     not JSON / not the shape / too big      -> BadResponse
 
@@ -48,6 +49,7 @@ from lmkeeperd.errors import (
     BadResponse,
     ChannelError,
     ChannelMissing,
+    InstanceNotLoaded,
     RpcFailed,
     RpcMissing,
     RpcTimeout,
@@ -70,6 +72,8 @@ _WIRE_LOG = logging.getLogger("lmkeeperd.lmstudio.channel.wire")
 _WIRE_LOG.setLevel(logging.WARNING)
 
 _OMIT: Any = object()
+# The rpcError codes that mean "no loaded instance matches" (lmstudio-ws.md, "Error object").
+NOT_LOADED_CODES = frozenset({"generic.noModelMatchingQuery", "generic.specificModelUnloaded"})
 
 __all__ = [
     "Credentials",
@@ -273,16 +277,22 @@ class LMStudioChannel:
         self, *, reference: str | None = None, identifier: str | None = None
     ) -> ProcessingState | None:
         """The instance's state, by instanceReference or identifier; None when not loaded."""
-        if (reference is None) == (identifier is None):
-            raise ValueError("give exactly one of reference or identifier")
-        specifier: dict[str, Any] = (
-            {"type": "instanceReference", "instanceReference": reference}
-            if reference is not None
-            else {"type": "query", "query": {"identifier": identifier}}
-        )
-        parameter = {"specifier": specifier, "throwIfNotFound": False}
-        result = await self.call("getInstanceProcessingState", parameter)
+        try:
+            result = await self.call("getInstanceProcessingState", _lookup(reference, identifier))
+        except InstanceNotLoaded:
+            return None
+        # A server ignoring the flag may still leave the result out for "not found".
         return None if result is None else ProcessingState.from_wire(result)
+
+    async def model_info(
+        self, *, reference: str | None = None, identifier: str | None = None
+    ) -> InstanceInfo | None:
+        """`getModelInfo` for one instance, as `processing_state` finds it; None when not loaded."""
+        try:
+            result = await self.call("getModelInfo", _lookup(reference, identifier))
+        except InstanceNotLoaded:
+            return None
+        return None if result is None else InstanceInfo.from_wire(result)
 
     # -- the reader --------------------------------------------------------------------
 
@@ -344,7 +354,8 @@ class LMStudioChannel:
         code = display.get("code") if isinstance(display, Mapping) else None
         code = code if isinstance(code, str) else None
         message = f"LM Studio at {self.url} failed {endpoint}: {title}"
-        return RpcFailed(message + (f" ({code})" if code else ""), title=title, code=code)
+        kind = InstanceNotLoaded if code in NOT_LOADED_CODES else RpcFailed
+        return kind(message + (f" ({code})" if code else ""), title=title, code=code)
 
     def _lose(self, error: Exception) -> None:
         self._lost = error
@@ -357,6 +368,19 @@ class LMStudioChannel:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._credentials.passkey, "***")
+
+
+def _lookup(reference: str | None, identifier: str | None) -> dict[str, Any]:
+    """`{specifier, throwIfNotFound: true}`, as the official SDKs send it: "not found" comes
+    back as an rpcError (InstanceNotLoaded), never as a missing result."""
+    if (reference is None) == (identifier is None):
+        raise ValueError("give exactly one of reference or identifier")
+    specifier: dict[str, Any] = (
+        {"type": "instanceReference", "instanceReference": reference}
+        if reference is not None
+        else {"type": "query", "query": {"identifier": identifier}}
+    )
+    return {"specifier": specifier, "throwIfNotFound": True}
 
 
 def _parse(raw: str | bytes) -> Any:

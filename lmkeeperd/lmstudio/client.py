@@ -15,18 +15,18 @@ has no `error` member; the body decides before the status does:
     "Unexpected endpoint or method"          -> ServerTooOld (0.3.x has no /api/v1)
     404 on /api/v1/models, /api/v0 answering -> ServerTooOld
     load: 404, or an error saying not found  -> ModelNotFound
+    load: the guardrail's refusal text       -> LoadRefused (a ServerRefused)
     unload not confirmed by the answer       -> a fresh listing decides:
                                                 gone -> ModelNotFound, listed -> ServerRefused
     not JSON, not the shape, over the cap    -> BadResponse
     any other error                          -> ServerRefused (with the server's own message)
 
 Bodies are streamed and capped (MODELS_CAP for the model list, SMALL_CAP for
-the rest), so a runaway server cannot inflate the daemon.
-
-The API token is held in a `Secret` (lmkeeperd/secret.py) and sent as a per-request
-header (httpx masks it in `Headers` reprs). Errors are raised `from None`, so a
-traceback never renders httpx's internals and their locals; any server text
-quoted in a message has the token scrubbed out first.
+the rest), so a runaway server cannot inflate the daemon. The API token is held
+in a `Secret` (lmkeeperd/secret.py) and sent as a per-request header (httpx
+masks it in `Headers` reprs). Errors are raised `from None`, so a traceback
+never renders httpx's internals and their locals; any server text quoted in a
+message has the token scrubbed out first.
 """
 
 from __future__ import annotations
@@ -53,13 +53,16 @@ from lmkeeperd.lmstudio.models import LoadResult, ModelInfo
 from lmkeeperd.lmstudio.transport import TooBig, decoded, describe, printable, read_capped
 from lmkeeperd.lmstudio.wire import (
     AUTH_WORDS,
+    GUARDRAIL_CHARS,
     UNEXPECTED_ENDPOINT,
     ShapeError,
     error_code,
     error_member,
+    load_refused,
     parse_load_result,
     parse_models,
     says_not_found,
+    says_refused_for_resources,
 )
 from lmkeeperd.secret import Secret
 
@@ -194,11 +197,10 @@ class LMStudioClient:
     async def unload(self, instance_id: str) -> None:
         """Unloads one loaded instance (an instance id, not a model key).
 
-        Done only when the answer names the instance. Any other answer (an error
-        body, whatever its status; a body naming nothing) is checked against a fresh
-        listing, since the documentation does not say what an unknown or
-        already-unloaded instance gets: gone -> ModelNotFound (the caller's "already
-        gone"), still listed -> ServerRefused.
+        Done only when the answer names the instance. Any other answer (an error body,
+        whatever its status; a body naming nothing) is checked against a fresh listing,
+        since the documentation does not say what an unknown or already-unloaded instance
+        gets: gone -> ModelNotFound (the caller's "already gone"), listed -> ServerRefused.
         """
         action = f"unload {instance_id}"
         response = await self._send(
@@ -349,6 +351,9 @@ class LMStudioClient:
             return self._auth_error(response, action)
         if UNEXPECTED_ENDPOINT in said:
             return self._too_old(response, said)
+        if model is not None and says_refused_for_resources(said):
+            whole = self._server_message(response, limit=GUARDRAIL_CHARS)
+            return load_refused(self._base_url, model, status, whole)
         path = response.request.url.path
         if status == 404 and path == MODELS_PATH:
             await self._raise_if_too_old(v1_missing=True)
@@ -419,7 +424,7 @@ class LMStudioClient:
             status_code=response.status_code,
         )
 
-    def _server_message(self, response: httpx.Response) -> str:
+    def _server_message(self, response: httpx.Response, limit: int = _SNIPPET_CHARS) -> str:
         """The server's own words: JSON `error` (string, or object with `message`), else text."""
         try:
             body = response.json()
@@ -429,17 +434,17 @@ class LMStudioClient:
         if isinstance(error, dict):
             error = error.get("message")
         if isinstance(error, str) and error.strip():
-            return self._shorten(error)
+            return self._shorten(error, limit)
         return self._snippet(response)
 
     def _snippet(self, response: httpx.Response) -> str:
         text = response.text
         return repr(self._shorten(text)) if text.strip() else "(empty body)"
 
-    def _shorten(self, text: str) -> str:
+    def _shorten(self, text: str, limit: int = _SNIPPET_CHARS) -> str:
         # The server's own words enter error messages only through here: one line,
         # no control characters or raw bytes, no token, cut short (transport.printable).
-        return printable(self._scrub(text), _SNIPPET_CHARS + 1)
+        return printable(self._scrub(text), limit + 1)
 
     def _scrub(self, text: str) -> str:
         return self._token.scrub(text) if self._token else text

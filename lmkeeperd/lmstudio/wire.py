@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from lmkeeperd.errors import LoadRefused
 from lmkeeperd.lmstudio.models import LoadedInstance, LoadResult, ModelInfo, Quantization
 
 # What LM Studio answers for a path or method it does not serve: HTTP 200 (or,
@@ -41,6 +42,30 @@ def says_not_found(body: object, said: str, model: str) -> bool:
     """An error answer saying the model is not there (whatever its status code)."""
     code = error_code(body) or ""
     return code.endswith("not_found") or (model in said and "not found" in said.lower())
+
+
+# LM Studio's guardrail refusals, every wording seen (lmstudio-real.md): 0.3.27+ "Model
+# loading was stopped due to insufficient system resources...", older "...aborted due to
+# insufficient system resources...", the UI's "Not enough resources to load the model...".
+GUARDRAIL_WORDS = ("insufficient system resources", "not enough resources")
+GUARDRAIL_CHARS = 600  # the refusal is ~330 characters: carried whole
+
+
+def load_refused(base_url: str, model: str, status: int, said: str) -> LoadRefused:
+    """The error for a guardrail refusal; `said` is the server's message, made printable."""
+    return LoadRefused(
+        f"LM Studio at {base_url} refused to load {model!r} for lack of resources "
+        f"(HTTP {status}): {said}",
+        model=model,
+        server_message=said,
+        status_code=status,
+    )
+
+
+def says_refused_for_resources(said: str) -> bool:
+    """An error answer saying the load guardrail refused (recognised by its text only)."""
+    lowered = said.lower()
+    return any(words in lowered for words in GUARDRAIL_WORDS)
 
 
 def kind(value: object) -> str:

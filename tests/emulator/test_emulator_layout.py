@@ -1,7 +1,8 @@
-"""The emulator package after its split by role (issue 12): old import paths, module sizes."""
+"""The emulator package after its split by role: old import paths, module sizes, no import loops."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import lmkeeperd.emulator as emulator_package
@@ -52,3 +53,40 @@ def test_no_emulator_module_is_over_the_limit() -> None:
     sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.py")}
     too_long = {name: lines for name, lines in sizes.items() if lines > MAX_MODULE_LINES}
     assert not too_long, f"emulator modules over {MAX_MODULE_LINES} lines: {too_long}"
+
+
+def _emulator_imports() -> dict[str, set[str]]:
+    """Module -> the emulator modules it imports (under TYPE_CHECKING too), __init__ aside."""
+    folder = Path(emulator_package.__file__).parent
+    names = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "lmkeeperd.emulator":
+                found.update(alias.name for alias in node.names if alias.name in names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module.removeprefix("lmkeeperd.emulator."))
+            elif isinstance(node, ast.Import):
+                found.update(a.name.removeprefix("lmkeeperd.emulator.") for a in node.names)
+        graph[name] = found & names
+    return graph
+
+
+def test_no_emulator_module_imports_one_that_imports_it_back() -> None:
+    graph = _emulator_imports()
+    assert "server" in graph["__main__"]  # the walk sees imports at all
+
+    def reaches(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(graph[name])
+        return seen
+
+    loops = sorted(name for name in graph if name in reaches(name))
+    assert not loops, f"emulator modules in an import loop: {loops}"

@@ -198,8 +198,10 @@ def test_tracker_phases_and_queue() -> None:
                 "computingEmbedding",
                 2,
             )
-        assert tracker.last_used("a") == 1234
+        # One request still in flight: lastUsedTime is null while in use (lmstudio-real.md).
+        assert tracker.last_used("a") is None
     assert (tracker.state("a").status, tracker.state("a").queued) == ("idle", 0)
+    assert tracker.last_used("a") == 1234
 
 
 # -- auth ------------------------------------------------------------------------------
