@@ -16,39 +16,57 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-from lmkeeperd.cli.table import ERROR_PREFIX
+from lmkeeperd.cli.output import (
+    BAD_USAGE,
+    NO_DAEMON,
+    OK,
+    REFUSED,
+    error,
+    memory_warning,
+    refusal,
+    warning,
+)
 from lmkeeperd.errors import ConfigError, DaemonNotRunning, LmkeeperError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any
 
+    from lmkeeperd.cli.locate import Located
     from lmkeeperd.status import Status
 
-OK, REFUSED, BAD_USAGE, NO_DAEMON = 0, 1, 2, 3
+__all__ = ["BAD_USAGE", "NO_DAEMON", "OK", "REFUSED", "error", "refusal", "warning"]
+
 # An unload is answered once the server has unloaded: room for a slow server
 # (the default request_timeout is 10 s; the daemon retries within it).
 UNLOAD_TIMEOUT = 130.0
 
 
-def error(message: str) -> None:
-    print(f"{ERROR_PREFIX}{message}", file=sys.stderr)
+def locate(config_arg: str | None) -> Located:
+    from lmkeeperd.cli import locate as finder
+
+    return finder.find(config_arg)
 
 
 def socket_for(config_arg: str | None) -> str:
-    from lmkeeperd.cli import locate
+    return locate(config_arg).socket
 
-    return locate.socket_file(locate.config_file(config_arg))
+
+def no_daemon(config_arg: str | None, where: Located, e: DaemonNotRunning) -> str:
+    """What to say when nothing answers on the socket: why, and how the socket was chosen."""
+    if where.named and not where.config_exists:
+        # Nothing recorded a daemon for this file either: not a daemon elsewhere, a typo.
+        return f"no config file at {where.config}; the daemon for it is not running"
+    return f"{e}; {where.explain(config_arg)}"
 
 
 def no_daemon_hint(config_arg: str | None) -> str | None:
     """Why a daemon may not be running: its config file is invalid (checked only now)."""
-    from lmkeeperd.cli import locate
+    from lmkeeperd.cli import locate as finder
 
-    path = locate.config_file(config_arg)
-    if not os.path.exists(path):
+    path = finder.config_file(config_arg)
+    if not os.path.isfile(path):
         return None
     from pathlib import Path
 
@@ -61,25 +79,33 @@ def no_daemon_hint(config_arg: str | None) -> str | None:
     return None
 
 
+def report_no_daemon(config_arg: str | None, where: Located, e: DaemonNotRunning) -> str:
+    """Print why no daemon answered (and a hint), return the message."""
+    message = no_daemon(config_arg, where, e)
+    error(message)
+    hint = no_daemon_hint(config_arg)
+    if hint:
+        error(hint)
+    return message
+
+
 def ask(
     config_arg: str | None, obj: dict[str, Any], *, timeout: float | None = 5.0
 ) -> tuple[int, Any]:
     """Send one request; returns (exit code, reply or None) and prints errors."""
     from lmkeeperd.control.client import request
 
+    where = locate(config_arg)
     try:
-        reply = request(socket_for(config_arg), obj, timeout=timeout)
+        reply = request(where.socket, obj, timeout=timeout)
     except DaemonNotRunning as e:
-        error(str(e))
-        hint = no_daemon_hint(config_arg)
-        if hint:
-            error(hint)
+        report_no_daemon(config_arg, where, e)
         return NO_DAEMON, None
     except (LmkeeperError, OSError) as e:
         error(str(e))
         return REFUSED, None
     if reply.get("ok") is not True:
-        error(str(reply.get("error", reply)))
+        error(refusal(reply))
         return REFUSED, reply
     return OK, reply
 
@@ -100,17 +126,20 @@ def run(config: str | None = None) -> int:
 def status(config: str | None = None, as_json: bool = False) -> int:
     from lmkeeperd.control.client import request
 
-    sock = socket_for(config)
+    where = locate(config)
     try:
-        reply = request(sock, {"op": "status"}, timeout=5.0)
+        reply = request(where.socket, {"op": "status"}, timeout=5.0)
     except LmkeeperError as e:  # DaemonNotRunning included
-        code = NO_DAEMON if isinstance(e, DaemonNotRunning) else REFUSED
+        if isinstance(e, DaemonNotRunning):
+            code, message = NO_DAEMON, no_daemon(config, where, e)
+        else:
+            code, message = REFUSED, str(e)
         if as_json:  # scripts get an answer on stdout whatever happened
-            print(json.dumps({"running": False, "error": str(e), "socket": sock}))
-        error(str(e))
-        hint = no_daemon_hint(config) if code == NO_DAEMON else None
-        if hint:
-            error(hint)
+            print(json.dumps({"running": False, "error": message, "socket": where.socket}))
+        if isinstance(e, DaemonNotRunning):
+            report_no_daemon(config, where, e)
+        else:
+            error(message)
         return code
     if reply.get("ok") is not True:
         error(str(reply.get("error", reply)))
@@ -148,7 +177,10 @@ def select(
             return BAD_USAGE
         from lmkeeperd.cli.waiting import select_and_wait
 
-        return select_and_wait(socket_for(config), obj, key, limit)
+        where = locate(config)
+        return select_and_wait(
+            where.socket, obj, key, limit, no_daemon=lambda e: report_no_daemon(config, where, e)
+        )
     # A select is answered once the server's catalog was listed (L23): allow for a slow
     # server, as for an unload.
     code, reply = ask(config, obj, timeout=UNLOAD_TIMEOUT)
@@ -158,6 +190,7 @@ def select(
             print(f"selected {key} (not checked yet: the server cannot be listed)")
         else:
             print(f"selected {key}")
+        memory_warning(reply)
     return code
 
 

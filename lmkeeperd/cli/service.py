@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from lmkeeperd.cli.commands import error
+from lmkeeperd.cli.output import error
 from lmkeeperd.cli.table import PROG
 from lmkeeperd.errors import ServiceError, ServiceManagerUnavailable, UnsupportedPlatform
 from lmkeeperd.service import execute, plan, target

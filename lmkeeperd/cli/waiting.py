@@ -17,12 +17,13 @@ import select as selector
 import sys
 import time
 
-from lmkeeperd.cli.commands import NO_DAEMON, OK, REFUSED, error
+from lmkeeperd.cli.output import NO_DAEMON, OK, REFUSED, error, memory_warning, refusal, warning
 from lmkeeperd.control.client import ControlClient
 from lmkeeperd.errors import DaemonError, DaemonNotRunning, LmkeeperError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 _POLL_S = 0.2
@@ -36,7 +37,15 @@ class _Outcome(Exception):
         self.message = message
 
 
-def select_and_wait(sock: str, obj: dict[str, Any], key: str, limit: float | None) -> int:
+def select_and_wait(
+    sock: str,
+    obj: dict[str, Any],
+    key: str,
+    limit: float | None,
+    *,
+    no_daemon: Callable[[DaemonNotRunning], object] | None = None,
+) -> int:
+    """Select and wait; `no_daemon` says why nothing answered (default: the error alone)."""
     started = time.monotonic()
     progress = _Progress(sys.stderr.isatty())
     try:
@@ -46,9 +55,10 @@ def select_and_wait(sock: str, obj: dict[str, Any], key: str, limit: float | Non
                 raise _Outcome(REFUSED, f"cannot follow the load: {ack.get('error', ack)}")
             reply = ctl.request(obj)
             if reply.get("ok") is not True:
-                raise _Outcome(REFUSED, str(reply.get("error", reply)))
+                raise _Outcome(REFUSED, refusal(reply))
             if reply.get("ignored"):
                 raise _Outcome(REFUSED, f"the daemon ignored the selection: {reply['ignored']}")
+            memory_warning(reply)
             _watch(events, ctl, key, started, limit, progress)
     except _Outcome as outcome:
         progress.clear()
@@ -59,7 +69,10 @@ def select_and_wait(sock: str, obj: dict[str, Any], key: str, limit: float | Non
         return outcome.code
     except DaemonNotRunning as e:
         progress.clear()
-        error(str(e))
+        if no_daemon is None:
+            error(str(e))
+        else:
+            no_daemon(e)
         return NO_DAEMON
     except (LmkeeperError, OSError) as e:
         progress.clear()
@@ -84,7 +97,11 @@ def _watch(
         elapsed = time.monotonic() - started
         _settled(status, key, elapsed)
         if limit is not None and elapsed >= limit:
-            raise _Outcome(REFUSED, f"{key} is not loaded after {_secs(limit)} ({_phase(status)})")
+            raise _Outcome(
+                REFUSED,
+                f"{key} is not loaded after {_secs(limit)} ({_phase(status)}); lmkeeperd goes "
+                "on with the load: `lmkeeperd status` follows it, `lmkeeperd unload` stops it",
+            )
         progress.show(f"{key}: {_phase(status)}, {_secs(elapsed)}")
         wait = _POLL_S if limit is None else max(0.0, min(_POLL_S, limit - elapsed))
         if not events.has_buffered_line():
@@ -94,7 +111,7 @@ def _watch(
         event = events.read_message()
         if event is None:
             raise DaemonError("lmkeeperd closed the connection (it is stopping?)")
-        _judge(event, key)
+        _judge(event, key, progress)
 
 
 def _settled(status: dict[str, Any], key: str, elapsed: float) -> None:
@@ -107,8 +124,12 @@ def _settled(status: dict[str, Any], key: str, elapsed: float) -> None:
         raise _Outcome(OK, f"loaded {key} ({_secs(elapsed)})")
 
 
-def _judge(event: dict[str, Any], key: str) -> None:
+def _judge(event: dict[str, Any], key: str, progress: _Progress) -> None:
     name = event.get("event")
+    if name == "memory_advisory" and event.get("model") == key:
+        # L12: the check made beside this load, with the memory left after the unload.
+        progress.clear()
+        warning(f"at load: {event.get('message')}")
     if name == "load_failed" and event.get("model") == key and not event.get("draft"):
         raise _Outcome(REFUSED, f"loading {key} failed: {event.get('error')}")
     if name == "selection_superseded" and event.get("model") == key:

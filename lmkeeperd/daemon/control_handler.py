@@ -34,7 +34,7 @@ from lmkeeperd.core import (
     StreamStarted,
     UnloadCommand,
 )
-from lmkeeperd.daemon import selection
+from lmkeeperd.daemon import memory_verdict, selection
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.models_view import models_reply
 from lmkeeperd.daemon.selection_check import SelectionChecker
@@ -95,9 +95,19 @@ class ControlHandler:
                 pid = conn.peer_pid
                 selection.received(key, "socket", pid=pid, process=process_name(pid))
                 stored = selection.StoredSelection(key, host.config.model.selected)
-                return await self._checker.select(
+                reply = await self._checker.select(
                     key, source="socket", store=stored, keep_alive=keep_alive
                 )
+                if reply.get("ok") and not reply.get("unchecked") and not reply.get("superseded"):
+                    # L12 at selection: the person who selected hears whether it may fit.
+                    reply["memory"] = await memory_verdict.for_selection(
+                        self._sync.memory,
+                        dict(self._sync.models),
+                        key,
+                        host.core.model,
+                        host.config.memory.budget_fraction,
+                    )
+                return reply
             case proto.Activity():
                 host.feed(Activity())
             case proto.StreamStart():
