@@ -124,9 +124,42 @@ def remove(path: str, *, pid: int | None = None) -> bool:
         return False
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except OSError:
         return False
     return True
+
+
+class Recorder:
+    """The daemon's side: write the record once the socket listens, remove it at the end."""
+
+    __slots__ = ("config", "path")
+
+    def __init__(self, path: str, config: str) -> None:
+        self.path = path
+        self.config = config
+
+    @classmethod
+    def for_config(cls, config_path: object) -> Recorder | None:
+        """The recorder of the daemon running `config_path`; None without a runtime folder."""
+        from lmkeeperd.paths import runtime_dir
+
+        config = str(config_path)
+        try:
+            folder = str(runtime_dir())
+        except OSError:
+            return None
+        return cls(record_file(folder, config), os.path.realpath(os.path.expanduser(config)))
+
+    def write(self, socket: str) -> str | None:
+        """Write the record for `socket`; the error, if it could not be written."""
+        try:
+            write(self.path, socket=socket, config=self.config)
+        except OSError as e:
+            return e.strerror or str(e)
+        return None
+
+    def remove(self) -> None:
+        remove(self.path)  # one left behind names a dead pid: the CLI ignores it
 
 
 def _alive(pid: int) -> bool:

@@ -61,4 +61,3 @@ async def models_reply(sync: ServerSync, core: Lifecycle, fraction: float) -> di
             }
         )
     return {"ok": True, "models": rows}
-
