@@ -3,9 +3,8 @@ says, `status` tells why, `select --wait` / `--keep-alive`, `models`, `events`."
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
