@@ -21,9 +21,7 @@ class Clock:
 
 def _limit(clock: Clock) -> tuple[RepeatLimit, list[tuple[Any, ...]]]:
     summaries: list[tuple[Any, ...]] = []
-    limit = RepeatLimit(
-        window=60.0, per_event=5, clock=clock, emit=lambda *a: summaries.append(a)
-    )
+    limit = RepeatLimit(window=60.0, per_event=5, clock=clock, emit=lambda *a: summaries.append(a))
     return limit, summaries
 
 
