@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from lmkeeperd.service.target import temporary_folder
 
 
