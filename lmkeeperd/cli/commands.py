@@ -166,7 +166,9 @@ def select(
         error("select: the model key is empty")
         return BAD_USAGE
     obj: dict[str, Any] = {"op": "select", "model": model}
-    if keep_alive is not None:
+    if keep_alive is not None and keep_alive.strip().lower() == "default":
+        obj["keep_alive"] = "default"  # back to [model] idle_timeout
+    elif keep_alive is not None:
         seconds = _duration("--keep-alive", keep_alive)
         if seconds is None:
             return BAD_USAGE

@@ -152,7 +152,8 @@ COMMANDS: tuple[Command | Group, ...] = (
             Opt(
                 "--keep-alive",
                 'Idle timeout for this selection only ("0" never ejects), '
-                "instead of [model] idle_timeout.",
+                "instead of [model] idle_timeout. Selecting the same model again without it "
+                'keeps the earlier one; "default" drops it.',
                 metavar="DURATION",
             ),
             CONFIG,

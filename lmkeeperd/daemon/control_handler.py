@@ -88,7 +88,7 @@ class ControlHandler:
     async def handle(self, conn: Connection, request: proto.Request) -> dict[str, Any]:
         host = self._host
         match request:
-            case proto.Select(model=model, keep_alive=keep_alive):
+            case proto.Select(model=model, keep_alive=keep_alive, default_idle=default_idle):
                 key = model.strip()
                 if not key:
                     return {"ok": True, "ignored": "empty model key"}
@@ -96,7 +96,11 @@ class ControlHandler:
                 selection.received(key, "socket", pid=pid, process=process_name(pid))
                 stored = selection.StoredSelection(key, host.config.model.selected)
                 reply = await self._checker.select(
-                    key, source="socket", store=stored, keep_alive=keep_alive
+                    key,
+                    source="socket",
+                    store=stored,
+                    keep_alive=keep_alive,
+                    default_idle=default_idle,
                 )
                 if reply.get("ok") and not reply.get("unchecked") and not reply.get("superseded"):
                     # L12 at selection: the person who selected hears whether it may fit.

@@ -1,4 +1,4 @@
-"""Issue 13 part A through the real CLI and a real daemon: reach it whatever the config
+"""Through the real CLI and a real daemon: reach it whatever the config
 says, `status` tells why, `select --wait` / `--keep-alive`, `models`, `events`."""
 
 from __future__ import annotations
@@ -136,6 +136,12 @@ def test_select_keep_alive_is_shown_and_applies(daemon_factory: Callable[..., Da
     st = d.wait_status(state="loaded", model=A)
     assert st["keep_alive_s"] == 0 and st["idle_eject_in_s"] is None
     assert "never ejects" in d.cli("status").stdout
+    # The same model again: without --keep-alive the earlier one stays; "default" drops it.
+    assert d.cli("select", A).returncode == 0
+    assert d.status()["keep_alive_s"] == 0
+    assert d.cli("select", A, "--keep-alive", "default").returncode == 0
+    st = d.wait_status(keep_alive_s=None)
+    assert st["idle_eject_in_s"] is not None and "keep alive" not in d.cli("status").stdout
     assert d.cli("select", B, "--keep-alive", "1s", "--wait").returncode == 0
     assert d.status()["keep_alive_s"] == 1.0
     d.wait_status(timeout=15, state="idle", model=None, selected=B)
