@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from lmkeeperd.cli.output import (
     BAD_USAGE,
@@ -62,12 +63,20 @@ def no_daemon(config_arg: str | None, where: Located, e: DaemonNotRunning) -> st
 
 
 def no_daemon_hint(config_arg: str | None) -> str | None:
-    """Why a daemon may not be running: its config file is invalid (checked only now)."""
+    """Why a daemon may not be running: its config file may be invalid.
+
+    Validating imports the config package, which costs more than the rest of `status`
+    (docs/performance.md): it is done for a person at a terminal; a script (stderr not a
+    terminal) is told which command checks it, so a prompt or a monitor that polls
+    `status` while no daemon runs stays fast.
+    """
     from lmkeeperd.cli import locate as finder
 
     path = finder.config_file(config_arg)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         return None
+    if not sys.stderr.isatty():
+        return f"`lmkeeperd config check` says whether {path} is valid (`run` refuses it if not)"
     from pathlib import Path
 
     from lmkeeperd.config import load_config
