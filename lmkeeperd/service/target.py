@@ -125,7 +125,7 @@ class Target:
         return f"journalctl{user_flag} -u {APP_NAME} -f"
 
     def cli_command(self, verb: str) -> str:
-        """`lmkeeperd service VERB` as this target needs it typed (hints: issue 13)."""
+        """`lmkeeperd service VERB` as this target needs it typed (for hints)."""
         return f"{APP_NAME} service {verb}" + (" --system" if self.scope == "system" else "")
 
     def describe(self) -> str:

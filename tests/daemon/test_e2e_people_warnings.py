@@ -103,6 +103,10 @@ def test_errors_name_the_next_step(daemon: DaemonProc) -> None:
     # Nearest first: the key that holds all of what was typed, then the look-alike.
     reply = daemon.request({"op": "select", "model": "qwen/qwen3-4b"})
     assert list(reply["nearest"][:2]) == ["qwen/qwen3-4b-2507", "qwen/qwen3-32b"], reply
+    estimate = daemon.cli("estimate", "qwen/qwen3-4b")  # as select says it
+    assert estimate.returncode == 1
+    assert "did you mean qwen/qwen3-4b-2507, qwen/qwen3-32b" in estimate.stderr, estimate.stderr
+    assert "`lmkeeperd models`" in estimate.stderr and "lms ls" not in estimate.stderr
     waited = daemon.cli("select", A, "--wait", "--timeout", "0")
     assert waited.returncode == 1
     assert "goes on with the load" in waited.stderr, waited.stderr
