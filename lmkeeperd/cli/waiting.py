@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _POLL_S = 0.2
+_ADVISORY_WAIT_S = 1.0
 _HELD = frozenset({"loaded", "streaming"})
 
 
@@ -59,7 +60,11 @@ def select_and_wait(
             if reply.get("ignored"):
                 raise _Outcome(REFUSED, f"the daemon ignored the selection: {reply['ignored']}")
             memory_warning(reply)
-            _watch(events, ctl, key, started, limit, progress)
+            # The load's own advisory is computed beside it (L12) and may come just after
+            # the load: worth a short wait when the selection's verdict foretold it.
+            memory = reply.get("memory") or {}
+            advisory_wait = _ADVISORY_WAIT_S if memory.get("verdict") == "may not fit" else 0.0
+            _watch(events, ctl, key, started, limit, progress, advisory_wait)
     except _Outcome as outcome:
         progress.clear()
         if outcome.code == OK:
@@ -91,11 +96,18 @@ def _watch(
     started: float,
     limit: float | None,
     progress: _Progress,
+    advisory_wait: float = 0.0,
 ) -> None:
+    advised: list[bool] = []
     while True:
         status: dict[str, Any] = ctl.request({"op": "status"}).get("status", {})
         elapsed = time.monotonic() - started
-        _settled(status, key, elapsed)
+        try:
+            _settled(status, key, elapsed)
+        except _Outcome as outcome:
+            if outcome.code == OK and not advised:
+                _late_advisory(events, key, progress, advisory_wait)
+            raise
         if limit is not None and elapsed >= limit:
             raise _Outcome(
                 REFUSED,
@@ -111,7 +123,25 @@ def _watch(
         event = events.read_message()
         if event is None:
             raise DaemonError("lmkeeperd closed the connection (it is stopping?)")
-        _judge(event, key, progress)
+        if _judge(event, key, progress):
+            advised.append(True)
+
+
+def _late_advisory(events: ControlClient, key: str, progress: _Progress, wait: float) -> None:
+    """Loaded: print this load's advisory if it is on its way (read for up to `wait` s)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if not events.has_buffered_line():
+            left = max(0.0, deadline - time.monotonic())
+            readable, _, _ = selector.select([events.fileno()], [], [], left)
+            if not readable:
+                return
+        event = events.read_message()
+        if event is None:
+            return
+        if event.get("event") == "memory_advisory" and event.get("model") == key:
+            _judge(event, key, progress)
+            return
 
 
 def _settled(status: dict[str, Any], key: str, elapsed: float) -> None:
@@ -124,16 +154,19 @@ def _settled(status: dict[str, Any], key: str, elapsed: float) -> None:
         raise _Outcome(OK, f"loaded {key} ({_secs(elapsed)})")
 
 
-def _judge(event: dict[str, Any], key: str, progress: _Progress) -> None:
+def _judge(event: dict[str, Any], key: str, progress: _Progress) -> bool:
+    """Raise the outcome `event` settles; True when it was this load's memory advisory."""
     name = event.get("event")
     if name == "memory_advisory" and event.get("model") == key:
         # L12: the check made beside this load, with the memory left after the unload.
         progress.clear()
         warning(f"at load: {event.get('message')}")
+        return True
     if name == "load_failed" and event.get("model") == key and not event.get("draft"):
         raise _Outcome(REFUSED, f"loading {key} failed: {event.get('error')}")
     if name == "selection_superseded" and event.get("model") == key:
         raise _Outcome(REFUSED, f"the selection of {key} was superseded by {event.get('by')}")
+    return False
 
 
 def _phase(status: dict[str, Any]) -> str:

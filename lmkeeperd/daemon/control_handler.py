@@ -103,14 +103,16 @@ class ControlHandler:
                     default_idle=default_idle,
                 )
                 if reply.get("ok") and not reply.get("unchecked") and not reply.get("superseded"):
-                    # L12 at selection: the person who selected hears whether it may fit.
-                    reply["memory"] = await memory_verdict.for_selection(
+                    # L12 at selection: the person who selected hears when it may not fit.
+                    memory = await memory_verdict.for_selection(
                         self._sync.memory,
                         dict(self._sync.models),
                         key,
                         host.core.model,
                         host.config.memory.budget_fraction,
                     )
+                    if memory["verdict"] == memory_verdict.MAY_NOT_FIT:
+                        reply["memory"] = memory
                 return reply
             case proto.Activity():
                 host.feed(Activity())
