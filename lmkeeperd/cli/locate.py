@@ -62,7 +62,7 @@ class Located:
         elif os.environ.get(CONFIG_ENV, "").strip():
             source = f"${CONFIG_ENV}"
         else:
-            source = "the default config file"
+            source = "the default"
         if self.how == "config":
             why = f"it is [control] socket in {self.config} ({source})"
         elif self.how == "record":
