@@ -88,7 +88,7 @@ def test_L16_sigterm_during_a_load_names_the_model_and_how_to_unload_it(
     started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(15) == 0
-    assert time.monotonic() - started < 2.0 + 1.5  # shutdown_timeout, and a Python's exit
+    assert time.monotonic() - started < 2.0 + 3.0  # shutdown_timeout, and a loaded machine
     warned = daemon.events("shutdown_unload_timed_out", model=A)
     assert warned, daemon.log_text()
     message = warned[0]["message"]
