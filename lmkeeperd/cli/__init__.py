@@ -2,6 +2,7 @@
 
     table.py     every command, argument, option and help text, and its handler
     parser.py    the argparse parser generated from the table
+    output.py    the exit codes and the error and warning lines (a leaf)
     commands.py  run, status, select, unload, config check (the socket client)
     locate.py    the daemon's socket, found leniently whatever state the config is in
     waiting.py   `select --wait`: the load's outcome, with a progress line on a TTY

@@ -18,38 +18,65 @@ import json
 import os
 import sys
 
-from lmkeeperd.cli.table import ERROR_PREFIX
+from lmkeeperd.cli.output import (
+    BAD_USAGE,
+    NO_DAEMON,
+    OK,
+    REFUSED,
+    error,
+    memory_warning,
+    refusal,
+    warning,
+)
 from lmkeeperd.errors import ConfigError, DaemonNotRunning, LmkeeperError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any
 
+    from lmkeeperd.cli.locate import Located
     from lmkeeperd.status import Status
 
-OK, REFUSED, BAD_USAGE, NO_DAEMON = 0, 1, 2, 3
+__all__ = ["BAD_USAGE", "NO_DAEMON", "OK", "REFUSED", "error", "refusal", "warning"]
+
 # An unload is answered once the server has unloaded: room for a slow server
 # (the default request_timeout is 10 s; the daemon retries within it).
 UNLOAD_TIMEOUT = 130.0
 
 
-def error(message: str) -> None:
-    print(f"{ERROR_PREFIX}{message}", file=sys.stderr)
+def locate(config_arg: str | None) -> Located:
+    from lmkeeperd.cli import locate as finder
+
+    return finder.find(config_arg)
 
 
 def socket_for(config_arg: str | None) -> str:
-    from lmkeeperd.cli import locate
+    return locate(config_arg).socket
 
-    return locate.socket_file(locate.config_file(config_arg))
+
+def no_daemon(config_arg: str | None, where: Located, e: DaemonNotRunning) -> str:
+    """What to say when nothing answers on the socket: why, and how the socket was chosen."""
+    if where.named and not where.config_exists:
+        # Nothing recorded a daemon for this file either: not a daemon elsewhere, a typo.
+        return f"no config file at {where.config}; the daemon for it is not running"
+    return f"{e}; {where.explain(config_arg)}"
 
 
 def no_daemon_hint(config_arg: str | None) -> str | None:
-    """Why a daemon may not be running: its config file is invalid (checked only now)."""
-    from lmkeeperd.cli import locate
+    """Why a daemon may not be running: its config file may be invalid.
 
-    path = locate.config_file(config_arg)
+    Validating imports the config package, which costs more than the rest of `status`
+    (docs/performance.md): it is done for a person at a terminal; a script (stderr not a
+    terminal) is told which command checks it, so a prompt or a monitor that polls
+    `status` while no daemon runs stays fast.
+    """
+    from lmkeeperd.cli import locate as finder
+
+    path = finder.config_file(config_arg)
     if not os.path.exists(path):
         return None
+    if not sys.stderr.isatty():
+        return f"`lmkeeperd config check` says whether {path} is valid (`run` refuses it if not)"
     from pathlib import Path
 
     from lmkeeperd.config import load_config
@@ -61,25 +88,33 @@ def no_daemon_hint(config_arg: str | None) -> str | None:
     return None
 
 
+def report_no_daemon(config_arg: str | None, where: Located, e: DaemonNotRunning) -> str:
+    """Print why no daemon answered (and a hint), return the message."""
+    message = no_daemon(config_arg, where, e)
+    error(message)
+    hint = no_daemon_hint(config_arg)
+    if hint:
+        error(hint)
+    return message
+
+
 def ask(
     config_arg: str | None, obj: dict[str, Any], *, timeout: float | None = 5.0
 ) -> tuple[int, Any]:
     """Send one request; returns (exit code, reply or None) and prints errors."""
     from lmkeeperd.control.client import request
 
+    where = locate(config_arg)
     try:
-        reply = request(socket_for(config_arg), obj, timeout=timeout)
+        reply = request(where.socket, obj, timeout=timeout)
     except DaemonNotRunning as e:
-        error(str(e))
-        hint = no_daemon_hint(config_arg)
-        if hint:
-            error(hint)
+        report_no_daemon(config_arg, where, e)
         return NO_DAEMON, None
     except (LmkeeperError, OSError) as e:
         error(str(e))
         return REFUSED, None
     if reply.get("ok") is not True:
-        error(str(reply.get("error", reply)))
+        error(refusal(reply))
         return REFUSED, reply
     return OK, reply
 
@@ -100,17 +135,20 @@ def run(config: str | None = None) -> int:
 def status(config: str | None = None, as_json: bool = False) -> int:
     from lmkeeperd.control.client import request
 
-    sock = socket_for(config)
+    where = locate(config)
     try:
-        reply = request(sock, {"op": "status"}, timeout=5.0)
+        reply = request(where.socket, {"op": "status"}, timeout=5.0)
     except LmkeeperError as e:  # DaemonNotRunning included
-        code = NO_DAEMON if isinstance(e, DaemonNotRunning) else REFUSED
+        if isinstance(e, DaemonNotRunning):
+            code, message = NO_DAEMON, no_daemon(config, where, e)
+        else:
+            code, message = REFUSED, str(e)
         if as_json:  # scripts get an answer on stdout whatever happened
-            print(json.dumps({"running": False, "error": str(e), "socket": sock}))
-        error(str(e))
-        hint = no_daemon_hint(config) if code == NO_DAEMON else None
-        if hint:
-            error(hint)
+            print(json.dumps({"running": False, "error": message, "socket": where.socket}))
+        if isinstance(e, DaemonNotRunning):
+            report_no_daemon(config, where, e)
+        else:
+            error(message)
         return code
     if reply.get("ok") is not True:
         error(str(reply.get("error", reply)))
@@ -137,7 +175,9 @@ def select(
         error("select: the model key is empty")
         return BAD_USAGE
     obj: dict[str, Any] = {"op": "select", "model": model}
-    if keep_alive is not None:
+    if keep_alive is not None and keep_alive.strip().lower() == "default":
+        obj["keep_alive"] = "default"  # back to [model] idle_timeout
+    elif keep_alive is not None:
         seconds = _duration("--keep-alive", keep_alive)
         if seconds is None:
             return BAD_USAGE
@@ -148,7 +188,10 @@ def select(
             return BAD_USAGE
         from lmkeeperd.cli.waiting import select_and_wait
 
-        return select_and_wait(socket_for(config), obj, key, limit)
+        where = locate(config)
+        return select_and_wait(
+            where.socket, obj, key, limit, no_daemon=lambda e: report_no_daemon(config, where, e)
+        )
     # A select is answered once the server's catalog was listed (L23): allow for a slow
     # server, as for an unload.
     code, reply = ask(config, obj, timeout=UNLOAD_TIMEOUT)
@@ -158,6 +201,7 @@ def select(
             print(f"selected {key} (not checked yet: the server cannot be listed)")
         else:
             print(f"selected {key}")
+        memory_warning(reply)
     return code
 
 

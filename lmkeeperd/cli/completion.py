@@ -26,7 +26,7 @@ _MODELS_TIMEOUT_S = 0.5
 
 def script(shell: str) -> int:
     """The `completion` command's handler."""
-    from lmkeeperd.cli.commands import BAD_USAGE, OK, error
+    from lmkeeperd.cli.output import BAD_USAGE, OK, error
 
     makers = {"bash": bash_script, "zsh": zsh_script, "fish": fish_script}
     maker = makers.get(shell.strip().lower())

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from lmkeeperd import logs
-from lmkeeperd.cli.commands import BAD_USAGE, OK, REFUSED, error
+from lmkeeperd.cli.output import BAD_USAGE, OK, REFUSED, error
 from lmkeeperd.config import Config, load_config
 from lmkeeperd.errors import ConfigError, LmkeeperError
 from lmkeeperd.lmstudio.models import ModelInfo
@@ -60,7 +60,12 @@ def report(
 
     info = next((m for m in models if m.key == key), None)
     if info is None:
-        raise LmkeeperError(f"model {key!r} is not downloaded on the server (see `lms ls`)")
+        # As `select` says it (L23): the nearest keys, and where every key is listed.
+        from lmkeeperd.core import UnknownKey, check_selection
+
+        verdict = check_selection(key, [m.key for m in models])
+        message = verdict.message if isinstance(verdict, UnknownKey) else f"no model {key!r}"
+        raise LmkeeperError(f"{message}; `lmkeeperd models` lists every key the server has")
     checker = MemoryCheck(config)
     est = checker.estimate(info, context)
     if est is None:

@@ -10,7 +10,8 @@ import json
 import sys
 from datetime import datetime
 
-from lmkeeperd.cli.commands import NO_DAEMON, OK, REFUSED, ask, error, socket_for
+from lmkeeperd.cli.commands import ask, socket_for
+from lmkeeperd.cli.output import NO_DAEMON, OK, REFUSED, error
 from lmkeeperd.errors import DaemonNotRunning, LmkeeperError
 
 TYPE_CHECKING = False
@@ -64,7 +65,7 @@ def _verdict(memory: Mapping[str, Any]) -> str:
         f"{verdict}: {memory.get('required_gb')} of {memory.get('budget_gb')} GB"
         f" at {memory.get('context_length')} tokens"
     )
-    if verdict == "too big" and memory.get("fitting_context"):
+    if verdict == "may not fit" and memory.get("fitting_context"):
         text += f"; fits at {memory['fitting_context']}"
     return text
 

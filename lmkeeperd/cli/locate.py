@@ -3,19 +3,27 @@
 The client commands (`status`, `select`, `unload`, `models`, `events`) only need
 the socket path, so they do not validate the config: a bad edit of the live file
 must not lock the operator out of a daemon that keeps running on its last good
-config (issue 13). The path comes from `[control] socket` read leniently:
+config. `find` takes the path, in this order:
 
-1. the file does not mention "socket": the default location (no parsing at all);
-2. `tomllib` reads the file: its `[control] socket` string, if any;
-3. the file is not valid TOML (the bad edit): the `socket = "..."` line of the
-   `[control]` table, read line by line;
-4. anything else: the default location.
+1. `[control] socket` in the config file (`--config`, else $LMKEEPERD_CONFIG, else
+   the user config folder's `config.toml`), read leniently:
+   - a plain file (one-line `key = value`s, simple table headers) is read line by
+     line, without the TOML parser (`tomllib` costs about a tenth of `lmkeeperd
+     status`); a file that does not mention "socket" at all is not even scanned;
+   - anything else (multi-line strings or arrays, quoted keys, inline tables) is
+     parsed by `tomllib`; a file TOML refuses (the bad edit) is scanned for the
+     `socket = "..."` line of its `[control]` table;
+2. when the file names no socket (or is empty, missing, unreadable, a folder, a
+   FIFO), the record the daemon running this config file left in the runtime
+   folder (control/socket_record.py), if that daemon still runs;
+3. else the default place, paths.runtime_dir()/lmkeeperd.sock.
 
-The default location is paths.runtime_dir()/lmkeeperd.sock. platformdirs computes
-it, but importing platformdirs costs about a third of `lmkeeperd status`
-(bench/bench_status_cli.py), so the common Linux cases are computed here the same
-way (tests/cli/test_cli_locate.py compares both) and platformdirs is asked only
-for the rest. Standard library only; no pathlib, no typing: this runs on every call.
+`Located.how` says which of these chose the socket, for the "no socket" error.
+
+The default place is computed here the common Linux way (tests/cli/test_cli_locate.py
+compares it with platformdirs, whose import costs about a third of `lmkeeperd status`:
+bench/bench_status_cli.py), and platformdirs is asked only for the rest.
+Standard library only; no pathlib, no typing: this runs on every call.
 """
 
 from __future__ import annotations
@@ -33,6 +41,42 @@ SOCKET_NAME = "lmkeeperd.sock"
 MAX_CONFIG_BYTES = 1024 * 1024  # as the config loader's cap: a config file is small
 
 
+class Located:
+    """The socket to try, and how it was chosen (for the error when nothing listens)."""
+
+    __slots__ = ("config", "config_exists", "how", "named", "socket")
+
+    def __init__(
+        self, socket: str, how: str, config: str, *, named: bool, config_exists: bool
+    ) -> None:
+        self.socket = socket
+        self.how = how  # "config", "record" or "default"
+        self.config = config
+        self.named = named  # the config file was named (--config or $LMKEEPERD_CONFIG)
+        self.config_exists = config_exists
+
+    def explain(self, cli_value: str | None) -> str:
+        """How the socket was chosen, and how to choose another: one sentence."""
+        if cli_value is not None and cli_value.strip():
+            source = "--config"
+        elif os.environ.get(CONFIG_ENV, "").strip():
+            source = f"${CONFIG_ENV}"
+        else:
+            source = "the default"
+        if self.how == "config":
+            why = f"it is [control] socket in {self.config} ({source})"
+        elif self.how == "record":
+            why = f"the daemon running {self.config} ({source}) recorded it at its start"
+        elif self.config_exists:
+            why = f"it is the default place, as {self.config} ({source}) names no [control] socket"
+        else:
+            why = f"it is the default place, as there is no config file at {self.config} ({source})"
+        return (
+            f"{why}; for a daemon run with another config file, pass --config PATH "
+            f"or set {CONFIG_ENV}"
+        )
+
+
 def config_file(cli_value: str | None) -> str:
     """The config file: `--config`, else $LMKEEPERD_CONFIG, else the user config folder's."""
     if cli_value is not None and cli_value.strip():
@@ -43,12 +87,32 @@ def config_file(cli_value: str | None) -> str:
     return os.path.join(_user_config_dir(), "config.toml")
 
 
+def find(cli_value: str | None) -> Located:
+    """The socket of the daemon for the config `cli_value` names (see the docstring)."""
+    path = config_file(cli_value)
+    named = (cli_value is not None and bool(cli_value.strip())) or bool(
+        os.environ.get(CONFIG_ENV, "").strip()
+    )
+    configured = configured_socket(path)
+    if configured:
+        return Located(
+            os.path.expanduser(configured), "config", path, named=named, config_exists=True
+        )
+    runtime = _runtime_dir()
+    from lmkeeperd.control import socket_record
+
+    recorded = socket_record.live_socket(socket_record.record_file(runtime, path))
+    exists = os.path.lexists(path)
+    if recorded:
+        return Located(recorded, "record", path, named=named, config_exists=exists)
+    return Located(
+        os.path.join(runtime, SOCKET_NAME), "default", path, named=named, config_exists=exists
+    )
+
+
 def socket_file(config_path: str) -> str:
     """The control socket the daemon reading `config_path` listens on (see the docstring)."""
-    configured = configured_socket(config_path)
-    if configured:
-        return os.path.expanduser(configured)
-    return os.path.join(_runtime_dir(), SOCKET_NAME)
+    return find(config_path).socket
 
 
 def configured_socket(config_path: str) -> str | None:
@@ -60,6 +124,9 @@ def configured_socket(config_path: str) -> str | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    plain, value = _plain_socket(text)
+    if plain:
+        return value
     import tomllib
 
     try:
@@ -86,6 +153,74 @@ def _read(path: str) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+_COMPLEX_FILE = (False, None)  # _plain_socket: the TOML parser must read this file
+_BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def _plain_socket(text: str) -> tuple[bool, str | None]:
+    """(True, `[control] socket`) of a plain file, read line by line; (False, None) if not plain.
+
+    Plain: every line is blank, a comment, a table header of bare names, or a bare
+    `key = value` whose value ends on its line (no multi-line strings or arrays, no
+    quoted keys). Then a line reads as TOML reads it, and the socket is the one-line
+    string of `socket` under `[control]` (or `control.socket` at the top). Anything that
+    could spell the key another way (an inline `control = {...}`, an escape in the
+    value) asks the parser.
+    """
+    if '"""' in text or "'''" in text or "\\u" in text or "\\U" in text:
+        return _COMPLEX_FILE
+    table = ""
+    found: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] == "#":
+            continue
+        if line[0] == "[":
+            double = line.startswith("[[")
+            close = line.find("]]" if double else "]")
+            name = line[2 if double else 1 : close].strip() if close > 0 else ""
+            rest = line[close + (2 if double else 1) :].strip() if close > 0 else "x"
+            if not name or not _BARE.issuperset(name) or (rest and rest[0] != "#"):
+                return _COMPLEX_FILE
+            table = f"[[{name}]]" if double else name  # keys in [[x]] are never control's
+            continue
+        key, eq, value = line.partition("=")
+        key = key.strip()
+        if not eq or not key or not _BARE.issuperset(key):
+            return _COMPLEX_FILE
+        value = value.strip()
+        if not _one_line(value):
+            return _COMPLEX_FILE
+        full = f"{table}.{key}" if table else key
+        if full == "control" or (full.startswith("control.") and full != "control.socket"):
+            if not table:  # `control = {...}` or `control.x = ...` at the top: let TOML say
+                return _COMPLEX_FILE
+            continue
+        if full != "control.socket":
+            continue
+        quote = value[:1]
+        end = value.find(quote, 1) if quote in ("'", '"') else -1
+        if end < 0 or "\\" in value[:end] or value[end + 1 :].strip()[:1] not in ("", "#"):
+            return _COMPLEX_FILE
+        found = value[1:end]
+    return True, (found if found and found.strip() else None)
+
+
+def _one_line(value: str) -> bool:
+    """A value that ends on its line: not an open array, inline table or string."""
+    if not value:
+        return False
+    if value[0] in "[{":
+        # Brackets outside strings must balance on the line; strings make it complex.
+        if '"' in value or "'" in value:
+            return False
+        return value.count("[") == value.count("]") and value.count("{") == value.count("}")
+    if value[0] in "\"'":
+        end = value.find(value[0], 1)
+        return end > 0 and (value[0] == "'" or "\\" not in value[:end])
+    return True
 
 
 def _scan_lines(text: str) -> str | None:

@@ -9,7 +9,7 @@ the same rows, so an option is added once; tests/cli/test_cli_table.py checks
 that every row parses alike through both.
 
 Why two: argparse (with gettext) costs ~3-4 ms to import on every call, a
-noticeable part of the 2.5x-of-`python -c pass` budget issue 13 sets for
+noticeable part of the 2.5x-of-`python -c pass` budget set for
 `lmkeeperd status`; typer, the former full parser, cost ~60 ms (with click and
 rich). Figures: bench/bench_status_cli.py and docs/performance.md.
 """

@@ -53,11 +53,12 @@ def _clock_ago(seconds: Any) -> str:
 def _why_rows(why: WhyStatus) -> list[tuple[str, str]]:
     rows = []
     if why.get("cause"):
+        # The time first: a cause may be a sentence of its own ("...a response.").
         rows.append(
             (
                 "why",
-                f"{why['cause']} at {_clock_ago(why.get('cause_ago_s'))}, "
-                f"{_fmt_seconds(why.get('cause_ago_s'))} ago",
+                f"{_clock_ago(why.get('cause_ago_s'))} "
+                f"({_fmt_seconds(why.get('cause_ago_s'))} ago): {why['cause']}",
             )
         )
     if why.get("waiting_for"):
@@ -124,11 +125,11 @@ def render(status: Status) -> str:
         model += " (adopted)"
     rows = [("state", state), *_why_rows(why), ("model", model)]
     selected = _or_dash(status.get("selected"))
-    # Another wave-2 role adds `restored_selection`: the selection brought back at start.
-    restored = dict(status).get("restored_selection")
-    if restored:
-        same = restored == status.get("selected")
-        selected += " (restored)" if same else f" (restored: {restored})"
+    # The selection brought back at start ({"model", "file"}): noted only while it is the
+    # one in force; a later selection of another model ends it.
+    restored = status.get("restored_selection")
+    if isinstance(restored, Mapping) and restored.get("model") == status.get("selected"):
+        selected += " (restored)"
     rows += [("selected", selected), ("pending", _or_dash(status.get("pending")))]
     keep_alive = status.get("keep_alive_s")
     if keep_alive is not None:

@@ -7,23 +7,18 @@ installed but not running, or not installed.
 
 from __future__ import annotations
 
-import sys
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from lmkeeperd.cli.commands import error
-from lmkeeperd.cli.table import PROG
+from lmkeeperd.cli.output import error, warning
 from lmkeeperd.errors import ServiceError, ServiceManagerUnavailable, UnsupportedPlatform
 from lmkeeperd.service import execute, plan, target
 from lmkeeperd.service import status as service_status
 from lmkeeperd.service.render import Scope
 
 T = TypeVar("T")
-
-
-def warning(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 class _Exit(Exception):
@@ -41,6 +36,7 @@ def install(
     """Install, enable and start lmkeeperd as a service of this installation."""
     try:
         chosen = _target(platform, system, Path(config) if config else None, run_as)
+        _warn_if_temporary(chosen, named=config is not None)
         steps = _or_exit(lambda: plan.plan_install(chosen, plan.example_config()))
         return _carry_out(steps, dry_run)
     except _Exit as e:
@@ -69,6 +65,22 @@ def status(system: bool = False, platform: str | None = None) -> int:
         warning(result.problem or "the service manager cannot be reached")
         return 1
     return 0 if result.running else 3
+
+
+def _warn_if_temporary(chosen: target.Target, *, named: bool) -> None:
+    """A service outlives a temporary config file named on purpose (`--config`, or the
+    demo's, which it exports as $LMKEEPERD_CONFIG in its shell)."""
+    from_env = not named and bool(os.environ.get("LMKEEPERD_CONFIG", "").strip())
+    folder = target.temporary_folder(chosen.config_path) if named or from_env else None
+    if folder is None:
+        return
+    source = "--config" if named else "$LMKEEPERD_CONFIG"
+    warning(
+        f"the service's config file {chosen.config_path} ({source}) is under the temporary "
+        f"folder {folder}, which may be emptied at any reboot; the service would then run "
+        "on every default. Pass --config with a lasting path"
+        + (", or unset LMKEEPERD_CONFIG (`lmkeeperd demo` sets it)" if from_env else "")
+    )
 
 
 def _target(

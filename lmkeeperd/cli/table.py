@@ -94,7 +94,7 @@ class Group:
 PROG = "lmkeeperd"
 DESCRIPTION = "Keeps the right local LLM loaded in LM Studio, and nothing else."
 # Every error the CLI prints starts so, argparse's usage errors and the service
-# commands' included (issue 13): one prefix for people and for scripts to grep.
+# commands' included: one prefix for people and for scripts to grep.
 ERROR_PREFIX = f"{PROG}: error: "
 
 # The client commands find the daemon's socket through the config; the option falls
@@ -152,7 +152,8 @@ COMMANDS: tuple[Command | Group, ...] = (
             Opt(
                 "--keep-alive",
                 'Idle timeout for this selection only ("0" never ejects), '
-                "instead of [model] idle_timeout.",
+                "instead of [model] idle_timeout. Selecting the same model again without it "
+                'keeps the earlier one; "default" drops it.',
                 metavar="DURATION",
             ),
             CONFIG,

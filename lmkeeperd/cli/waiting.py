@@ -17,15 +17,17 @@ import select as selector
 import sys
 import time
 
-from lmkeeperd.cli.commands import NO_DAEMON, OK, REFUSED, error
+from lmkeeperd.cli.output import NO_DAEMON, OK, REFUSED, error, memory_warning, refusal, warning
 from lmkeeperd.control.client import ControlClient
 from lmkeeperd.errors import DaemonError, DaemonNotRunning, LmkeeperError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 _POLL_S = 0.2
+_ADVISORY_WAIT_S = 1.0
 _HELD = frozenset({"loaded", "streaming"})
 
 
@@ -36,7 +38,15 @@ class _Outcome(Exception):
         self.message = message
 
 
-def select_and_wait(sock: str, obj: dict[str, Any], key: str, limit: float | None) -> int:
+def select_and_wait(
+    sock: str,
+    obj: dict[str, Any],
+    key: str,
+    limit: float | None,
+    *,
+    no_daemon: Callable[[DaemonNotRunning], object] | None = None,
+) -> int:
+    """Select and wait; `no_daemon` says why nothing answered (default: the error alone)."""
     started = time.monotonic()
     progress = _Progress(sys.stderr.isatty())
     try:
@@ -46,10 +56,15 @@ def select_and_wait(sock: str, obj: dict[str, Any], key: str, limit: float | Non
                 raise _Outcome(REFUSED, f"cannot follow the load: {ack.get('error', ack)}")
             reply = ctl.request(obj)
             if reply.get("ok") is not True:
-                raise _Outcome(REFUSED, str(reply.get("error", reply)))
+                raise _Outcome(REFUSED, refusal(reply))
             if reply.get("ignored"):
                 raise _Outcome(REFUSED, f"the daemon ignored the selection: {reply['ignored']}")
-            _watch(events, ctl, key, started, limit, progress)
+            memory_warning(reply)
+            # The load's own advisory is computed beside it (L12) and may come just after
+            # the load: worth a short wait when the selection's verdict foretold it.
+            memory = reply.get("memory") or {}
+            advisory_wait = _ADVISORY_WAIT_S if memory.get("verdict") == "may not fit" else 0.0
+            _watch(events, ctl, key, started, limit, progress, advisory_wait)
     except _Outcome as outcome:
         progress.clear()
         if outcome.code == OK:
@@ -59,7 +74,10 @@ def select_and_wait(sock: str, obj: dict[str, Any], key: str, limit: float | Non
         return outcome.code
     except DaemonNotRunning as e:
         progress.clear()
-        error(str(e))
+        if no_daemon is None:
+            error(str(e))
+        else:
+            no_daemon(e)
         return NO_DAEMON
     except (LmkeeperError, OSError) as e:
         progress.clear()
@@ -78,13 +96,24 @@ def _watch(
     started: float,
     limit: float | None,
     progress: _Progress,
+    advisory_wait: float = 0.0,
 ) -> None:
+    advised: list[bool] = []
     while True:
         status: dict[str, Any] = ctl.request({"op": "status"}).get("status", {})
         elapsed = time.monotonic() - started
-        _settled(status, key, elapsed)
+        try:
+            _settled(status, key, elapsed)
+        except _Outcome as outcome:
+            if outcome.code == OK and not advised:
+                _late_advisory(events, key, progress, advisory_wait)
+            raise
         if limit is not None and elapsed >= limit:
-            raise _Outcome(REFUSED, f"{key} is not loaded after {_secs(limit)} ({_phase(status)})")
+            raise _Outcome(
+                REFUSED,
+                f"{key} is not loaded after {_secs(limit)} ({_phase(status)}); lmkeeperd goes "
+                "on with the load: `lmkeeperd status` follows it, `lmkeeperd unload` stops it",
+            )
         progress.show(f"{key}: {_phase(status)}, {_secs(elapsed)}")
         wait = _POLL_S if limit is None else max(0.0, min(_POLL_S, limit - elapsed))
         if not events.has_buffered_line():
@@ -94,7 +123,25 @@ def _watch(
         event = events.read_message()
         if event is None:
             raise DaemonError("lmkeeperd closed the connection (it is stopping?)")
-        _judge(event, key)
+        if _judge(event, key, progress):
+            advised.append(True)
+
+
+def _late_advisory(events: ControlClient, key: str, progress: _Progress, wait: float) -> None:
+    """Loaded: print this load's advisory if it is on its way (read for up to `wait` s)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if not events.has_buffered_line():
+            left = max(0.0, deadline - time.monotonic())
+            readable, _, _ = selector.select([events.fileno()], [], [], left)
+            if not readable:
+                return
+        event = events.read_message()
+        if event is None:
+            return
+        if event.get("event") == "memory_advisory" and event.get("model") == key:
+            _judge(event, key, progress)
+            return
 
 
 def _settled(status: dict[str, Any], key: str, elapsed: float) -> None:
@@ -107,12 +154,19 @@ def _settled(status: dict[str, Any], key: str, elapsed: float) -> None:
         raise _Outcome(OK, f"loaded {key} ({_secs(elapsed)})")
 
 
-def _judge(event: dict[str, Any], key: str) -> None:
+def _judge(event: dict[str, Any], key: str, progress: _Progress) -> bool:
+    """Raise the outcome `event` settles; True when it was this load's memory advisory."""
     name = event.get("event")
+    if name == "memory_advisory" and event.get("model") == key:
+        # L12: the check made beside this load, with the memory left after the unload.
+        progress.clear()
+        warning(f"at load: {event.get('message')}")
+        return True
     if name == "load_failed" and event.get("model") == key and not event.get("draft"):
         raise _Outcome(REFUSED, f"loading {key} failed: {event.get('error')}")
     if name == "selection_superseded" and event.get("model") == key:
         raise _Outcome(REFUSED, f"the selection of {key} was superseded by {event.get('by')}")
+    return False
 
 
 def _phase(status: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@
     handler      what the server needs from the daemon (RequestHandler, Connection)
     peer         the peer's uid and pid, from the kernel
     socket_file  the socket file: path checks, folder modes, stale sockets, removal
+    socket_record  where the socket is, recorded per config file for the CLI
     subscribers  subscribers' bounded queues, the events_dropped marker
     client       a tiny blocking client for the CLI and scripts
 

@@ -45,12 +45,15 @@ _ECHO_LIMIT = 60
 class Select:
     """Select `model` (the daemon trims it and ignores an empty key, lifecycle L1).
 
-    `keep_alive`: an idle timeout in seconds for this selection only (0 never ejects).
+    `keep_alive`: an idle timeout in seconds for this selection only (0 never ejects);
+    `"default"` (`default_idle`) drops an earlier selection's own timeout for
+    `[model] idle_timeout`. Left out, a selection of the model already selected keeps it.
     """
 
     op: ClassVar[str] = "select"
     model: str
     keep_alive: float | None = None
+    default_idle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +172,12 @@ def as_message(request: Request) -> dict[str, Any]:
     """The JSON object a client sends for `request` (inverse of `parse_request`)."""
     message: dict[str, Any] = {"op": request.op}
     match request:
-        case Select(model=model, keep_alive=keep_alive):
+        case Select(model=model, keep_alive=keep_alive, default_idle=default_idle):
             message["model"] = model
             if keep_alive is not None:
                 message["keep_alive"] = keep_alive
+            elif default_idle:
+                message["keep_alive"] = "default"
         case Engine(name=name):
             message["name"] = name
         case StreamEnd(stream=stream) if stream is not None:
@@ -201,9 +206,11 @@ def _request_from_object(obj: dict[str, Any]) -> Request:
         raise ProtocolError(f'"op" must be a string, got {_json_type(op)}')
     match op:
         case "select":
+            default_idle = obj.get("keep_alive") == "default"
             return Select(
                 model=_required_str(obj, op, "model"),
-                keep_alive=_optional_seconds(obj, op, "keep_alive"),
+                keep_alive=None if default_idle else _optional_seconds(obj, op, "keep_alive"),
+                default_idle=default_idle,
             )
         case "activity":
             return Activity()
@@ -251,7 +258,10 @@ def _optional_seconds(obj: dict[str, Any], op: str, field: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ProtocolError(f'{op}: "{field}" must be a number of seconds, got {_json_type(value)}')
+        also = ' or "default"' if field == "keep_alive" else ""
+        raise ProtocolError(
+            f'{op}: "{field}" must be a number of seconds{also}, got {_json_type(value)}'
+        )
     if not 0 <= value <= MAX_KEEP_ALIVE_S:  # NaN fails this too
         raise ProtocolError(
             f'{op}: "{field}" must be between 0 and {MAX_KEEP_ALIVE_S:.0f} seconds, got {value}'

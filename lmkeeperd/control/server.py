@@ -65,6 +65,7 @@ from lmkeeperd.control.protocol import (
     parse_request,
 )
 from lmkeeperd.control.socket_file import SocketFile
+from lmkeeperd.control.socket_record import Recorder
 from lmkeeperd.control.subscribers import Subscribers
 from lmkeeperd.errors import LmkeeperError, ProtocolError
 from lmkeeperd.listening import ConnectionCap, GuardedStreamProtocol, Refuse, Slot
@@ -106,8 +107,11 @@ class ControlServer:
         allowed_uids: Collection[int] | None = None,
         max_connections: int = MAX_CONNECTIONS,
         first_line_timeout: float = FIRST_LINE_TIMEOUT_S,
+        record: Recorder | None = None,
     ) -> None:
         self._path = Path(path)
+        # Where the CLI finds this socket when the config file cannot tell (socket_record.py).
+        self._record = record
         self._handler = handler
         self._subscribers = Subscribers(subscriber_queue, closing=lambda: self._closing)
         self._allowed_uids = (
@@ -169,6 +173,10 @@ class ControlServer:
             self._socket_file.remove()
             raise
         log.info("control_listening", path=str(self._path))
+        if self._record is not None:
+            problem = self._record.write(str(self._path))
+            if problem is not None:
+                log.warning("socket_record_failed", path=self._record.path, error=problem)
 
     def publish(self, event: Mapping[str, Any]) -> None:
         """Send `event` to every subscriber; never blocks. Call from the event loop's thread."""
@@ -204,6 +212,8 @@ class ControlServer:
         if server is not None:
             await server.wait_closed()
         self.cap.close()
+        if self._record is not None:
+            self._record.remove()
         self._socket_file.remove()
         log.info("control_closed", path=str(self._path))
 

@@ -40,11 +40,13 @@ class Select:
     """A client or the config file selected a model (L1-L3).
 
     `keep_alive` is an idle timeout for this selection only (0 never ejects); it
-    overrides `Settings.idle_timeout` until another model is selected.
+    overrides `Settings.idle_timeout` until another model is selected, or the same
+    one with `default_idle` (back to `Settings.idle_timeout`).
     """
 
     model: str
     keep_alive: float | None = None
+    default_idle: bool = False
 
     def __post_init__(self) -> None:
         ka = self.keep_alive

@@ -175,7 +175,7 @@ class Lifecycle(LifecycleView):
         key = event.model.strip()
         if not key:
             return
-        if event.keep_alive is not None or key != self._selected:
+        if event.keep_alive is not None or event.default_idle or key != self._selected:
             # Issue 13: the keep-alive belongs to this selection; another model's drops it.
             self._keep_alive = None if event.keep_alive is None else (key, event.keep_alive)
         self._selected = key

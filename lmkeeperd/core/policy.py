@@ -132,14 +132,34 @@ SelectionCheck = KnownKey | UncheckedKey | UnknownKey
 def check_selection(model: str, catalog: Collection[str] | None) -> SelectionCheck:
     """L23: may `model` be selected? `catalog` is every key the server lists, None if unknown.
 
-    The nearest keys (difflib, case-insensitive, at most NEAREST_KEYS) go with a refusal so
-    that a typo costs one more try, not the working model.
+    The nearest keys (`nearest_keys`) go with a refusal so that a typo costs one more try,
+    not the working model.
     """
     if catalog is None:
         return UncheckedKey()
     key = model.strip()
     if key in catalog:
         return KnownKey()
-    folded = {k.lower(): k for k in sorted(catalog)}
-    close = difflib.get_close_matches(key.lower(), list(folded), n=NEAREST_KEYS, cutoff=0.5)
-    return UnknownKey(key, tuple(folded[k] for k in close))
+    return UnknownKey(key, nearest_keys(key, catalog))
+
+
+def nearest_keys(key: str, catalog: Collection[str], n: int = NEAREST_KEYS) -> tuple[str, ...]:
+    """The catalog's keys closest to `key`, closest first, case-insensitive, at most `n`.
+
+    Closest: the most of what was typed found in the key, in order (`qwen/qwen3-4b` is all
+    in `qwen/qwen3-4b-2507`, one character short of `qwen/qwen3-32b`), then difflib's
+    similarity, then the key itself, so that equal scores keep one order. A key is offered
+    when it is similar (ratio 0.5 or more) or holds all of what was typed (3 characters or
+    more).
+    """
+    typed = key.strip().lower()
+    scored = []
+    for candidate in catalog:
+        matcher = difflib.SequenceMatcher(None, typed, candidate.lower())
+        found = sum(block.size for block in matcher.get_matching_blocks())
+        coverage = found / len(typed) if typed else 0.0
+        ratio = matcher.ratio()
+        if ratio < 0.5 and not (coverage == 1.0 and len(typed) >= 3):
+            continue
+        scored.append((-coverage, -ratio, candidate))
+    return tuple(candidate for *_, candidate in sorted(scored)[:n])

@@ -60,6 +60,9 @@ class ConfigReader:
             # Mid-run, a vanished file is far more often an editor's save dance or a
             # slip than a wish for every default: keep what runs (defaults apply at start).
             log.warning("config_missing", path=str(self._path), kept="last good config")
+            if self._on_invalid is not None:  # status says so until the file is back
+                gone = "there is no file here any more (removed or renamed)"
+                self._on_invalid(ConfigError([gone], path=str(self._path)))
             return None
         try:
             return load_config(self._path)

@@ -34,7 +34,7 @@ from lmkeeperd.core import (
     StreamStarted,
     UnloadCommand,
 )
-from lmkeeperd.daemon import selection
+from lmkeeperd.daemon import memory_verdict, selection
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.models_view import models_reply
 from lmkeeperd.daemon.selection_check import SelectionChecker
@@ -88,16 +88,32 @@ class ControlHandler:
     async def handle(self, conn: Connection, request: proto.Request) -> dict[str, Any]:
         host = self._host
         match request:
-            case proto.Select(model=model, keep_alive=keep_alive):
+            case proto.Select(model=model, keep_alive=keep_alive, default_idle=default_idle):
                 key = model.strip()
                 if not key:
                     return {"ok": True, "ignored": "empty model key"}
                 pid = conn.peer_pid
                 selection.received(key, "socket", pid=pid, process=process_name(pid))
                 stored = selection.StoredSelection(key, host.config.model.selected)
-                return await self._checker.select(
-                    key, source="socket", store=stored, keep_alive=keep_alive
+                reply = await self._checker.select(
+                    key,
+                    source="socket",
+                    store=stored,
+                    keep_alive=keep_alive,
+                    default_idle=default_idle,
                 )
+                if reply.get("ok") and not reply.get("unchecked") and not reply.get("superseded"):
+                    # L12 at selection: the person who selected hears when it may not fit.
+                    memory = await memory_verdict.for_selection(
+                        self._sync.memory,
+                        dict(self._sync.models),
+                        key,
+                        host.core.model,
+                        host.config.memory.budget_fraction,
+                    )
+                    if memory["verdict"] == memory_verdict.MAY_NOT_FIT:
+                        reply["memory"] = memory
+                return reply
             case proto.Activity():
                 host.feed(Activity())
             case proto.StreamStart():

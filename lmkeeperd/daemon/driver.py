@@ -37,6 +37,7 @@ import structlog
 from lmkeeperd import __version__, logs, paths
 from lmkeeperd.config import Config
 from lmkeeperd.control.server import ControlServer
+from lmkeeperd.control.socket_record import Recorder
 from lmkeeperd.core import (
     Action,
     CancelLoad,
@@ -54,7 +55,7 @@ from lmkeeperd.core import (
     StreamStarted,
     Tick,
 )
-from lmkeeperd.daemon import selection
+from lmkeeperd.daemon import left_behind, selection
 from lmkeeperd.daemon.activity_bridge import ActivityBridge
 from lmkeeperd.daemon.config_file import ConfigReader
 from lmkeeperd.daemon.control_handler import ControlHandler
@@ -341,7 +342,11 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         install_accept_guard(loop)  # out of descriptors: one log line per burst, no tracebacks
-        self._control = ControlServer(paths.socket_path(self.config), self.handler)
+        self._control = ControlServer(
+            paths.socket_path(self.config),
+            self.handler,
+            record=Recorder.for_config(self.config_path),  # the CLI's way here (cli/locate.py)
+        )
         try:
             await self._control.start()
             await self.bridge.start_listeners()
@@ -432,8 +437,10 @@ class Daemon:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, unload_by - self._clock()))
-        if self._shutdown_waits_on_server():
-            log.warning("shutdown_unload_timed_out", timeout_s=bound)
+        # What the stop leaves on the server, by model, and how to unload it now (L22).
+        left_behind.report(
+            self.journal.entries(), timeout_s=bound, timed_out=self._shutdown_waits_on_server()
+        )
 
         def left() -> float:
             return max(0.01, deadline - self._clock())

@@ -8,7 +8,8 @@ A fresh listing of the server (it also refreshes the core's view, as a named
   before), or "other" (someone else's: lmkeeperd leaves it alone);
 - `memory`: the estimate at the configured context (`[model.load]
   context_length`, else the model's default) against the memory budget now:
-  "fits", "too big" (with the context that would fit, if any) or "unknown".
+  "fits", "may not fit" (with the context that would fit, if any) or "unknown",
+  the same words as `select` and `estimate` (memory_verdict.py).
 
 Estimating reads GGUF headers from disk, so it runs in a thread.
 """
@@ -19,9 +20,8 @@ import asyncio
 from typing import Any
 
 from lmkeeperd.core import Lifecycle
-from lmkeeperd.daemon.memory_advisor import MemoryCheck
+from lmkeeperd.daemon import memory_verdict
 from lmkeeperd.daemon.server_sync import ServerSync
-from lmkeeperd.lmstudio.models import ModelInfo
 from lmkeeperd.memory.sizes import to_gb
 
 
@@ -33,7 +33,7 @@ async def models_reply(sync: ServerSync, core: Lifecycle, fraction: float) -> di
     owned = core.owned_instances()
     main = core.instance_id
     adopted = core.adopted
-    verdicts = await asyncio.to_thread(_verdicts, sync.memory, models, fraction)
+    verdicts = await asyncio.to_thread(memory_verdict.verdicts, sync.memory, models, fraction)
     rows = []
     for info in models:
         instances = [
@@ -61,35 +61,3 @@ async def models_reply(sync: ServerSync, core: Lifecycle, fraction: float) -> di
             }
         )
     return {"ok": True, "models": rows}
-
-
-def _verdicts(
-    memory: MemoryCheck, models: list[ModelInfo], fraction: float
-) -> dict[str, dict[str, Any]]:
-    from lmkeeperd.memory import budget, check
-
-    try:
-        b = budget(memory.probe.read(), fraction)
-    except Exception as e:  # the listing answers even when the probe cannot
-        return {m.key: {"verdict": "unknown", "why": f"memory probe failed: {e}"} for m in models}
-    out: dict[str, dict[str, Any]] = {}
-    for info in models:
-        try:
-            est = memory.estimate(info)
-        except Exception as e:  # one unreadable model file must not hide the others
-            out[info.key] = {"verdict": "unknown", "why": str(e)}
-            continue
-        if est is None:
-            out[info.key] = {"verdict": "unknown", "why": "no size known for this model"}
-            continue
-        advisory = check(info, est, b)
-        row: dict[str, Any] = {
-            "verdict": "fits" if advisory is None else "too big",
-            "required_gb": to_gb(est.total_bytes),
-            "budget_gb": to_gb(b.usable_bytes),
-            "context_length": est.context_length,
-        }
-        if advisory is not None:
-            row["fitting_context"] = advisory.fitting_context
-        out[info.key] = row
-    return out

@@ -51,6 +51,7 @@ class _Deferred:
     previous: selection.StoredSelection | None
     fed: bool  # the core already has it (it had no model to keep)
     keep_alive: float | None = None  # the selection's own idle timeout (select --keep-alive)
+    default_idle: bool = False  # `--keep-alive default`: back to [model] idle_timeout
 
 
 class SelectionChecker:
@@ -72,6 +73,7 @@ class SelectionChecker:
         source: str,
         store: selection.StoredSelection | None,
         keep_alive: float | None = None,
+        default_idle: bool = False,
     ) -> dict[str, Any]:
         """Check `model` and hand it to the core if it may be selected; the socket's reply.
 
@@ -95,13 +97,15 @@ class SelectionChecker:
         if store is not None:
             selection.save(self._state_file, store)
         if isinstance(verdict, KnownKey):
-            self._host.feed(Select(key, keep_alive))
+            self._host.feed(Select(key, keep_alive, default_idle))
             return {"ok": True}
         core = self._host.core
         fed = core.model is None and core.state is State.IDLE
-        self._deferred = _Deferred(key, source, store is not None, previous, fed, keep_alive)
+        self._deferred = _Deferred(
+            key, source, store is not None, previous, fed, keep_alive, default_idle
+        )
         if fed:
-            self._host.feed(Select(key, keep_alive))
+            self._host.feed(Select(key, keep_alive, default_idle))
         self._host.announce(
             "selection_unchecked",
             {"model": key, "source": source, "reason": self._sync.error or "server not listed"},
@@ -128,7 +132,7 @@ class SelectionChecker:
             self._refused(verdict, deferred.source)
             return
         if not deferred.fed:
-            self._host.feed(Select(deferred.model, deferred.keep_alive))
+            self._host.feed(Select(deferred.model, deferred.keep_alive, deferred.default_idle))
 
     def _refused(self, verdict: UnknownKey, source: str) -> None:
         self._host.announce(

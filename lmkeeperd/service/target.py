@@ -14,7 +14,7 @@ import pwd
 import shlex
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeAlias
@@ -125,7 +125,7 @@ class Target:
         return f"journalctl{user_flag} -u {APP_NAME} -f"
 
     def cli_command(self, verb: str) -> str:
-        """`lmkeeperd service VERB` as this target needs it typed (hints: issue 13)."""
+        """`lmkeeperd service VERB` as this target needs it typed (for hints)."""
         return f"{APP_NAME} service {verb}" + (" --system" if self.scope == "system" else "")
 
     def describe(self) -> str:
@@ -222,3 +222,23 @@ def _user_exists(name: str) -> bool:
 
 def _is_executable_file(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
+
+
+def temporary_folder(path: Path, extra: Sequence[str] = ()) -> Path | None:
+    """The temporary folder `path` lies under, if any: a service outlives such a file.
+
+    Temporary: the system's (`tempfile.gettempdir()`, $TMPDIR), /tmp, /var/tmp, /dev/shm,
+    and macOS's per-user /private/var/folders; `extra` for tests.
+    """
+    import tempfile
+
+    candidates = [tempfile.gettempdir(), os.environ.get("TMPDIR", ""), *extra]
+    candidates += ["/tmp", "/var/tmp", "/dev/shm", "/private/var/folders", "/private/tmp"]
+    resolved = Path(os.path.realpath(path))
+    for folder in candidates:
+        if not folder:
+            continue
+        base = Path(os.path.realpath(folder))
+        if base != Path("/") and resolved.is_relative_to(base):
+            return base
+    return None

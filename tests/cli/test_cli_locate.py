@@ -73,3 +73,72 @@ def test_socket_from_valid_toml_broken_toml_and_no_key(tmp_path: Path) -> None:
     assert locate.configured_socket(str(tmp_path)) is None  # a folder is not read
     config.write_bytes(b'[control]\nsocket = "\xff"\n')
     assert locate.configured_socket(str(config)) is None
+
+
+PLAIN = (
+    '# lmkeeperd\n[server]\nurl = "http://127.0.0.1:1234"  # LM Studio\nreconcile_interval = 15\n'
+    '\n[model]\nselected = "qwen/qwen3-4b-2507"\nidle_timeout = "30m"\n[model.load]\n'
+    "context_length = 8192\nflash_attention = true\n\n[control]\nsocket = '/run/x/a.sock' # ok\n"
+    '[proxy]\nlisten = "127.0.0.1:1235"\n'
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PLAIN,
+        PLAIN.replace("[control]\nsocket = '/run/x/a.sock' # ok\n", ""),
+        'control.socket = "/run/dotted.sock"\n[model]\nselected = "x"\n',
+        '[control]\nsocket = "/run/a.sock"\n[[servers]]\nsocket = "/not/this.sock"\n',
+        '[proxy]\nsocket = "/not/this.sock"\n[control]\n',
+        '[control]\nsocket = ""\n',
+        '[model]\nload = { context_length = 4096 }\n[control]\nsocket = "/run/b.sock"\n',
+    ],
+)
+def test_a_plain_file_is_read_without_the_toml_parser_as_toml_reads_it(text: str) -> None:
+    import tomllib
+
+    plain, value = locate._plain_socket(text)
+    assert plain, text
+    control = tomllib.loads(text).get("control", {})
+    expected = control.get("socket") or None
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[control]\nsocket = """/run/a.sock"""\n',  # multi-line string syntax
+        'x = """\n[control]\nsocket = "/fake.sock"\n"""\n',  # a header inside a string
+        'x = [\n  "[control]",\n]\n',  # a multi-line array
+        'control = { socket = "/run/inline.sock" }\n',  # an inline table at the top
+        '[control]\n"socket" = "/run/quoted.sock"\n',  # a quoted key
+        '[control]\nsocket = "/run/\\u0061.sock"\n',  # an escape
+        '["control"]\nsocket = "/run/q.sock"\n',  # a quoted table name
+    ],
+)
+def test_anything_not_plain_goes_to_the_toml_parser(text: str, tmp_path: Path) -> None:
+    import tomllib
+
+    assert locate._plain_socket(text) == (False, None)
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    try:
+        control = tomllib.loads(text).get("control", {})
+    except tomllib.TOMLDecodeError:
+        return
+    assert locate.configured_socket(str(config)) == (control.get("socket") or None)
+
+
+def test_status_with_a_plain_config_imports_no_toml_parser(tmp_path: Path) -> None:
+    """The fast path of `lmkeeperd status` (docs/performance.md): tomllib stays unloaded."""
+    import subprocess
+
+    config = tmp_path / "c.toml"
+    config.write_text(PLAIN)
+    code = (
+        "import sys; from lmkeeperd.cli import locate; "
+        f"print(locate.socket_file({str(config)!r})); print('tomllib' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["/run/x/a.sock", "False"]

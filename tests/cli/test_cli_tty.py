@@ -8,6 +8,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from daemon_harness import DaemonProc, wait_until
@@ -88,3 +89,16 @@ def test_events_are_readable_lines_on_a_terminal(daemon: DaemonProc) -> None:
     line = next(x for x in out.splitlines() if "load_finished" in x)
     assert not line.lstrip().startswith("{") and f"model={A}" in line
     assert line[2] == ":" and line[5] == ":"  # HH:MM:SS first
+
+
+def test_no_daemon_names_the_configs_problem_on_a_terminal(
+    daemon_factory: Callable[..., DaemonProc],
+) -> None:
+    d = daemon_factory(start=False, model={"idle_timeout": "ten minutes"})
+    term = Terminal(d, "status")
+    try:
+        out = term.read_until(lambda out: "lmkeeperd run` would refuse it" in out)
+        assert term.proc.wait(10) == 3
+    finally:
+        term.close()
+    assert "model.idle_timeout" in out and f"no socket at {d.socket}" in out

@@ -84,10 +84,11 @@ def test_config_check_valid_invalid_and_missing_file(
     assert re.search(r"line \d+", invalid.stderr)
     missing = d.cli("config", "check", "--config", str(d.dir / "nope.toml"))
     assert missing.returncode == 2 and "nope.toml" in missing.stderr
-    # The client finds the socket leniently (issue 13): no daemon answers, so exit 3, and
-    # the config's problem is named as the likely reason why none runs.
+    # The client finds the socket leniently (cli/locate.py): no daemon answers, so exit 3, and
+    # a script (stderr not a terminal) is told which command checks the config; a person at
+    # a terminal is told its problem (tests/cli/test_cli_tty.py).
     bad_config = d.cli("status")
-    assert bad_config.returncode == 3 and "model.idle_timeout" in bad_config.stderr
+    assert bad_config.returncode == 3 and "`lmkeeperd config check`" in bad_config.stderr
 
 
 def test_run_with_an_invalid_config_exits_2_and_says_why(

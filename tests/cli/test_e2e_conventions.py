@@ -1,4 +1,4 @@
-"""Issue 13, part B, through the real `lmkeeperd` command: --version, -h on every command,
+"""Conventions through the real `lmkeeperd` command: --version, -h on every command,
 one error prefix, flags shown as flags, shell completion (in a real bash, with model keys
 from a real daemon), and the demo's printed commands run as typed."""
 

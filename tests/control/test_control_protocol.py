@@ -52,6 +52,7 @@ def line(obj: object) -> bytes:
         ({"op": "models"}, Models()),
         ({"op": "select", "model": "m", "keep_alive": 90}, Select("m", 90.0)),
         ({"op": "select", "model": "m", "keep_alive": None}, Select("m")),
+        ({"op": "select", "model": "m", "keep_alive": "default"}, Select("m", None, True)),
     ],
 )
 def test_each_op_parses_to_its_record(message: dict[str, object], expected: Request) -> None:
@@ -126,7 +127,7 @@ def test_deep_nesting_inside_an_ignored_field_is_a_frame_error_too() -> None:
         ({"op": "select", "model": None}, 'select: "model" must be a string, got null'),
         (
             {"op": "select", "model": "m", "keep_alive": "1h"},
-            'select: "keep_alive" must be a number of seconds, got string',
+            'select: "keep_alive" must be a number of seconds or "default", got string',
         ),
         (
             {"op": "select", "model": "m", "keep_alive": -1},

@@ -26,7 +26,9 @@ def test_select_is_stored_for_the_next_start_and_loads(emulator: Emulator, tmp_p
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
             conn = Connection(1, None)
-            assert await d.handler.handle(conn, proto.Select(f"  {A} ")) == {"ok": True}
+            reply = await d.handler.handle(conn, proto.Select(f"  {A} "))
+            # `memory` only when the model may not fit here (L12): this machine's business.
+            assert reply["ok"] is True and set(reply) <= {"ok", "memory"}
             stored = selection.load(paths.selection_file(d.config_path))
             assert stored == selection.StoredSelection(A, "")
             await until(lambda: d.core.state is State.LOADED, "the load")

@@ -536,7 +536,7 @@ def test_linger_hint_only_when_lingering_is_off(tmp_path: Path, home: Path) -> N
     assert not any("enable-linger" in n for n in plan_install(target, None).notes)
 
 
-# --- issue 13: unknown where the manager is out of reach, --run-as, hints ---------------
+# --- unknown where the manager is out of reach, --run-as, hints ---------------
 
 
 def test_status_not_installed_and_no_manager_says_unknown_why_and_warns(
