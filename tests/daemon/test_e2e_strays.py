@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable
 
 import pytest
-from daemon_harness import DaemonProc, loads_of, model_listings, unloads_of, wait_until
+from daemon_harness import (
+    STOP_MARGIN_S,
+    DaemonProc,
+    loads_of,
+    model_listings,
+    unloads_of,
+    wait_until,
+)
 
 from lmkeeperd.emulator import Emulator
 
@@ -25,7 +32,6 @@ C = "qwen/qwen2.5-0.5b-instruct"
 FOREIGN = "google/gemma-3-12b"
 LOAD = "/api/v1/models/load"
 UNLOAD = "/api/v1/models/unload"
-SHUTDOWN_MARGIN_S = 5.0
 
 
 def server_holds(emulator: Emulator, expected: dict[str, list[str]], timeout: float = 20) -> None:
@@ -132,8 +138,9 @@ def test_a_stop_during_a_load_beyond_the_bound_is_collected_by_the_next_start(
     emulator.wait_for_request(LOAD, timeout=10)
     started = time.monotonic()
     d.signal(signal.SIGTERM)
-    assert d.wait_exit(timeout=1 + SHUTDOWN_MARGIN_S) == 0
-    assert time.monotonic() - started < 1 + SHUTDOWN_MARGIN_S  # the stop bound holds
+    assert d.wait_exit(timeout=15) == 0
+    elapsed = time.monotonic() - started  # from the signal to the exit: the stop bound holds
+    assert elapsed < 1 + STOP_MARGIN_S, f"stopped in {elapsed:.2f} s against a 1 s bound"
     server_holds(emulator, {A: [A]})  # LM Studio finished the load nobody waits for
     d.tables["model"]["selected"] = B
     d.write_config()
