@@ -53,8 +53,11 @@ class DirectGeneration:
             self.error = e
 
     def join(self, timeout: float = 60) -> None:
+        """Wait for the generation to end; its thread's error fails the test here."""
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the direct generation did not end"
+        if self.error is not None:
+            raise AssertionError(f"the direct generation failed: {self.error!r}") from self.error
 
 
 def chat_record(emulator: Emulator) -> Any:
