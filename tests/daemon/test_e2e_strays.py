@@ -199,7 +199,8 @@ def test_kill_9_while_loaded_then_another_selection_unloads_what_we_held(
 def test_a_clean_stop_that_keeps_the_model_hands_it_over(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(model={"unload_on_exit": False})
+    # Reconciles every 0.3 s (1.2 s while the channel watches): the two below come quickly.
+    d = daemon_factory(server={"reconcile_interval": "300ms"}, model={"unload_on_exit": False})
     d.request({"op": "select", "model": A})
     d.wait_status(state="loaded", model=A)
     assert d.stop() == 0
