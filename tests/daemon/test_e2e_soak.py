@@ -8,7 +8,7 @@ timers fire. Interleaved with them, the in-process emulator injects faults: slow
 loads, loads that outlast `load_timeout` (abandoned by the daemon, landing later), hung
 unloads, server restarts (everything forgotten), and loads and unloads behind the daemon's
 back; and the daemon itself crashes: `kill -9` at any moment, then a restart. The CI run
-plays about 2,000 events ($LMKEEPERD_SOAK_EVENTS changes that); `bench/bench_soak.py` (or
+plays about 1,000 events ($LMKEEPERD_SOAK_EVENTS changes that); `bench/bench_soak.py` (or
 `PYTHONPATH=tests python tests/daemon/test_e2e_soak.py --events 20000 [--seed N]`) plays the
 same code with more.
 
