@@ -1,9 +1,10 @@
 """The fuzz tests at full size: HYPOTHESIS_PROFILE=bench, 10,000 examples per input kind.
 
-Runs tests/control/test_fuzz_socket.py, tests/config/test_fuzz_config.py and tests/lmstudio/test_fuzz_client.py
-with pytest under the "bench" hypothesis profile (registered in tests/conftest.py) and reports how
-many examples each test ran (the tests count them; see tests/fuzzing.py) and whether it
-passed. With --quick the CI budgets are used instead.
+Runs tests/control/test_fuzz_socket.py, tests/config/test_fuzz_config.py and
+tests/lmstudio/test_fuzz_client.py with pytest under the "bench" hypothesis profile
+(registered in tests/conftest.py) and reports how many examples each test ran (the tests
+count them; see tests/fuzzing.py) and whether it passed.
+With --quick the CI budgets are used instead.
 
     .venv/bin/python bench/bench_fuzz.py [--quick]
 """

@@ -1,8 +1,9 @@
 """The chaos soak at full size: 20,000 seeded random events against the real daemon.
 
-The same code as the CI soak (tests/daemon/test_e2e_soak.py, about 2,000 events), with ten times the
-events; its module docstring defines the invariants. The emulator runs in this process (the
-soak drives its faults through the Python API); the daemon is its own process.
+The same code as the CI soak (tests/daemon/test_e2e_soak.py, about 1,000 events), with
+twenty times the events; its module docstring defines the invariants. The emulator runs in
+this process (the soak drives its faults through the Python API); the daemon is its own
+process.
 
     .venv/bin/python bench/bench_soak.py [--quick] [--events N] [--seed S]
 """

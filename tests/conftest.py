@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,17 @@ from daemon_harness import DaemonProc
 from hypothesis import HealthCheck, settings
 
 from lmkeeperd.emulator import Emulator
+
+# Child Pythons (the daemon, the CLI, `python -c` helpers) read cached bytecode, as an
+# installed lmkeeperd does. Under PYTHONDONTWRITEBYTECODE (set by many development shells)
+# each of the suite's hundreds of daemon and CLI starts would compile lmkeeperd from
+# source: about 0.6 s more per daemon start on a 2-core machine. The cache lives outside
+# the checkout; Python checks each cached file against its source. This process is not
+# affected (both are read at interpreter start-up).
+os.environ["PYTHONDONTWRITEBYTECODE"] = ""  # empty: bytecode is written
+os.environ.setdefault(
+    "PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "lmkeeperd-test-pycache")
+)
 
 # Fuzzing budgets: "ci" (hypothesis' defaults) unless HYPOTHESIS_PROFILE says otherwise;
 # bench/run_all.py sets "bench" to run the fuzz tests (tests/test_fuzz_*.py) at full size.

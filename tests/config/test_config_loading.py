@@ -74,13 +74,51 @@ def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
         load_config(latin)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads anything")
+# Root reads anything through CAP_DAC_OVERRIDE (and CAP_DAC_READ_SEARCH). Without them
+# the kernel applies the mode bits to root too: the child drops both from its effective
+# set (Linux's capset, always allowed) and then gets a real EACCES, as any user would.
+_DROP_DAC_CAPABILITIES = """
+import ctypes
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint32) for n in ("effective", "permitted", "inheritable")]
+libc = ctypes.CDLL(None, use_errno=True)
+header, data = Header(0x20080522, 0), (Data * 2)()
+if libc.capget(ctypes.byref(header), data) != 0:
+    raise OSError(ctypes.get_errno(), "capget")
+data[0].effective &= ~((1 << 1) | (1 << 2)) & 0xFFFFFFFF  # CAP_DAC_OVERRIDE, _READ_SEARCH
+if libc.capset(ctypes.byref(header), data) != 0:
+    raise OSError(ctypes.get_errno(), "capset")
+"""
+_LOAD_AND_SAY = """
+import sys
+from lmkeeperd.config import load_config
+from lmkeeperd.errors import ConfigError
+try:
+    load_config(sys.argv[1])
+except ConfigError as error:
+    print(error)
+"""
+
+
+@pytest.mark.skipif(
+    os.name != "posix" or (os.geteuid() == 0 and not sys.platform.startswith("linux")),
+    reason="POSIX permissions; as root, Linux capabilities",
+)
 def test_file_without_read_permission_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "secret.toml"
-    path.write_text("", encoding="utf-8")
+    path.write_text('[model]\nselected = "x"\n', encoding="utf-8")
     path.chmod(0)
-    with pytest.raises(ConfigError, match="cannot read the config: permission denied"):
-        load_config(path)
+    drop = _DROP_DAC_CAPABILITIES if os.geteuid() == 0 else ""
+    said = subprocess.run(
+        [sys.executable, "-c", drop + _LOAD_AND_SAY, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "cannot read the config: permission denied" in said, said
+    assert str(path) in said
 
 
 def test_importing_config_stays_lean() -> None:

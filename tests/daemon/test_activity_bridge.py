@@ -73,7 +73,7 @@ def test_L20_look_before_idle_eject(emulator: Emulator, tmp_path: Path, generati
             assert d.activity.available
             await load(d, A)
             await until(lambda: d.activity.server_activity(time.monotonic()), "the first poll")
-            emulator.set_stream(0.05, 100)
+            emulator.set_stream(0.05, 50)  # 2.5 s: past the idle deadline and the look
             task = asyncio.create_task(generate(emulator.url)) if generating else None
             if generating:
                 await until(lambda: generating_on(emulator), "the generation")
@@ -102,7 +102,7 @@ def test_L20_without_the_channel_the_unload_goes_ahead(emulator: Emulator, tmp_p
             await with_bridge(d, config)
             assert not d.activity.available and d.activity.reason == "older server"
             await load(d, A)
-            emulator.set_stream(0.05, 100)
+            emulator.set_stream(0.05, 50)  # 2.5 s: past the idle deadline and the look
             task = asyncio.create_task(generate(emulator.url))
             await until(lambda: generating_on(emulator), "the generation")
             with structlog.testing.capture_logs() as logs:

@@ -53,8 +53,11 @@ class DirectGeneration:
             self.error = e
 
     def join(self, timeout: float = 60) -> None:
+        """Wait for the generation to end; its thread's error fails the test here."""
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the direct generation did not end"
+        if self.error is not None:
+            raise AssertionError(f"the direct generation failed: {self.error!r}") from self.error
 
 
 def chat_record(emulator: Emulator) -> Any:
@@ -104,14 +107,14 @@ def test_L19_direct_generation_keeps_its_model_then_idle_eject(
     d.wait_status(activity_source="lmstudio", activity_reason=None, timeout=15)
     assert quiet(emulator, 2.5), "nothing of ours is loaded: the watcher must send nothing"
     load(d, A)
-    emulator.set_stream(0.1, 80)  # 8 s: four idle timeouts
+    emulator.set_stream(0.1, 50)  # 5 s: two and a half idle timeouts
     generation = DirectGeneration(emulator, A)
     st = seen_generating(d)
     assert st["active_streams"] == 0 and st["idle_eject_in_s"] is None
     assert st["why"]["server_busy"].startswith("generating")
     assert "lmstudio: generating" in render(st)  # type: ignore[arg-type]
     generation.join()
-    assert generation.error is None and generation.done and generation.chunks == 80
+    assert generation.error is None and generation.done and generation.chunks == 50
     assert unloads_of(emulator) == [], "unloaded during a generation it could see"
     ended = chat_record(emulator).t_done
     d.wait_status(state="idle", model=None, timeout=10 + idle)

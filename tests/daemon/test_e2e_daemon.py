@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import stat
+import time
 from collections.abc import Callable
 
 import pytest
@@ -70,16 +71,31 @@ def test_L8_client_dying_mid_stream_releases_it(daemon: DaemonProc) -> None:
     daemon.wait_status(active_streams=0, state="loaded")
 
 
-def test_L11_idle_eject_and_activity(
+def test_L11_idle_eject_and_L10_activity_restarts_the_timer(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(model={"idle_timeout": "1s", "switch_debounce": 0})
+    idle = 1.5
+    d = daemon_factory(model={"idle_timeout": f"{idle}s", "switch_debounce": 0})
     d.request({"op": "select", "model": A})
     d.wait_status(state="loaded")
-    d.request({"op": "activity"})
+    # Half the timeout gone, activity restarts it (L10): the eject comes a whole
+    # timeout after the activity, not after the load.
+    left = wait_until(
+        lambda: (
+            (s := d.status())["idle_eject_in_s"] is not None
+            and s["idle_eject_in_s"] <= idle / 2
+            and s["idle_eject_in_s"]
+        ),
+        what="half the idle timeout gone",
+    )
+    sent = time.monotonic()
+    assert d.request({"op": "activity"}) == {"ok": True}
+    assert d.status()["idle_eject_in_s"] >= left + 0.4, "the activity did not restart the timer"
     d.wait_status(state="idle", timeout=10)
     assert d.wait_event("unloaded", model=A)["reason"] == "idle"
     assert emulator.loaded() == {}
+    (unload,) = [r for r in emulator.requests() if r.path == "/api/v1/models/unload"]
+    assert unload.t >= sent + idle - 0.1, f"ejected {unload.t - sent:.2f} s after the activity"
 
 
 def test_socket_is_0600_and_garbage_gets_an_error(daemon: DaemonProc) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from daemon_harness import DaemonProc, NotifyListener, loads_of, unloads_of
+from daemon_harness import STOP_MARGIN_S, DaemonProc, NotifyListener, loads_of, unloads_of
 
 from lmkeeperd.emulator import Emulator
 
@@ -21,8 +21,6 @@ pytestmark = pytest.mark.e2e
 
 A = "qwen/qwen3-4b-2507"
 UNLOAD = "/api/v1/models/unload"
-# Generous: the bound is what L16 promises; the margin covers a loaded CI machine.
-SHUTDOWN_MARGIN_S = 5.0
 
 
 def load(daemon: DaemonProc, model: str = A) -> None:
@@ -40,9 +38,9 @@ def test_L16_sigterm_with_a_hung_server_exits_0_within_the_bound(
     d.signal(signal.SIGTERM)
     emulator.wait_for_request(UNLOAD)
     d.signal(signal.SIGTERM)  # stop is idempotent: a second one neither hurts nor hurries
-    assert d.wait_exit(timeout=1 + SHUTDOWN_MARGIN_S) == 0
-    elapsed = time.monotonic() - started
-    assert elapsed < 1 + SHUTDOWN_MARGIN_S
+    assert d.wait_exit(timeout=15) == 0
+    elapsed = time.monotonic() - started  # from the first signal to the exit
+    assert elapsed < 1 + STOP_MARGIN_S, f"stopped in {elapsed:.2f} s against a 1 s bound"
     assert emulator.wait_for_request(UNLOAD).body == {"instance_id": A}  # it did try
     assert d.events("shutdown_unload_timed_out")
     assert not d.socket.exists()

@@ -18,11 +18,11 @@ C = "qwen/qwen2.5-0.5b-instruct"
 HUGE = "deepseek/deepseek-v3-0324"  # about 378 GB: over any test machine's budget
 TOKEN = "s3cret-token-value"
 # Tests that wait for the daemon to look at the server again make it look more often.
-FAST = {"reconcile_interval": "300ms"}
+FAST = {"reconcile_interval": "100ms"}  # 0.4 s while the channel watches our model
 
 
 def wait_for_reconciles(daemon: DaemonProc, emulator: Emulator, n: int = 2) -> None:
-    """Let the daemon look at the server `n` more times (the reconcile runs every 1 s here)."""
+    """Let the daemon look at the server `n` more times (FAST makes it look often)."""
     target = model_listings(emulator) + n
     wait_until(lambda: model_listings(emulator) >= target, 10, f"{n} more reconciles")
     assert daemon.proc is not None and daemon.proc.poll() is None
@@ -205,11 +205,17 @@ def test_L5_a_newer_selection_supersedes_a_slow_load_and_its_stray_is_unloaded(
     slow = emulator.wait_for_request("/api/v1/models/load")
     daemon.request({"op": "select", "model": B})
     daemon.wait_status(state="loaded", model=B)
-    # A's load still lands on the server a little later; lmkeeperd must not leave it there.
+    # A's load still lands on the server; lmkeeperd must not leave it there.
     emulator.wait_until(lambda: any(r.t == slow.t and r.status for r in emulator.requests()))
     emulator.wait_until(lambda: emulator.loaded() == {B: [B]}, timeout=10)
     assert A in unloads_of(emulator)
     assert daemon.status()["state"] == "loaded" and daemon.status()["model"] == B
+    # The core's own rule unloaded A, knowing why; not L22's reconcile finding a stray
+    # (which would log `stray_found` and an unload for reason "stray").
+    unloaded = daemon.wait_event("unloaded", model=A)
+    assert unloaded["reason"] not in ("stray", "command"), unloaded
+    assert daemon.events("stray_found", model=A) == []
+    assert [e["reason"] for e in daemon.events("unloaded", model=A)] == [unloaded["reason"]]
 
 
 def test_L14_load_settings_from_the_config_go_with_every_load(

@@ -8,7 +8,7 @@ timers fire. Interleaved with them, the in-process emulator injects faults: slow
 loads, loads that outlast `load_timeout` (abandoned by the daemon, landing later), hung
 unloads, server restarts (everything forgotten), and loads and unloads behind the daemon's
 back; and the daemon itself crashes: `kill -9` at any moment, then a restart. The CI run
-plays about 2,000 events ($LMKEEPERD_SOAK_EVENTS changes that); `bench/bench_soak.py` (or
+plays about 1,000 events ($LMKEEPERD_SOAK_EVENTS changes that); `bench/bench_soak.py` (or
 `PYTHONPATH=tests python tests/daemon/test_e2e_soak.py --events 20000 [--seed N]`) plays the
 same code with more.
 
@@ -73,193 +73,51 @@ Invariants
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import json
 import os
 import random
 import signal
-import socket
-import statistics
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
 from daemon_harness import DaemonProc
+from soak_records import (
+    BEHIND_CTX,
+    CI_EVENTS,
+    CI_RSS_GROWTH_MIB,
+    CLIENTS,
+    DAEMON_CTX,
+    DEFAULT_SEED,
+    FOREIGN,
+    LOAD_TIMEOUT_S,
+    MAX_STREAMS_PER_CLIENT,
+    REPLY_TIMEOUT_S,
+    SELECTABLE,
+    UNKNOWN,
+    WEIGHTS,
+    Command,
+    LineClient,
+    Snapshot,
+    SoakPlan,
+    SoakResult,
+    StreamRecord,
+)
+from soak_watch import SoakWatch
 
 from lmkeeperd.control.client import request as control_request
 from lmkeeperd.emulator import Emulator
 from lmkeeperd.errors import LmkeeperError
 
-SELECTABLE = (
-    "qwen/qwen3-4b-2507",
-    "meta-llama/llama-3.1-8b-instruct",
-    "qwen/qwen2.5-0.5b-instruct",
-    "google/gemma-3-12b",
-    "openai/gpt-oss-20b",
-)
-FOREIGN = ("qwen/qwen3-32b", "deepseek/deepseek-v3-0324", "text-embedding-nomic-embed-text-v1.5")
-UNKNOWN = "nobody/no-such-model"
-DAEMON_CTX = 2048
-BEHIND_CTX = 1111
-UNLOAD_PATH = "/api/v1/models/unload"
-LOAD_PATH = "/api/v1/models/load"
-MODELS_PATH = "/api/v1/models"
-REPLY_TIMEOUT_S = 15.0
-SETTLE_TIMEOUT_S = 30.0
-MAX_STREAMS_PER_CLIENT = 3
-CLIENTS = 4
 
-CI_EVENTS = 2000
-DEFAULT_SEED = 20260101
-CI_RSS_GROWTH_MIB = 12.0  # generous: a leak of even a few hundred bytes per event shows
-
-# Relative weights of the driver's events; faults are events too.
-WEIGHTS: dict[str, float] = {
-    "select": 14,
-    "stream_start": 8,
-    "stream_end": 11,
-    "disconnect": 3,
-    "activity": 8,
-    "status": 4,
-    "engine_away": 0.4,
-    "config_valid": 3,
-    "config_invalid": 1.5,
-    "sighup": 1,
-    "unload_command": 2.5,
-    "bad_request": 1,
-    "fault_load_delay": 2,
-    "fault_fail_loads": 0.5,
-    "fault_hang_unloads": 1,
-    "fault_restart": 0.4,
-    "load_behind": 2,
-    "unload_behind": 2,
-    "pause": 1.2,
-    "fault_load_timeout": 0.5,
-    "fault_crash": 0.25,
-    "quiet_point": 0.3,
-}
-LOAD_TIMEOUT_S = 0.6  # the soak's `load_timeout`: the load-timeout fault's delays outlast it
-QUIET_TIMEOUT_S = 20.0
-
-
-@dataclass(frozen=True, slots=True)
-class SoakPlan:
-    events: int = CI_EVENTS
-    seed: int = DEFAULT_SEED
-    mean_gap_s: float = 0.002  # the pause between two events is exponential with this mean
-
-
-@dataclass(slots=True)
-class StreamRecord:
-    stream: int
-    client: int
-    acked: float
-    protects: bool
-    generation: int = 0  # which daemon process (crashes restart it; stream ids start over)
-    until: float = float("inf")  # when protection ended (see invariant 1)
-
-
-@dataclass(slots=True)
-class Command:
-    model: str | None
-    sent: float
-    replied: float = float("inf")
-    reply: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class Snapshot:
-    before: float
-    after: float
-    instances: dict[str, list[tuple[str, int | None]]]  # key -> [(instance id, context)]
-
-
-@dataclass(slots=True)
-class SoakResult:
-    plan: SoakPlan
-    events: Counter[str] = field(default_factory=Counter)
-    checks: Counter[str] = field(default_factory=Counter)
-    daemon_events: Counter[str] = field(default_factory=Counter)
-    violations: list[str] = field(default_factory=list)
-    rss_mib: list[tuple[float, float]] = field(default_factory=list)
-    rss_start_mib: float = 0.0
-    rss_end_mib: float = 0.0
-    seconds: float = 0.0
-    exit_code: int | None = None
-
-    @property
-    def rss_growth_mib(self) -> float:
-        return self.rss_end_mib - self.rss_start_mib
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "events": sum(self.events.values()),
-            "seed": self.plan.seed,
-            "seconds": round(self.seconds, 1),
-            "event_mix": dict(sorted(self.events.items())),
-            "checks": dict(sorted(self.checks.items())),
-            "daemon_events": dict(sorted(self.daemon_events.items())),
-            "violations": self.violations,
-            "rss_start_mib": round(self.rss_start_mib, 1),
-            "rss_end_mib": round(self.rss_end_mib, 1),
-            "rss_growth_mib": round(self.rss_growth_mib, 1),
-            "exit_code": self.exit_code,
-        }
-
-
-class LineClient:
-    """One control-socket connection, with the times requests left and replies came."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(REPLY_TIMEOUT_S)
-        self.sock.connect(str(path))
-        self._buffer = b""
-        self.streams: list[int] = []  # open, oldest first
-
-    def ask(self, obj: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
-        """(reply, when the request began to leave, when the reply had arrived)."""
-        sent = time.monotonic()
-        self.sock.sendall(json.dumps(obj).encode() + b"\n")
-        while b"\n" not in self._buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"the daemon closed the connection after {obj}")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        reply: dict[str, Any] = json.loads(line)
-        return reply, sent, time.monotonic()
-
-    def close(self, abrupt: bool = False) -> None:
-        if abrupt:
-            # SO_LINGER with a zero timeout: close() resets the connection, as a crash would.
-            with contextlib.suppress(OSError):
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
-
-
-def _instance_key(instance_id: str) -> str:
-    key, sep, suffix = instance_id.rpartition(":")
-    return key if sep and suffix.isdigit() else instance_id
-
-
-def _log_time(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-class Soak:
+class Soak(SoakWatch):
     """Runs one soak (see the module docstring); `run()` returns the result."""
 
     def __init__(self, plan: SoakPlan, emulator: Emulator) -> None:
@@ -607,281 +465,6 @@ class Soak:
 
     def _do_quiet_point(self) -> None:
         self._quiet()
-
-    # --- watching ---------------------------------------------------------------------------
-
-    def _snapshot(self) -> Snapshot | None:
-        before = time.monotonic()
-        try:
-            body = self.http.get(MODELS_PATH).json()
-        except (httpx.HTTPError, ValueError):
-            return None  # the server is down: nothing to see
-        after = time.monotonic()
-        instances = {
-            m["key"]: [(i["id"], i.get("config", {}).get("context_length")) for i in loaded]
-            for m in body.get("models", [])
-            if (loaded := m.get("loaded_instances"))
-        }
-        return Snapshot(before, after, instances)
-
-    def _check_loop(self) -> None:
-        last_rss = 0.0
-        while not self.stop.wait(0.02):
-            if self.crashing.is_set():
-                continue  # the soak kills the daemon on purpose: not an exit
-            process = self.process
-            assert process is not None
-            if self.daemon.proc is not None and self.daemon.proc.poll() is not None:
-                self.violate(f"the daemon exited (status {self.daemon.proc.returncode})")
-                return
-            self.result.checks["daemon alive"] += 1
-            now = time.monotonic()
-            if now - last_rss >= 0.2:
-                last_rss = now
-                with contextlib.suppress(psutil.Error):
-                    rss = process.memory_info().rss / 2**20
-                    self.result.rss_mib.append((float(self._event_index), rss))
-            snapshot = self._snapshot()
-            if snapshot is not None:
-                self.snapshots.append(snapshot)
-
-    def _start_listener(self) -> None:
-        thread = threading.Thread(target=self._listen, daemon=True)
-        self.listeners.append(thread)
-        thread.start()
-
-    def _listen(self) -> None:
-        try:
-            with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)) as sock:
-                sock.settimeout(0.2)
-                sock.connect(str(self.daemon.socket))
-                sock.sendall(b'{"op": "subscribe"}\n')
-                buffer = b""
-                while not self.stop.is_set():
-                    try:
-                        chunk = sock.recv(65536)
-                    except TimeoutError:
-                        continue
-                    if not chunk:
-                        return
-                    buffer += chunk
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        event = json.loads(line).get("event")
-                        if event is not None:
-                            self.result.daemon_events[str(event)] += 1
-        except (OSError, ValueError) as e:
-            if not self.crashing.is_set():
-                self.violate(f"the subscription failed: {e!r}")
-
-    # --- the end ------------------------------------------------------------------------------
-
-    def _calm(self) -> None:
-        """Faults off, clients gone, engine back: what a quiet point needs."""
-        self.emu.hang_unloads(False)
-        self.hang_until = 0
-        self.emu.set_load_delay(0.0)
-        self.emu.wait_until(lambda: self.emu.phase == "up", timeout=10)
-        for future in self.command_futures:
-            future.result(timeout=60)
-        now = time.monotonic()
-        self._close_clients(now)
-        for record in self.streams.values():
-            record.until = min(record.until, now)
-        if not self.hands_on:
-            self._do_engine_back()
-
-    def _in_flight_on_server(self) -> bool:
-        return any(
-            r.t_done is None and r.path in (LOAD_PATH, UNLOAD_PATH) for r in self.emu.requests()
-        )
-
-    def _quiet(self) -> None:
-        """Invariant 7: at a quiet point the server holds what L22 allows, within a deadline."""
-        self._calm()
-        deadline = time.monotonic() + QUIET_TIMEOUT_S
-        steady = 0
-        last = ""
-        while time.monotonic() < deadline:
-            status = self.daemon.status()
-            quiet = (
-                status["state"] in ("idle", "loaded")
-                and status["pending"] is None
-                and status["active_streams"] == 0
-                and status["server"]["reachable"] is True
-                and not self._in_flight_on_server()
-            )
-            snapshot = self._snapshot()
-            orphans = None if snapshot is None else self._orphans(status["model"], snapshot)
-            last = f"status {status}, orphans {orphans}"
-            if quiet and orphans == []:
-                steady += 1
-                if steady >= 3:
-                    self.result.checks["L22 quiet points"] += 1
-                    return
-            else:
-                steady = 0
-            time.sleep(0.1)
-        self.violate(f"L22: not quiet with nothing of ours left within {QUIET_TIMEOUT_S} s: {last}")
-
-    def _settle(self) -> None:
-        """Faults off, clients gone, engine back; then the status must match the server."""
-        self.emu.fail_next_loads(0)
-        self._calm()
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        agreed = 0
-        last = ""
-        while time.monotonic() < deadline:
-            status = self.daemon.status()
-            on_server = self.emu.loaded()
-            last = f"status {status}, server {on_server}"
-            quiet = (
-                status["state"] in ("idle", "loaded")
-                and status["pending"] is None
-                and status["active_streams"] == 0
-                and status["server"]["reachable"] is True
-            )
-            model = status["model"]
-            if (
-                quiet
-                and status["server"]["loaded"] == sorted(on_server)
-                and (model is None or model in on_server)
-                and (model is None) == (status["state"] == "idle")
-            ):
-                agreed += 1
-                if agreed >= 3:  # steady over more than one reconcile
-                    self.result.checks["final agreement"] += 1
-                    self._check_orphans(model)
-                    return
-            else:
-                agreed = 0
-            time.sleep(0.2)
-        self.violate(f"the daemon's status never matched the server once quiet: {last}")
-
-    def _orphans(self, model: str | None, snapshot: Snapshot) -> list[str]:
-        """Daemon-loaded instances L22 does not allow: all but one of the daemon's model."""
-        orphans: list[str] = []
-        for key, instances in snapshot.instances.items():
-            ours = [i for i, context in instances if context == DAEMON_CTX]
-            if key == model:
-                ours = ours[1:]  # the daemon's current model
-            if key not in self.released:
-                orphans.extend(ours)
-        return orphans
-
-    def _check_orphans(self, model: str | None) -> None:
-        snapshot = self._snapshot()
-        assert snapshot is not None
-        orphans = self._orphans(model, snapshot)
-        if orphans:
-            self.violate(f"daemon-loaded instances left on the server: {orphans}")
-        self.result.checks["orphan check"] += 1
-
-    # --- the invariants, over the whole run -----------------------------------------------------
-
-    def _check_log(self) -> None:
-        lines = self.daemon.log_events()
-        offset = time.time() - time.monotonic()
-        opened: dict[tuple[int, int], int] = {}
-        decisions: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        generation = -1
-        for index, event in enumerate(lines):
-            name = event.get("event")
-            if name == "daemon_started":
-                generation += 1  # the log is appended to by every daemon process in turn
-            elif name == "stream_opened":
-                opened[(generation, int(event["stream"]))] = index
-            elif name == "unload_started":
-                when = _log_time(str(event["time"])) - offset
-                decisions[str(event["instance_id"])].append((index, when))
-            elif event.get("level") in ("error", "critical"):
-                self.violate(f"the daemon logged an error: {event}")
-        requests = self.emu.requests()
-        unloads = [r for r in requests if r.path == UNLOAD_PATH and isinstance(r.body, dict)]
-        self._check_streams(unloads, opened, decisions)
-        self._check_foreign(unloads)
-        self._check_duplicates(unloads, decisions)
-
-    def _check_streams(
-        self,
-        unloads: list[Any],
-        opened: dict[tuple[int, int], int],
-        decisions: dict[str, list[tuple[int, float]]],
-    ) -> None:
-        protecting = sorted(
-            (r for r in self.streams.values() if r.protects and r.until > r.acked),
-            key=lambda r: r.acked,
-        )
-        matched: dict[str, int] = Counter()
-        for request in unloads:
-            instance = str(request.body.get("instance_id"))
-            position = matched[instance]
-            matched[instance] += 1
-            logged = decisions[instance]
-            decision = logged[position] if position < len(logged) else None
-            self.result.checks["unload vs streams"] += 1
-            for record in protecting:
-                if record.acked >= request.t:
-                    break
-                if request.t >= record.until:
-                    continue
-                registered = opened.get((record.generation, record.stream))
-                if decision is not None and registered is not None and decision[0] < registered:
-                    self.result.checks["unload in flight before a stream (excused)"] += 1
-                    continue
-                self.violate(
-                    f"unload of {instance} reached the server {request.t - record.acked:.3f} s "
-                    f"after stream {record.stream} was acknowledged, while it was open"
-                )
-
-    def _check_foreign(self, unloads: list[Any]) -> None:
-        for request in unloads:
-            instance = str(request.body.get("instance_id"))
-            key = _instance_key(instance)
-            if key not in FOREIGN:
-                continue
-            self.result.checks["foreign unload"] += 1
-            if not any(c.model == key and c.sent <= request.t <= c.replied for c in self.commands):
-                self.violate(f"the daemon unloaded {instance}, which it did not load, unasked")
-
-    def _check_duplicates(
-        self, unloads: list[Any], decisions: dict[str, list[tuple[int, float]]]
-    ) -> None:
-        arrivals: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for request in unloads:
-            done = request.t_done if request.t_done is not None else float("inf")
-            arrivals[str(request.body.get("instance_id"))].append((request.t, done))
-        decided = {i: sorted(t for _, t in times) for i, times in decisions.items()}
-
-        def leaving(instance: str, snapshot: Snapshot) -> bool:
-            for arrived, done in arrivals.get(instance, ()):
-                if arrived <= snapshot.after and done >= snapshot.before:
-                    return True
-            times = decided.get(instance, [])
-            # A decision logged up to 5 ms after the list was read still counts (clock bridge).
-            position = bisect.bisect_right(times, snapshot.after + 0.005)
-            return position > 0 and times[position - 1] >= snapshot.before - 2.0
-
-        for snapshot in self.snapshots:
-            self.result.checks["instance snapshots"] += 1
-            for key, instances in snapshot.instances.items():
-                ours = [i for i, context in instances if context == DAEMON_CTX]
-                staying = [i for i in ours if not leaving(i, snapshot)]
-                if len(staying) > 1:
-                    self.violate(
-                        f"two daemon-loaded instances of {key} at once: {ours} "
-                        f"(at t={snapshot.after:.3f})"
-                    )
-
-    def _rss_verdict(self) -> None:
-        samples = self.result.rss_mib
-        if len(samples) < 4:
-            return
-        events = self.plan.events
-        early = [rss for index, rss in samples if 0.1 * events <= index <= 0.2 * events]
-        late = [rss for index, rss in samples if index >= 0.9 * events]
-        self.result.rss_start_mib = statistics.median(early or [samples[0][1]])
-        self.result.rss_end_mib = statistics.median(late or [samples[-1][1]])
 
 
 def run_soak(plan: SoakPlan) -> SoakResult:

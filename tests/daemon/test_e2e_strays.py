@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable
 
 import pytest
-from daemon_harness import DaemonProc, loads_of, model_listings, unloads_of, wait_until
+from daemon_harness import (
+    STOP_MARGIN_S,
+    DaemonProc,
+    loads_of,
+    model_listings,
+    unloads_of,
+    wait_until,
+)
 
 from lmkeeperd.emulator import Emulator
 
@@ -25,7 +32,8 @@ C = "qwen/qwen2.5-0.5b-instruct"
 FOREIGN = "google/gemma-3-12b"
 LOAD = "/api/v1/models/load"
 UNLOAD = "/api/v1/models/unload"
-SHUTDOWN_MARGIN_S = 5.0
+# Strays are found by the reconcile: every 0.2 s here (0.8 s while the channel watches).
+QUICK = "200ms"
 
 
 def server_holds(emulator: Emulator, expected: dict[str, list[str]], timeout: float = 20) -> None:
@@ -66,7 +74,7 @@ def test_kill_9_during_a_load_then_another_selection_collects_the_orphan(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
     foreign = emulator.load_behind(FOREIGN)
-    d = daemon_factory()
+    d = daemon_factory(server={"reconcile_interval": QUICK})
     emulator.set_load_delay(2.0, model=A)
     kill_during_load(d, emulator, A)
     d.tables["model"]["selected"] = B  # a config edit while it was down wins (no restore)
@@ -99,7 +107,7 @@ def test_a_load_past_load_timeout_is_adopted_when_it_lands_not_loaded_twice(
 def test_a_load_past_load_timeout_lands_and_is_collected_after_a_switch(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(server={"load_timeout": "1.5s"})
+    d = daemon_factory(server={"load_timeout": "1.5s", "reconcile_interval": QUICK})
     emulator.set_load_delay(2.5, model=A)
     d.request({"op": "select", "model": A})
     d.wait_event("load_failed", timeout=10, model=A)
@@ -113,7 +121,9 @@ def test_a_load_past_load_timeout_lands_and_is_collected_after_a_switch(
 def test_an_abandoned_load_landing_while_still_wanted_is_adopted(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(server={"load_timeout": "1.5s"}, model={"idle_timeout": "1h"})
+    d = daemon_factory(
+        server={"load_timeout": "1.5s", "reconcile_interval": QUICK}, model={"idle_timeout": "1h"}
+    )
     emulator.set_load_delay(2.5)  # past load_timeout, within the 2 × load_timeout it is awaited
     d.request({"op": "select", "model": A})
     d.wait_event("load_failed", timeout=10, model=A)
@@ -127,13 +137,17 @@ def test_an_abandoned_load_landing_while_still_wanted_is_adopted(
 def test_a_stop_during_a_load_beyond_the_bound_is_collected_by_the_next_start(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(model={"shutdown_timeout": "1s", "unload_on_exit": True, "selected": A})
+    d = daemon_factory(
+        server={"reconcile_interval": QUICK},
+        model={"shutdown_timeout": "1s", "unload_on_exit": True, "selected": A},
+    )
     emulator.set_load_delay(4.0, model=A)
     emulator.wait_for_request(LOAD, timeout=10)
     started = time.monotonic()
     d.signal(signal.SIGTERM)
-    assert d.wait_exit(timeout=1 + SHUTDOWN_MARGIN_S) == 0
-    assert time.monotonic() - started < 1 + SHUTDOWN_MARGIN_S  # the stop bound holds
+    assert d.wait_exit(timeout=15) == 0
+    elapsed = time.monotonic() - started  # from the signal to the exit: the stop bound holds
+    assert elapsed < 1 + STOP_MARGIN_S, f"stopped in {elapsed:.2f} s against a 1 s bound"
     server_holds(emulator, {A: [A]})  # LM Studio finished the load nobody waits for
     d.tables["model"]["selected"] = B
     d.write_config()
@@ -192,7 +206,7 @@ def test_kill_9_while_loaded_then_another_selection_unloads_what_we_held(
 def test_a_clean_stop_that_keeps_the_model_hands_it_over(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(model={"unload_on_exit": False})
+    d = daemon_factory(server={"reconcile_interval": QUICK}, model={"unload_on_exit": False})
     d.request({"op": "select", "model": A})
     d.wait_status(state="loaded", model=A)
     assert d.stop() == 0

@@ -104,8 +104,8 @@ def test_a_direct_generation_is_seen_busy_then_idle_with_a_newer_last_used(
     emulator: Emulator,
 ) -> None:
     emulator.load_behind(LLM)
-    # A stream held open for ~4 s by the emulator's stream controls.
-    emulator.set_stream(interval=0.2, chunks=20)
+    # A stream held open for ~1.5 s by the emulator's stream controls.
+    emulator.set_stream(interval=0.1, chunks=15)
 
     def emulated(status: str) -> Callable[[], bool]:
         return lambda: emulator.processing_state(LLM).status == status
