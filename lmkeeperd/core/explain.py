@@ -1,4 +1,4 @@
-"""Why the core is in its state: one read-only record for `status` (issue 13)."""
+"""Why the core is in its state: one read-only record for `status`."""
 
 from __future__ import annotations
 
