@@ -69,6 +69,10 @@ class World:
     source: bool = True  # can the driver read LM Studio's activity?
     abandoned: list[StartLoad] = field(default_factory=list)  # given up; may still land
     forgotten: set[str] = field(default_factory=set)  # ours, forgotten on leaving LM Studio (L13)
+    # The world's own record of the client streams open to LM Studio (L7, L8, L13): the
+    # invariants are checked against it, never against the core's count alone.
+    streams: set[int] = field(default_factory=set)
+    engine: str = "lmstudio"
     counter: int = 0
     request: int = 0
 
@@ -76,12 +80,28 @@ class World:
         busy_before = set(self.core.busy_instances)
         if isinstance(event, EngineChanged) and event.name != "lmstudio" and self.core.instance_id:
             self.forgotten.add(self.core.instance_id)
+        self.track_streams(event)
         out = self.core.handle(event, self.now)
         self.check(event, out, busy_before)
         self.perform(out)
 
+    def track_streams(self, event: Event) -> None:
+        """What the spec says is open: streams to LM Studio, until they end (L8). Streams
+        while another engine is in use are not LM Studio's, and leaving it forgets all (L13)."""
+        if isinstance(event, StreamStarted) and self.engine == "lmstudio":
+            self.streams.add(event.stream)
+        elif isinstance(event, StreamEnded):
+            self.streams.discard(event.stream)
+        elif isinstance(event, EngineChanged):
+            name = event.name.strip().lower()
+            if name and name != self.engine:
+                if self.engine == "lmstudio":
+                    self.streams.clear()
+                self.engine = name
+
     def check(self, event: Event, out: list[Action], busy_before: set[str]) -> None:
         core = self.core
+        assert core.active_streams == len(self.streams), (core.active_streams, self.streams)
         forced = {
             str(n.fields["instance_id"])
             for n in out
@@ -97,7 +117,7 @@ class World:
             cleared.add(event.instance_id)
         for action in out:
             if isinstance(action, StartUnload):
-                assert core.active_streams == 0, "unload emitted while a stream is open"
+                assert not self.streams, f"unload emitted while streams {self.streams} are open"
                 instance = action.instance_id
                 # L19/L20: never an unload of an instance known busy, unless a forced switch.
                 assert instance not in core.busy_instances, f"unload of busy {instance}"
@@ -109,13 +129,13 @@ class World:
         assert (core.state is State.IDLE) == (core.model is None), (core.state, core.model)
         if core.state in (State.LOADED, State.STREAMING):
             assert core.instance_id is not None
-            in_use = core.active_streams > 0 or core.server_busy is not None
+            in_use = bool(self.streams) or core.server_busy is not None
             assert (core.state is State.STREAMING) == in_use, (core.state, core.server_busy)
         quiet = (
             not self.loads
             and not self.unloads
             and core.pending is None
-            and core.active_streams == 0
+            and not self.streams
             and not core.busy_instances
             and core.unloads_in_flight == 0
         )

@@ -202,6 +202,19 @@ def test_L13_other_engine_cancels_everything_and_ignores_clients() -> None:
     assert [a.model for a in h.loads(h.tick(10_003))] == [B]
 
 
+def test_L13_streams_are_ignored_while_another_engine_is_in_use() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    h.send(EngineChanged("ollama"))
+    assert h.send(StreamStarted(1), at=1) == []
+    assert h.core.active_streams == 0  # not counted: it belongs to the other engine
+    h.send(EngineChanged("lmstudio"), at=2)
+    h.loaded(A, at=3)
+    # A counted stream would hold the model in use and block every unload (L7).
+    assert h.core.state is State.LOADED and h.core.active_streams == 0
+    assert [(u.model, u.reason) for u in h.unloads(h.tick(13))] == [(A, "idle")]
+    assert h.send(StreamEnded(1), at=14) == []  # its end is unknown: ignored too
+
+
 def test_L13_load_in_flight_is_cancelled_on_engine_change() -> None:
     h = Harness(switch_debounce=0)
     (load,) = h.loads(h.send(Select(A)))
