@@ -78,8 +78,10 @@ class World:
 
     def send(self, event: Event) -> None:
         busy_before = set(self.core.busy_instances)
-        if isinstance(event, EngineChanged) and event.name != "lmstudio" and self.core.instance_id:
-            self.forgotten.add(self.core.instance_id)
+        if isinstance(event, EngineChanged) and event.name != "lmstudio":
+            # L13: the model stays on the server, forgotten, and its draft with it (L15).
+            draft = self.core.draft[1] if self.core.draft else None
+            self.forgotten.update(i for i in (self.core.instance_id, draft) if i)
         self.track_streams(event)
         out = self.core.handle(event, self.now)
         self.check(event, out, busy_before)
@@ -154,6 +156,8 @@ class World:
                 # adopt an instance that is not on its way out.
                 present = [i for i in self.server.get(action.model, []) if i not in action.avoid]
                 self.loads[action.op] = action
+                # L30: StartLoads minus their outcomes (finished, failed, abandoned): one.
+                assert len(self.loads) == 1, f"two loads in flight: {sorted(self.loads)}"
                 self.adopt[action.op] = present[0] if present else None
                 same = [a for a in self.loads.values() if a.model == action.model and not a.draft]
                 assert len(same) <= 1, f"two loads of {action.model} in flight: two instances"

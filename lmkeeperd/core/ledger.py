@@ -65,12 +65,24 @@ class Ledger:
     ops: dict[int, Op] = field(default_factory=dict)
     requests: dict[int, Request] = field(default_factory=dict)
     deferred: list[Deferred] = field(default_factory=list)
+    landing: list[Op] = field(default_factory=list)  # abandoned loads that may land (L30)
     last_op: int = 0
 
     def add(self, op: Op) -> int:
         self.last_op += 1
         self.ops[self.last_op] = op
         return self.last_op
+
+    def load_in_flight(self) -> Op | None:
+        """The load LM Studio is running for us, superseded or not (L30: at most one)."""
+        return next((op for op in self.ops.values() if op.kind == "load"), None)
+
+    def landed(self, model: str) -> None:
+        """An abandoned load of `model` turned up on the server (L22): it lands no more."""
+        for op in self.landing:
+            if op.model == model:
+                self.landing.remove(op)
+                return
 
     def unloads(self) -> int:
         return sum(1 for op in self.ops.values() if op.kind == "unload")

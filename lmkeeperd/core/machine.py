@@ -30,12 +30,19 @@ Rules (ids from lifecycle-spec.md):
 - A selection waits `switch_debounce` for a newer one (L3); selecting what is
   already loaded or loading only refreshes the idle timer (L2).
 - A switch unloads our model first, then loads the new one, even when the
-  unload failed (L4). A switch during a load supersedes it (L5): the driver
-  stops waiting, and if the server finishes that load anyway, the core
-  unloads the stray instance when its outcome arrives. Switching back to a
-  model whose superseded load is still in flight waits for that load again
-  (`ResumeLoad`) instead of starting a second one, and a stray of it still
-  waiting for streams to end is adopted and kept: never two instances.
+  unload failed (L4).
+- One load at a time (L30): LM Studio cannot cancel a load, so a switch made
+  while a load is in flight waits (queued, latest wins) for it to land; the
+  model that landed is then a resident like any other, and the switch that
+  follows unloads it (L4). A load given up by a command, another engine or an
+  adopted stray is superseded (L5): the driver stops waiting, it still blocks
+  the next load until its outcome arrives, and if the server finishes it the
+  core unloads the stray instance. Selecting again a model whose superseded
+  load is still in flight waits for that load again (`ResumeLoad`) instead of
+  starting a second one, and a stray of it still waiting for streams to end is
+  adopted and kept: never two instances. A load the driver abandoned
+  (load_timeout) stops blocking; its model counts in placement's budget until
+  it lands (OwnStray, L22) or an outage forgets it.
 - While any stream is open no unload is ever emitted (L7): switches are
   queued (latest wins) and stray/background unloads are deferred until the
   last stream ends. Streams are counted by id across clients (L8).
@@ -59,7 +66,8 @@ Rules (ids from lifecycle-spec.md):
 An event that cannot be legal (an outcome for an op that was never issued)
 raises `LifecycleError` and changes nothing. Everything a user can send
 (selections, stream ends for unknown ids, ...) is legal and at worst ignored.
-What LM Studio sees and the server's view (L17-L22) are in server_rules.py.
+What LM Studio sees and the server's view (L17-L22) are in server_rules.py, the
+unload command (L7, L18, L19) in commands.py.
 """
 
 from __future__ import annotations
@@ -69,12 +77,12 @@ from typing import Any
 from lmkeeperd.core.actions import (
     Action,
     CancelLoad,
-    CommandDone,
     Notify,
     ResumeLoad,
     StartLoad,
     StartUnload,
 )
+from lmkeeperd.core.commands import CommandRules
 from lmkeeperd.core.events import (
     Activity,
     ActivitySource,
@@ -98,11 +106,10 @@ from lmkeeperd.core.events import (
     UnloadFailed,
     UnloadFinished,
 )
-from lmkeeperd.core.ledger import LOOK_FIRST_REASONS, UNLOAD_CAUSES, Deferred, Op, Request
+from lmkeeperd.core.ledger import LOOK_FIRST_REASONS, UNLOAD_CAUSES, Deferred, Op
 from lmkeeperd.core.phases import State, Trigger
 from lmkeeperd.core.placement import Limits, Seat, place
-from lmkeeperd.core.records import Busy, plural
-from lmkeeperd.core.server_rules import ServerRules
+from lmkeeperd.core.records import Busy
 from lmkeeperd.core.view import LMSTUDIO
 
 # Re-exported: the core's users import it from here (lmkeeperd.core). errors.py is a leaf
@@ -112,7 +119,7 @@ from lmkeeperd.errors import LifecycleError as LifecycleError
 _OUTCOMES = (LoadFinished, LoadFailed, UnloadFinished, UnloadFailed, UnloadDeferred)
 
 
-class Lifecycle(ServerRules):
+class Lifecycle(CommandRules):
     """The pure lifecycle core. See the module docstring for how it works."""
 
     # --- the one entry point ------------------------------------------------
@@ -209,6 +216,10 @@ class Lifecycle(ServerRules):
         if old is not None and old != new:
             out.append(Notify("selection_superseded", {"model": old, "by": new}))
 
+    def _landing(self) -> list[Seat]:
+        """Abandoned loads that may still land: they count in the budget (L30)."""
+        return [Seat(op.model, op.started, idle=False) for op in self._ledger.landing]
+
     def _seats(self) -> list[Seat]:
         """The residents as placement sees them (L25): today at most the main model."""
         main = self._main
@@ -230,16 +241,17 @@ class Lifecycle(ServerRules):
             self._swallow(intent.next, target, out)
             intent.next = target
             return
-        if main.phase is State.LOADING:
-            self._supersede_load(out)
-            main.model = None
-            self._start_load(target, now, out)
-            return
-        plan = place([target], self._seats(), Limits(max_loaded=1))
-        if plan.blocked:  # our model is in use (L7, L19): the switch waits for it
+        if main.phase is State.LOADING:  # L30: LM Studio cannot cancel it; it lands first
             self._swallow(intent.queued, target, out)
             intent.queued = target
-        elif plan.evict:  # L4: unload first, then load
+            return
+        plan = place([target], self._seats(), Limits(max_loaded=1), landing=self._landing())
+        self._swallow(intent.queued, target, out)
+        if plan.blocked:  # our model is in use (L7, L19): the switch waits for it
+            intent.queued = target
+            return
+        intent.queued = None  # an older switch waiting for a load (L30) is replaced
+        if plan.evict:  # L4: unload first, then load
             intent.next = target
             self._unload_main("switch", now, out)
         else:
@@ -250,6 +262,13 @@ class Lifecycle(ServerRules):
     ) -> None:
         config = dict(self._settings.load_config)
         if not draft and self._resume_load(model, config, out):
+            return
+        if self._ledger.load_in_flight() is not None:  # L30: one load at a time
+            if draft:
+                self._main.draft_due = True
+            else:
+                self._swallow(self._intent.queued, model, out)
+                self._intent.queued = model
             return
         going = self._ledger.unloading(model)
         op = self._ledger.add(Op("load", model, now, draft=draft, config=config))
@@ -328,6 +347,7 @@ class Lifecycle(ServerRules):
     ) -> None:
         """L15: the draft we loaded goes together with the main model."""
         self._cancel_draft_load(out)
+        self._main.draft_due = False
         if self._main.draft is not None:
             model, instance = self._main.draft
             self._main.draft = None
@@ -408,7 +428,7 @@ class Lifecycle(ServerRules):
         if force_at is not None and now >= force_at and self._waiting_on_server():
             self._force_switch(now, out)
 
-    # --- engine, commands, settings -----------------------------------------
+    # --- engine, settings ---------------------------------------------------
 
     def _engine_changed(self, name: str, now: float, out: list[Action]) -> None:
         engine = name.strip().lower()
@@ -430,73 +450,6 @@ class Lifecycle(ServerRules):
         self._main.forget()
         self._main.draft = None
         self._move("hands_off", out, f"engine changed to {engine}")
-
-    def _unload_command(self, cmd: UnloadCommand, now: float, out: list[Action]) -> None:
-        target = cmd.model.strip() if cmd.model else None
-        streams = self._usage.streams
-        if streams:
-            out.append(
-                CommandDone(
-                    cmd.request,
-                    f"{plural(len(streams), 'stream')} open: lmkeeperd never unloads "
-                    "under a stream; try again when they end",
-                )
-            )
-            return
-        main = self._main
-        ours = target is None or (target == main.model and self._hands_on())
-        if ours and main.model is not None:
-            if main.phase is State.STREAMING:  # LM Studio says it is busy (L19)
-                out.append(CommandDone(cmd.request, self._busy_error(main.model)))
-                return
-            self._intent.drop_pending()
-            self._intent.wanted = None
-            if main.phase is State.LOADED:
-                self._unload_main("command", now, out, cmd.request)
-            elif main.phase is State.LOADING:
-                self._supersede_load(out)  # the stray is unloaded when its load returns
-                main.model = None
-                self._move("dropped", out, "unloaded by command")
-                out.append(CommandDone(cmd.request))
-            elif main.phase is State.UNLOADING and main.op is not None:
-                self._ledger.wait_on(cmd.request, main.op)
-            else:  # unreachable while the state invariants hold; answer anyway
-                out.append(CommandDone(cmd.request, f"cannot unload in state {main.phase.value}"))
-            return
-        if target is None:
-            out.append(CommandDone(cmd.request, "nothing is loaded by lmkeeperd"))
-            return
-        self._unload_named(target, cmd.request, now, out)
-
-    def _unload_named(self, target: str, request: int, now: float, out: list[Action]) -> None:
-        """L18: a command that names a model unloads it, whoever loaded it."""
-        instances = list(self._server.get(target, ()))
-        draft = self._main.draft
-        if draft is not None and draft[0] == target:
-            if draft[1] not in instances:
-                instances.append(draft[1])
-            self._main.draft = None
-        if not instances:
-            out.append(CommandDone(request, f"model {target!r} is not loaded on the server"))
-            return
-        busy = self._usage.busy
-        free = [i for i in instances if i not in busy]
-        if not free:
-            out.append(CommandDone(request, self._busy_error(target, instances[0])))
-            return
-        self._ledger.requests[request] = Request(set())
-        if len(free) < len(instances):
-            taken = next(i for i in instances if i in busy)
-            self._ledger.requests[request].errors.append(self._busy_error(target, taken))
-        for instance in free:
-            self._unload_background(target, instance, "command", now, out, [request])
-
-    def _busy_error(self, model: str, instance: str | None = None) -> str:
-        doing = self._usage.describe(instance or self._main.instance) or "busy"
-        return (
-            f"{model} is in use on the server ({doing}): lmkeeperd never unloads a model "
-            "in use; try again when it is idle"
-        )
 
     def _settings_changed(self, settings: Settings, now: float, out: list[Action]) -> None:
         self._settings = settings
@@ -548,8 +501,10 @@ class Lifecycle(ServerRules):
         match event:
             case LoadFinished():
                 self._load_finished(event, op, now, out)
+                self._after_load(now, out)
             case LoadFailed():
                 self._load_failed(event, op, out)
+                self._after_load(now, out)
             case UnloadFinished():
                 self._usage.busy.pop(op.instance_id, None)
                 self._unload_done(event.op, op, None, now, out)
@@ -588,16 +543,37 @@ class Lifecycle(ServerRules):
         self._last_error = None
         # Maybe a stray of ours, waiting on streams to be unloaded: keep it.
         self._ledger.keep(instance)
+        if self._intent.queued == model:
+            self._intent.queued = None
         if self._in_use():
             self._move("landed_in_use", out, cause)
         else:
             self._move("landed", out, cause)
             self._restart_idle(now)
+        if self._intent.queued is None:  # no draft for a model a switch unloads next
+            self._start_draft(now, out)
+
+    def _start_draft(self, now: float, out: list[Action]) -> None:
+        """L15: the draft model goes with the main one."""
         draft = self._settings.draft_model.strip()
-        if draft and draft != model and not self._stopped:
-            self._start_load(draft, now, out, draft=True)  # L15
+        if draft and draft != self._main.model and not self._stopped:
+            self._start_load(draft, now, out, draft=True)
+
+    def _after_load(self, now: float, out: list[Action]) -> None:
+        """L30: a load landed or failed; what waited for it goes on, once none is in flight."""
+        if self._ledger.load_in_flight() is not None or self._stopped:
+            return
+        main, intent = self._main, self._intent
+        if intent.queued is not None and main.phase in (State.IDLE, State.LOADED):
+            queued, intent.queued = intent.queued, None
+            self._begin_switch(queued, now, out)  # L4: a landed model is unloaded first
+        elif main.serving and main.draft_due:
+            main.draft_due = False
+            self._start_draft(now, out)
 
     def _load_failed(self, event: LoadFailed, op: Op, out: list[Action]) -> None:
+        if event.abandoned:
+            self._ledger.landing.append(op)  # it may still land (L22, L30)
         if op.superseded:
             return
         out.append(
@@ -608,7 +584,7 @@ class Lifecycle(ServerRules):
             return
         self._main.forget()
         self._last_error = f"load of {op.model} failed: {event.error}"
-        if not (event.unreachable or event.abandoned):
+        if not (event.unreachable or event.abandoned) and self._intent.wanted == op.model:
             # L6: a retry takes a new selection. An abandoned load may still land: it is
             # adopted then (OwnStray, L22), so the model stays wanted.
             self._intent.wanted = None

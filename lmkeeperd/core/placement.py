@@ -55,12 +55,14 @@ class Placement:
 class _Room:
     seats: list[Seat]
     estimates: Mapping[str, float] = field(default_factory=dict)
+    landing: list[Seat] = field(default_factory=list)
 
     def size(self, model: str) -> float:
         return self.estimates.get(model, 0.0)
 
     def used(self) -> float:
-        return sum(s.estimate if s.estimate is not None else self.size(s.model) for s in self.seats)
+        seats = self.seats + self.landing
+        return sum(s.estimate if s.estimate is not None else self.size(s.model) for s in seats)
 
     def over(self, need: float, limits: Limits) -> bool:
         """Would a model of `need` GB exceed `max_loaded` or the budget beside these seats?"""
@@ -75,14 +77,17 @@ def place(
     limits: Limits,
     estimates: Mapping[str, float] | None = None,
     *,
+    landing: Sequence[Seat] = (),
     force: bool = False,
 ) -> Placement:
     """The plan that brings every model of `wanted` (in order) onto the server (L24, L25).
 
-    `estimates` gives GB per model for those not resident yet. With `force` a model
-    that would wait for a busy resident loads beside it instead (L25's bounded wait).
+    `estimates` gives GB per model for those not resident yet. `landing` are loads that
+    may still land (abandoned, L30): they count in the budget only, never evicted. With
+    `force` a model that would wait for a busy resident loads beside it instead (L25's
+    bounded wait).
     """
-    room = _Room(list(residents), estimates or {})
+    room = _Room(list(residents), estimates or {}, list(landing))
     keep = set(wanted) | limits.pinned
     load: list[str] = []
     evict: list[str] = []

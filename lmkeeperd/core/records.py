@@ -31,6 +31,7 @@ class Resident:
     estimate: float | None = None  # GB it takes on the server, when known (L25)
     draft_op: int | None = None  # a load of the draft in flight (L15)
     draft: tuple[str, str] | None = None  # (model, instance) of the draft we loaded (L15)
+    draft_due: bool = False  # the draft's load waits for another load to land (L30)
 
     def move(self, trigger: Trigger) -> State:
         """Take the table's transition; returns the phase left. Raises and changes nothing
@@ -47,6 +48,7 @@ class Resident:
         self.model = self.instance = None
         self.adopted = False
         self.op = None
+        self.draft_due = False
 
     def stop_idle(self) -> None:
         self.idle_at = self.last_use = None

@@ -38,7 +38,15 @@ class ServerRules(LifecycleView):
         raise NotImplementedError
 
     def _unload_background(
-        self, model: str, instance: str, reason: str, now: float, out: list[Action]
+        self,
+        model: str,
+        instance: str,
+        reason: str,
+        now: float,
+        out: list[Action],
+        requests: list[int] | None = None,
+        *,
+        forced: bool = False,
     ) -> None:
         raise NotImplementedError
 
@@ -66,6 +74,8 @@ class ServerRules(LifecycleView):
 
     def _snapshot(self, snap: ServerSnapshot, now: float, out: list[Action]) -> None:
         self._server = {k: tuple(v) for k, v in snap.loaded.items() if v}
+        if snap.after_outage:
+            self._ledger.landing.clear()  # a server restart forgets every load (L17, L30)
         listed = {i for v in self._server.values() for i in v}
         usage, main, intent = self._usage, self._main, self._intent
         usage.busy = {i: b for i, b in usage.busy.items() if i in listed}
@@ -101,6 +111,7 @@ class ServerRules(LifecycleView):
     def _own_stray(self, event: OwnStray, now: float, out: list[Action]) -> None:
         """L22: an instance lmkeeperd started and no longer tracks: adopt it or unload it."""
         model, instance = event.model.strip(), event.instance_id
+        self._ledger.landed(model)
         if instance in self.owned_instances():
             return  # tracked already, or already on its way out: idempotent
         intent, main = self._intent, self._main

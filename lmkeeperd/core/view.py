@@ -221,6 +221,9 @@ class LifecycleView:
         if self._intent.debounce_at is not None:
             return "debounce", self._intent.debounce_at
         phase = self._main.phase
+        landing = self._ledger.load_in_flight()
+        if landing is not None and self._intent.queued is not None and not self._main.serving:
+            return f"the load of {landing.model} to finish: LM Studio cannot cancel a load", None
         if phase is State.LOADING:
             return "load in flight", None
         if phase is State.UNLOADING:

@@ -77,3 +77,12 @@ def test_several_wanted_models_are_placed_in_order_and_counted_together() -> Non
 def test_max_loaded_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_loaded must be at least 1, got 0"):
         Limits(max_loaded=0)
+
+
+def test_L30_an_abandoned_load_still_counts_in_the_budget() -> None:
+    seats = [Seat("a", 1, idle=True, estimate=6)]
+    landing = [Seat("late", 0, idle=False, estimate=6)]
+    limits = Limits(max_loaded=3, budget=16)
+    assert place(["c"], seats, limits, {"c": 6}) == Placement(load=("c",))
+    plan = place(["c"], seats, limits, {"c": 6}, landing=landing)
+    assert plan == Placement(load=("c",), evict=("a",))  # never the landing load itself

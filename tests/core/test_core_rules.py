@@ -411,9 +411,12 @@ def test_state_changes_are_announced() -> None:
 def test_L7_stray_of_superseded_load_is_unloaded_only_after_streams_end() -> None:
     h = Harness(switch_debounce=0)
     (first,) = h.loads(h.send(Select(A)))
+    h.send(UnloadCommand(1), at=0.2)  # the load is superseded (L5)
     h.send(StreamStarted(1), at=0.5)  # a client streams from something else meanwhile
-    (second,) = h.loads(h.send(Select(B), at=1))
-    assert h.unloads(h.load_ok(first, "stray")) == []  # deferred: a stream is open
+    assert h.loads(h.send(Select(B), at=1)) == []  # L30: waits for A's load to land
+    out = h.load_ok(first, "stray")
+    assert h.unloads(out) == []  # deferred: a stream is open
+    (second,) = h.loads(out)
     out = h.send(StreamEnded(1), at=2)
     assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("stray", "superseded")]
     assert second.avoid == ()

@@ -171,7 +171,7 @@ def test_L20_unloads_that_may_be_in_use_look_first_the_others_do_not() -> None:
 def test_L20_superseded_strays_are_unloaded_without_looking() -> None:
     h = Harness(switch_debounce=0)
     (first,) = h.loads(h.send(Select(A)))
-    h.send(Select(B), at=1)
+    h.send(UnloadCommand(1), at=1)  # the load is superseded (L5)
     (stray,) = h.unloads(h.load_ok(first, "A-stray"))
     assert (stray.reason, stray.look_first) == ("superseded", False)
 
