@@ -79,9 +79,10 @@ class World:
     def send(self, event: Event) -> None:
         busy_before = set(self.core.busy_instances)
         if isinstance(event, EngineChanged) and event.name != "lmstudio":
-            # L13: the model stays on the server, forgotten, and its draft with it (L15).
+            # L13: the model stays on the server, forgotten, with its draft (L15).
             draft = self.core.draft[1] if self.core.draft else None
             self.forgotten.update(i for i in (self.core.instance_id, draft) if i)
+            self.forgotten.update(self.core.residents.values())  # and residents beside it
         self.track_streams(event)
         out = self.core.handle(event, self.now)
         self.check(event, out, busy_before)
@@ -104,6 +105,9 @@ class World:
     def check(self, event: Event, out: list[Action], busy_before: set[str]) -> None:
         core = self.core
         assert core.active_streams == len(self.streams), (core.active_streams, self.streams)
+        # A deadline that stays due after an event would make the driver spin.
+        due = core.next_deadline()
+        assert due is None or due > self.now or core.stopped, (due, self.now)
         forced = {
             str(n.fields["instance_id"])
             for n in out
@@ -126,6 +130,10 @@ class World:
                 if instance in busy_before - cleared:
                     assert instance in forced and not action.look_first, action
         assert core.loads_in_flight <= 1, "more than one load in flight"
+        # L25: never more residents than max_loaded, the one loading or unloading included.
+        held = len(core.residents) + (core.model is not None)
+        assert held <= core.settings.max_loaded, (core.model, core.residents)
+        assert core.model not in core.residents, core.model
         if not self.source:  # L21: stale busy flags must never block forever
             assert not core.busy_instances, core.busy_instances
         assert (core.state is State.IDLE) == (core.model is None), (core.state, core.model)
@@ -147,6 +155,7 @@ class World:
             owned = core.owned_instances()
             assert core.deferred_unloads == (), core.deferred_unloads
             keep = {core.instance_id} | ({core.draft[1]} if core.draft else set())
+            keep |= set(core.residents.values())  # L24: residents beside it (max_loaded > 1)
             assert set(owned) <= keep, owned
 
     def perform(self, out: list[Action]) -> None:

@@ -59,6 +59,9 @@ class CommandRules(ServerRules):
     def _unload_named(self, target: str, request: int, now: float, out: list[Action]) -> None:
         """L18: a command that names a model unloads it, whoever loaded it."""
         instances = list(self._server.get(target, ()))
+        other = self._others.get(target)  # a resident beside the current one (L24)
+        if other is not None and other.instance and other.instance not in instances:
+            instances.append(other.instance)
         draft = self._main.draft
         if draft is not None and draft[0] == target:
             if draft[1] not in instances:
@@ -78,6 +81,12 @@ class CommandRules(ServerRules):
             self._ledger.requests[request].errors.append(self._busy_error(target, taken))
         for instance in free:
             self._unload_background(target, instance, "command", now, out, [request])
+        if other is not None and other.instance in free:
+            # Gone from the residents; back among them should the driver find it busy (L20).
+            del self._others[target]
+            for op in self._ledger.ops.values():
+                if op.kind == "unload" and op.instance_id == other.instance:
+                    op.resident = other
 
     def _busy_error(self, model: str, instance: str | None = None) -> str:
         doing = self._usage.describe(instance or self._main.instance) or "busy"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmkeeperd.core.actions import CommandDone
+from lmkeeperd.core.records import Resident
 
 # Unload reasons whose model may be in use: the driver looks before it unloads (L20).
 LOOK_FIRST_REASONS = frozenset({"switch", "idle", "memory_pressure", "command"})
@@ -38,6 +39,7 @@ class Op:
     instance_id: str = ""
     reason: str = ""
     requests: list[int] = field(default_factory=list)
+    resident: Resident | None = None  # a resident beside the current one, unloaded by name
 
 
 @dataclass(slots=True)

@@ -55,6 +55,10 @@ Rules (ids from lifecycle-spec.md):
 - The idle timer runs only in `loaded` (L9-L11), with the selection's own
   keep-alive when it has one.
 - Another engine makes the core hands-off until LM Studio comes back (L13).
+- With `max_loaded` above 1, models stay resident beside the current one:
+  selecting one loads nothing (L24), room is made by evicting the least
+  recently used idle resident (L25), each has its own idle timer and pinned
+  ones never go (L28): residency.py. With 1 (the default) a switch is L4's.
 - Server snapshots (L17, L18): a model that vanished from the server is
   forgotten; after an outage the model we wanted is loaded again, since a
   server restart forgets every model.
@@ -82,7 +86,6 @@ from lmkeeperd.core.actions import (
     StartLoad,
     StartUnload,
 )
-from lmkeeperd.core.commands import CommandRules
 from lmkeeperd.core.events import (
     Activity,
     ActivitySource,
@@ -108,8 +111,8 @@ from lmkeeperd.core.events import (
 )
 from lmkeeperd.core.ledger import LOOK_FIRST_REASONS, UNLOAD_CAUSES, Deferred, Op
 from lmkeeperd.core.phases import State, Trigger
-from lmkeeperd.core.placement import Limits, Seat, place
 from lmkeeperd.core.records import Busy
+from lmkeeperd.core.residency import ResidencyRules
 from lmkeeperd.core.view import LMSTUDIO
 
 # Re-exported: the core's users import it from here (lmkeeperd.core). errors.py is a leaf
@@ -119,7 +122,7 @@ from lmkeeperd.errors import LifecycleError as LifecycleError
 _OUTCOMES = (LoadFinished, LoadFailed, UnloadFinished, UnloadFailed, UnloadDeferred)
 
 
-class Lifecycle(CommandRules):
+class Lifecycle(ResidencyRules):
     """The pure lifecycle core. See the module docstring for how it works."""
 
     # --- the one entry point ------------------------------------------------
@@ -216,18 +219,6 @@ class Lifecycle(CommandRules):
         if old is not None and old != new:
             out.append(Notify("selection_superseded", {"model": old, "by": new}))
 
-    def _landing(self) -> list[Seat]:
-        """Abandoned loads that may still land: they count in the budget (L30)."""
-        return [Seat(op.model, op.started, idle=False) for op in self._ledger.landing]
-
-    def _seats(self) -> list[Seat]:
-        """The residents as placement sees them (L25): today at most the main model."""
-        main = self._main
-        if main.model is None or not main.serving:
-            return []
-        last = main.last_use if main.last_use is not None else self._now
-        return [Seat(main.model, last, idle=main.phase is State.LOADED, estimate=main.estimate)]
-
     def _begin_switch(self, target: str, now: float, out: list[Action]) -> None:
         if not self._hands_on() or not self._settings.auto_load:
             return
@@ -245,17 +236,7 @@ class Lifecycle(CommandRules):
             self._swallow(intent.queued, target, out)
             intent.queued = target
             return
-        plan = place([target], self._seats(), Limits(max_loaded=1), landing=self._landing())
-        self._swallow(intent.queued, target, out)
-        if plan.blocked:  # our model is in use (L7, L19): the switch waits for it
-            intent.queued = target
-            return
-        intent.queued = None  # an older switch waiting for a load (L30) is replaced
-        if plan.evict:  # L4: unload first, then load
-            intent.next = target
-            self._unload_main("switch", now, out)
-        else:
-            self._start_load(target, now, out)
+        self._place(target, now, out)  # L24, L25 (residency.py)
 
     def _start_load(
         self, model: str, now: float, out: list[Action], *, draft: bool = False
@@ -395,7 +376,10 @@ class Lifecycle(CommandRules):
     def _release(self, now: float, start: float, out: list[Action], cause: str) -> None:
         """Something stopped being in use: run what waited for it (L7, L9, L19)."""
         self._flush_deferred(now, out)
-        if self._main.phase is not State.STREAMING or self._in_use():
+        if self._main.phase is not State.STREAMING:
+            self._retry_queued(now, out)  # L25: maybe a resident beside it became idle
+            return
+        if self._in_use():
             return
         self._move("free", out, cause)
         queued, self._intent.queued = self._intent.queued, None
@@ -412,6 +396,8 @@ class Lifecycle(CommandRules):
     def _restart_idle(self, now: float) -> None:
         keep = self._intent.keep_alive_of(self._main.model)
         timeout = self._settings.idle_timeout if keep is None else keep  # 0 never ejects
+        if self._main.model in self._settings.pinned:
+            timeout = 0.0  # L28: pinned models never idle out
         self._main.restart_idle(now, timeout)
 
     def _fire_due(self, now: float, out: list[Action]) -> None:
@@ -424,6 +410,7 @@ class Lifecycle(CommandRules):
         if main.idle_at is not None and now >= main.idle_at and main.phase is State.LOADED:
             intent.wanted = None  # L11: ejected on purpose; do not restore it after an outage
             self._unload_main("idle", now, out)
+        self._fire_residents(now, out)  # L28
         force_at = self._force_at()
         if force_at is not None and now >= force_at and self._waiting_on_server():
             self._force_switch(now, out)
@@ -449,6 +436,7 @@ class Lifecycle(CommandRules):
         self._flush_deferred(now, out)  # strays we made are still ours to clean up
         self._main.forget()
         self._main.draft = None
+        self._others_gone(now, out, None)  # they stay on the server, forgotten
         self._move("hands_off", out, f"engine changed to {engine}")
 
     def _settings_changed(self, settings: Settings, now: float, out: list[Action]) -> None:
@@ -471,6 +459,7 @@ class Lifecycle(CommandRules):
             self._move("dropped", out, "exit")
         in_use = bool(self._usage.streams) or main.phase is State.STREAMING  # L7, L19
         if self._settings.unload_on_exit and self._hands_on() and not in_use:
+            self._others_gone(now, out, "exit")
             if main.phase is State.LOADED:
                 self._unload_main("exit", now, out)
             else:
@@ -480,6 +469,7 @@ class Lifecycle(CommandRules):
             if self.server_busy:
                 fields["doing"] = self.server_busy
             out.append(Notify("kept_loaded_on_exit", fields))
+        self._others_gone(now, out, None)  # kept loaded: their timers stop with us
         self._stopped = True
 
     # --- outcomes of our own actions ----------------------------------------
@@ -631,6 +621,8 @@ class Lifecycle(CommandRules):
         if main.phase is not State.UNLOADING or event.op != main.op:
             if op.reason != "command":  # a command was answered; a draft/stray waits for idle
                 self._ledger.deferred.append(Deferred(op.model, op.instance_id, op.reason))
+            elif op.resident is not None and op.model not in (main.model, *self._others):
+                self._others[op.model] = op.resident  # in use: it stays a resident (L24)
             return
         # The main model stays ours and in use. A switch waits queued behind it (and may be
         # forced after busy_switch_wait); an idle or pressure eject, or a command, is dropped.

@@ -11,7 +11,8 @@ phase it lands in, so a rule cannot put a resident where the table forbids.
       │◀─────────────┘                   │ unload            │ unload (forced)
       │◀──unloaded── unloading ◀─────────┴───────────────────┘
                         │ unload_deferred ─▶ streaming
-    vanished (loaded, streaming ─▶ idle) and hands_off (any ─▶ idle, L13).
+    vanished (loaded, streaming ─▶ idle), parked (the same, the model staying loaded
+    beside the next current one, L24) and hands_off (any ─▶ idle, L13).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ Trigger = Literal[
     "dropped",  # a load given up by a command or at exit
     "vanished",  # gone from the server behind our back (L17, L18)
     "hands_off",  # another engine (L13)
+    "parked",  # the model stays loaded beside the next current one (L24)
 ]
 
 TRANSITIONS: dict[State, dict[str, State]] = {
@@ -64,11 +66,13 @@ TRANSITIONS: dict[State, dict[str, State]] = {
         "in_use": State.STREAMING,
         "unload": State.UNLOADING,
         "vanished": State.IDLE,
+        "parked": State.IDLE,
     },
     State.STREAMING: {
         "free": State.LOADED,
         "unload": State.UNLOADING,  # only a forced switch (L20)
         "vanished": State.IDLE,
+        "parked": State.IDLE,
     },
     State.UNLOADING: {
         "unloaded": State.IDLE,

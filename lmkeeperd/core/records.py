@@ -12,7 +12,7 @@ The ledger of ops is in ledger.py; the rules that change all of them in machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from lmkeeperd.core.phases import State, Trigger, next_phase
 
@@ -38,6 +38,17 @@ class Resident:
         when the table has no such row."""
         old, self.phase = self.phase, next_phase(self.phase, trigger)
         return old
+
+    def parked(self) -> Resident:
+        """A copy that stays loaded beside the current model (L24): no op, no draft."""
+        return replace(self, phase=State.LOADED, op=None, draft=None, draft_op=None)
+
+    def assume(self, other: Resident) -> None:
+        """Become `other` (a resident selected again, L24), keeping phase and draft."""
+        keep = ("phase", "draft", "draft_op")
+        for f in fields(self):
+            if f.name not in keep:
+                setattr(self, f.name, getattr(other, f.name))
 
     def take(self, model: str, op: int) -> None:
         """A load of `model` is now what this slot waits for (L1, L5)."""

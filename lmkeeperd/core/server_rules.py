@@ -81,6 +81,10 @@ class ServerRules(LifecycleView):
         usage.busy = {i: b for i, b in usage.busy.items() if i in listed}
         if main.draft is not None and main.draft[1] not in self._server.get(main.draft[0], ()):
             main.draft = None
+        for model, other in list(self._others.items()):  # L18 for residents beside it
+            if other.instance not in self._server.get(model, ()):
+                del self._others[model]
+                out.append(Notify("model_vanished", {"model": model}))
         vanished = (
             main.serving
             and main.model is not None

@@ -60,6 +60,8 @@ class CoreView(Protocol):
     def loads_in_flight(self) -> int: ...
     @property
     def deferred_unloads(self) -> tuple[tuple[str, str, str], ...]: ...
+    @property
+    def residents(self) -> dict[str, str]: ...
     def owned_instances(self) -> dict[str, str]: ...
     def idle_eject_in(self, now: float) -> float | None: ...
     def next_deadline(self) -> float | None: ...
@@ -71,7 +73,8 @@ class LifecycleView:
 
     def __init__(self, settings: Settings | None = None, *, engine: str = LMSTUDIO) -> None:
         self._settings = settings or Settings()
-        self._main = Resident()
+        self._main = Resident()  # the current model (what status shows)
+        self._others: dict[str, Resident] = {}  # resident beside it (L24; max_loaded > 1)
         self._intent = Intent()
         self._usage = Usage()
         self._ledger = Ledger()
@@ -177,6 +180,9 @@ class LifecycleView:
         The main and draft instances, and those it is unloading or waiting to unload.
         """
         owned = self._ledger.owned()
+        for model, other in self._others.items():
+            if other.instance:
+                owned[other.instance] = model
         main = self._main
         if main.draft:
             owned[main.draft[1]] = main.draft[0]
@@ -184,13 +190,19 @@ class LifecycleView:
             owned[main.instance] = main.model
         return owned
 
+    @property
+    def residents(self) -> dict[str, str]:
+        """Models of ours loaded beside the current one (L24): model -> instance id."""
+        return {m: r.instance for m, r in self._others.items() if r.instance}
+
     def idle_eject_in(self, now: float) -> float | None:
         at = self._main.idle_at
         return None if at is None else max(0.0, at - now)
 
     def next_deadline(self) -> float | None:
         """The monotonic time of the next timer (debounce, idle, forced switch), or None."""
-        times = (self._intent.debounce_at, self._main.idle_at, self._force_at())
+        times = [self._intent.debounce_at, self._main.idle_at, self._force_at()]
+        times += [r.idle_at for r in self._others.values()]
         due = [t for t in times if t is not None]
         return min(due) if due else None
 

@@ -32,9 +32,11 @@ EXPECTED: dict[tuple[State, str], State] = {
     (LD, "in_use"): S,  # L7, L19
     (LD, "unload"): U,
     (LD, "vanished"): ID,  # L18
+    (LD, "parked"): ID,  # L24: stays loaded beside the next current model
     (S, "free"): LD,  # L9
     (S, "unload"): U,  # a forced switch (L20)
     (S, "vanished"): ID,
+    (S, "parked"): ID,
     (U, "unloaded"): ID,  # L4, L11: ours no more, failed or not
     (U, "unload_deferred"): S,  # L20
     **{(phase, "hands_off"): ID for phase in State},  # L13

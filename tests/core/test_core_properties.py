@@ -115,3 +115,69 @@ def test_L19_to_L22_invariants_hold_under_lm_studio_activity(
     left = {i for v in world.server.values() for i in v} & world.ours
     keep = {core.instance_id} | ({core.draft[1]} if core.draft else set())
     assert left == keep & left, left - keep  # L22: nothing else of ours is left
+
+
+# Several residents (L24-L28) need loads to land and time to pass between selections:
+# an alphabet where they do, in sequences long enough to fill the residents.
+resident_step = st.one_of(
+    st.tuples(st.just("select"), st.sampled_from(MODELS)),
+    st.tuples(st.just("select"), st.sampled_from(MODELS)),
+    st.tuples(st.just("time"), st.sampled_from([0.31, 0.31, IDLE / 2, IDLE])),
+    st.tuples(st.just("load_ok"), st.integers(0, 3)),
+    st.tuples(st.just("load_ok"), st.integers(0, 3)),
+    st.tuples(st.just("load_ok"), st.integers(0, 3)),
+    st.tuples(st.just("unload_ok"), st.integers(0, 3)),
+    st.tuples(st.just("unload_ok"), st.integers(0, 3)),
+    st.tuples(st.just("load_fail"), st.integers(0, 3)),
+    st.tuples(st.just("stream_start"), st.integers(0, 1)),
+    st.tuples(st.just("stream_end"), st.integers(0, 1)),
+    st.tuples(st.just("busy"), st.integers(0, 5)),
+    st.tuples(st.just("not_busy"), st.integers(0, 5)),
+    st.tuples(st.just("abandon"), st.integers(0, 3)),
+    st.tuples(st.just("land"), st.integers(0, 3)),
+    st.tuples(st.just("snapshot"), st.booleans()),
+    st.tuples(st.just("behind_unload"), st.sampled_from(MODELS)),
+    st.tuples(st.just("unload_cmd"), st.sampled_from([None, *MODELS])),
+    st.tuples(st.just("engine"), st.sampled_from(["lmstudio", "lmstudio", "ollama"])),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(resident_step, min_size=20, max_size=60),
+    final=st.sampled_from(MODELS),
+    pinned=st.booleans(),
+)
+def test_L24_L25_L28_invariants_hold_with_several_residents(
+    steps: list[tuple[str, object]], final: str, pinned: bool
+) -> None:
+    settings_ = Settings(
+        switch_debounce=0,  # switches at once: more of them land between the other steps
+        idle_timeout=IDLE,
+        busy_switch_wait=BUSY_WAIT,
+        max_loaded=2,
+        pinned=("c",) if pinned else (),
+    )
+    world = World(Lifecycle(settings_))
+    for kind, arg in steps:
+        run_step(world, kind, arg)  # World.check asserts the invariants after every event
+    for stream in range(6):
+        world.send(StreamEnded(stream))
+    while world.busy:
+        world.set_busy(0, on=False)
+    world.set_source(True)
+    world.send(EngineChanged("lmstudio"))
+    world.send(ServerSnapshot({k: tuple(v) for k, v in world.server.items() if v}))
+    world.send(Select(final))
+    world.settle()
+    core = world.core
+    assert core.state is State.LOADED and core.model == final
+    assert core.instance_id in world.server.get(final, [])
+    while world.abandoned:
+        world.land_abandoned(0)
+    world.reconcile_strays()
+    world.settle()
+    left = {i for v in world.server.values() for i in v} & world.ours
+    keep = {core.instance_id} | set(core.residents.values())
+    assert left - keep <= world.forgotten, left - keep - world.forgotten
+    assert len(keep) <= 2 and core.model == final
