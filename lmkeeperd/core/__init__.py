@@ -36,6 +36,8 @@ from lmkeeperd.core.events import (
 )
 from lmkeeperd.core.explain import Explanation
 from lmkeeperd.core.machine import Lifecycle, LifecycleError
+from lmkeeperd.core.phases import State
+from lmkeeperd.core.placement import Limits, Placement, Seat, place
 from lmkeeperd.core.policy import (
     Adopt,
     KnownKey,
@@ -50,7 +52,7 @@ from lmkeeperd.core.policy import (
     check_selection,
     proxy_verdict,
 )
-from lmkeeperd.core.view import LMSTUDIO, State
+from lmkeeperd.core.view import LMSTUDIO, CoreView
 
 __all__ = [
     "LMSTUDIO",
@@ -60,12 +62,14 @@ __all__ = [
     "Adopt",
     "CancelLoad",
     "CommandDone",
+    "CoreView",
     "EngineChanged",
     "Event",
     "Explanation",
     "KnownKey",
     "Lifecycle",
     "LifecycleError",
+    "Limits",
     "Load",
     "LoadFailed",
     "LoadFinished",
@@ -74,7 +78,9 @@ __all__ = [
     "Missing",
     "Notify",
     "OwnStray",
+    "Placement",
     "ResumeLoad",
+    "Seat",
     "Select",
     "SelectionCheck",
     "ServerActivity",
@@ -97,5 +103,6 @@ __all__ = [
     "Verdict",
     "adopt_or_load",
     "check_selection",
+    "place",
     "proxy_verdict",
 ]

@@ -26,10 +26,16 @@ class Settings:
     # L20: how long a switch queued behind LM Studio's own activity (no client stream)
     # waits before it is forced; 0 waits forever.
     busy_switch_wait: float = 120.0
+    # L24, L25, L28: how many models may be resident at once (1: one at a time, as L4 says),
+    # and the models never evicted and never idled out.
+    max_loaded: int = 1
+    pinned: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.busy_switch_wait >= 0:  # also refuses NaN
             raise ValueError(f"busy_switch_wait must be >= 0 seconds, got {self.busy_switch_wait}")
+        if self.max_loaded < 1:
+            raise ValueError(f"max_loaded must be at least 1, got {self.max_loaded}")
 
 
 # --- from clients (socket, config file, CLI) ---------------------------------

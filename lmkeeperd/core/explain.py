@@ -1,4 +1,4 @@
-"""Why the core is in its state: one read-only record for `status` (issue 13)."""
+"""Why the core is in its state: one read-only record for `status`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ class Explanation:
       "unloaded by command", "switch", "model vanished", "memory pressure",
       "server busy: generating", ...) and `cause_at` when it happened.
     - `waiting_for`: what the current state waits for ("debounce", "1 stream to
-      end", "server busy: generating", "load in flight", "unload in flight"), or
-      None; `waiting_until` when that wait ends by itself (the debounce, or the
+      end", "server busy: generating", "load in flight", "unload in flight", "the
+      load of X to finish: LM Studio cannot cancel a load" (L30)), or None;
+      `waiting_until` when that wait ends by itself (the debounce, or the
       forced switch after `busy_switch_wait`), or None.
     - `in_flight`: "load" | "unload" of the main model, started at `in_flight_since`
       (`in_flight_s` seconds before `now`).

@@ -9,9 +9,13 @@ actions it gets back (`StartLoad`, `CancelLoad`, `ResumeLoad`, `StartUnload`,
 `Notify`, `CommandDone`); the outcome of each load or unload comes back later as an
 event carrying the same `op` id. Between events the driver sleeps until
 `next_deadline()` (the debounce, the idle timer or a forced switch) and then hands
-in a `Tick`.
+in a `Tick`. The daemon's other roles read the core through `CoreView` (view.py).
 
-The main model (the one selected) moves through five states:
+The state is four records (records.py, ledger.py): the resident (`_main`: model,
+instance, phase, op, idle timer, draft), the intent (`_intent`: selection,
+keep-alive, debounce, queue, next), the usage (`_usage`: client streams,
+LM Studio's busy instances) and the ledger of ops (`_ledger`). A resident's
+phase moves only through the table in phases.py:
 
     idle ──select (after debounce)──▶ loading ──LoadFinished──▶ loaded ⇄ streaming
       ▲                                 │ LoadFailed                │ idle timer, switch,
@@ -19,16 +23,26 @@ The main model (the one selected) moves through five states:
       │◀──────────UnloadFinished/Failed──── unloading ◀─────────────┘
                                             │ UnloadDeferred (busy) ─▶ streaming
 
+Which model to load and which to evict is placement.py's answer (L25); this
+module turns it into actions, in L4's order.
+
 Rules (ids from lifecycle-spec.md):
 - A selection waits `switch_debounce` for a newer one (L3); selecting what is
   already loaded or loading only refreshes the idle timer (L2).
 - A switch unloads our model first, then loads the new one, even when the
-  unload failed (L4). A switch during a load supersedes it (L5): the driver
-  stops waiting, and if the server finishes that load anyway, the core
-  unloads the stray instance when its outcome arrives. Switching back to a
-  model whose superseded load is still in flight waits for that load again
-  (`ResumeLoad`) instead of starting a second one, and a stray of it still
-  waiting for streams to end is adopted and kept: never two instances.
+  unload failed (L4).
+- One load at a time (L30): LM Studio cannot cancel a load, so a switch made
+  while a load is in flight waits (queued, latest wins) for it to land; the
+  model that landed is then a resident like any other, and the switch that
+  follows unloads it (L4). A load given up by a command, another engine or an
+  adopted stray is superseded (L5): the driver stops waiting, it still blocks
+  the next load until its outcome arrives, and if the server finishes it the
+  core unloads the stray instance. Selecting again a model whose superseded
+  load is still in flight waits for that load again (`ResumeLoad`) instead of
+  starting a second one, and a stray of it still waiting for streams to end is
+  adopted and kept: never two instances. A load the driver abandoned
+  (load_timeout) stops blocking; its model counts in placement's budget until
+  it lands (OwnStray, L22) or an outage forgets it.
 - While any stream is open no unload is ever emitted (L7): switches are
   queued (latest wins) and stray/background unloads are deferred until the
   last stream ends. Streams are counted by id across clients (L8).
@@ -41,6 +55,10 @@ Rules (ids from lifecycle-spec.md):
 - The idle timer runs only in `loaded` (L9-L11), with the selection's own
   keep-alive when it has one.
 - Another engine makes the core hands-off until LM Studio comes back (L13).
+- With `max_loaded` above 1, models stay resident beside the current one:
+  selecting one loads nothing (L24), room is made by evicting the least
+  recently used idle resident (L25), each has its own idle timer and pinned
+  ones never go (L28): residency.py. With 1 (the default) a switch is L4's.
 - Server snapshots (L17, L18): a model that vanished from the server is
   forgotten; after an outage the model we wanted is loaded again, since a
   server restart forgets every model.
@@ -52,8 +70,8 @@ Rules (ids from lifecycle-spec.md):
 An event that cannot be legal (an outcome for an op that was never issued)
 raises `LifecycleError` and changes nothing. Everything a user can send
 (selections, stream ends for unknown ids, ...) is legal and at worst ignored.
-The state and its read-only view (status, explain) live in view.py; plain records
-in bookkeeping.py and explain.py.
+What LM Studio sees and the server's view (L17-L22) are in server_rules.py, the
+unload command (L7, L18, L19) in commands.py.
 """
 
 from __future__ import annotations
@@ -63,20 +81,10 @@ from typing import Any
 from lmkeeperd.core.actions import (
     Action,
     CancelLoad,
-    CommandDone,
     Notify,
     ResumeLoad,
     StartLoad,
     StartUnload,
-)
-from lmkeeperd.core.bookkeeping import (
-    LOOK_FIRST_REASONS,
-    UNLOAD_CAUSES,
-    Busy,
-    Deferred,
-    Op,
-    Request,
-    plural,
 )
 from lmkeeperd.core.events import (
     Activity,
@@ -101,7 +109,11 @@ from lmkeeperd.core.events import (
     UnloadFailed,
     UnloadFinished,
 )
-from lmkeeperd.core.view import LMSTUDIO, LifecycleView, State
+from lmkeeperd.core.ledger import LOOK_FIRST_REASONS, UNLOAD_CAUSES, Deferred, Op
+from lmkeeperd.core.phases import State, Trigger
+from lmkeeperd.core.records import Busy
+from lmkeeperd.core.residency import ResidencyRules
+from lmkeeperd.core.view import LMSTUDIO
 
 # Re-exported: the core's users import it from here (lmkeeperd.core). errors.py is a leaf
 # with no imports, so the core stays pure.
@@ -110,11 +122,8 @@ from lmkeeperd.errors import LifecycleError as LifecycleError
 _OUTCOMES = (LoadFinished, LoadFailed, UnloadFinished, UnloadFailed, UnloadDeferred)
 
 
-class Lifecycle(LifecycleView):
-    """The pure lifecycle core. See the module docstring for how it works.
-
-    Its state and the read-only view status copies are in view.py; every rule is here.
-    """
+class Lifecycle(ResidencyRules):
+    """The pure lifecycle core. See the module docstring for how it works."""
 
     # --- the one entry point ------------------------------------------------
 
@@ -139,7 +148,7 @@ class Lifecycle(LifecycleView):
             case StreamEnded(stream=stream):
                 self._stream_ended(stream, now, out)
             case Activity():
-                if self._hands_on() and self._state is State.LOADED:
+                if self._hands_on() and self._main.phase is State.LOADED:
                     self._restart_idle(now)
             case EngineChanged(name=name):
                 self._engine_changed(name, now, out)
@@ -148,8 +157,8 @@ class Lifecycle(LifecycleView):
             case SettingsChanged(settings=settings):
                 self._settings_changed(settings, now, out)
             case MemoryPressure():
-                if self._hands_on() and self._state is State.LOADED:
-                    self._wanted = None
+                if self._hands_on() and self._main.phase is State.LOADED:
+                    self._intent.wanted = None
                     self._unload_main("memory_pressure", now, out)
             case ServerSnapshot():
                 self._snapshot(event, now, out)
@@ -175,95 +184,82 @@ class Lifecycle(LifecycleView):
         key = event.model.strip()
         if not key:
             return
-        if event.keep_alive is not None or event.default_idle or key != self._selected:
-            # Issue 13: the keep-alive belongs to this selection; another model's drops it.
-            self._keep_alive = None if event.keep_alive is None else (key, event.keep_alive)
-        self._selected = key
+        intent = self._intent
+        if event.keep_alive is not None or event.default_idle or key != intent.selected:
+            # The keep-alive belongs to this selection; another model's drops it.
+            intent.keep_alive = None if event.keep_alive is None else (key, event.keep_alive)
+        intent.selected = key
         self._warn_if_blind(out)
-        if not self._hands_on() or not self.settings.auto_load:
+        if not self._hands_on() or not self._settings.auto_load:
             return  # L1: recorded for status, nothing loaded; L13: hands-off
-        if key == self._model and self._state in (State.LOADING, State.LOADED, State.STREAMING):
+        if self._main.holds(key):
             # L2: already ours. A newer selection of the same model also cancels
             # any switch still waiting (debounce, or queued behind a stream: L7).
-            self._swallow(self._debounce_target or self._queued, key, out)
-            self._cancel_debounce()
-            self._queued = None
-            if self._state is State.LOADED:
+            self._swallow(intent.debounce_target or intent.queued, key, out)
+            intent.cancel_debounce()
+            intent.queued = None
+            if self._main.phase is State.LOADED:
                 self._restart_idle(now)
             return
-        if self._state is State.STREAMING:
-            self._swallow(self._debounce_target or self._queued, key, out)
-            self._cancel_debounce()
-            self._queued = key  # L7: only the latest is kept
+        if self._main.phase is State.STREAMING:
+            self._swallow(intent.debounce_target or intent.queued, key, out)
+            intent.cancel_debounce()
+            intent.queued = key  # L7: only the latest is kept
             return
-        self._swallow(self._debounce_target, key, out)
-        if self.settings.switch_debounce <= 0:
-            self._cancel_debounce()
+        self._swallow(intent.debounce_target, key, out)
+        if self._settings.switch_debounce <= 0:
+            intent.cancel_debounce()
             self._begin_switch(key, now, out)
         else:
-            self._debounce_target = key
-            self._debounce_at = now + self.settings.switch_debounce
+            intent.debounce_target = key
+            intent.debounce_at = now + self._settings.switch_debounce
 
     def _swallow(self, old: str | None, new: str, out: list[Action]) -> None:
-        """Issue 13: say which waiting selection a newer one replaced (logged at debug)."""
+        """Say which waiting selection a newer one replaced (logged at debug)."""
         if old is not None and old != new:
             out.append(Notify("selection_superseded", {"model": old, "by": new}))
 
-    def _cancel_debounce(self) -> None:
-        self._debounce_target = None
-        self._debounce_at = None
-
     def _begin_switch(self, target: str, now: float, out: list[Action]) -> None:
-        if not self._hands_on() or not self.settings.auto_load:
+        if not self._hands_on() or not self._settings.auto_load:
             return
-        self._wanted = target
-        if target == self._model and self._state in (State.LOADING, State.LOADED, State.STREAMING):
-            if self._state is State.LOADED:
+        intent, main = self._intent, self._main
+        intent.wanted = target
+        if main.holds(target):
+            if main.phase is State.LOADED:
                 self._restart_idle(now)
             return
-        if self._state is State.STREAMING:
-            self._swallow(self._queued, target, out)
-            self._queued = target
-        elif self._state is State.LOADED:
-            self._next = target
-            self._unload_main("switch", now, out)
-        elif self._state is State.LOADING:
-            self._supersede_load(out)
-            self._model = None
-            self._start_load(target, now, out)
-        elif self._state is State.UNLOADING:
-            self._swallow(self._next, target, out)
-            self._next = target
-        else:
-            self._start_load(target, now, out)
+        if main.phase is State.UNLOADING:
+            self._swallow(intent.next, target, out)
+            intent.next = target
+            return
+        if main.phase is State.LOADING:  # L30: LM Studio cannot cancel it; it lands first
+            self._swallow(intent.queued, target, out)
+            intent.queued = target
+            return
+        self._place(target, now, out)  # L24, L25 (residency.py)
 
     def _start_load(
         self, model: str, now: float, out: list[Action], *, draft: bool = False
     ) -> None:
-        config = dict(self.settings.load_config)
+        config = dict(self._settings.load_config)
         if not draft and self._resume_load(model, config, out):
             return
-        # A stray of this model whose unload waits for streams to end may be adopted: wanted
-        # again, it is kept (see _load_finished) rather than joined by a second instance.
-        going = tuple(
-            [o.instance_id for o in self._ops.values() if o.kind == "unload" and o.model == model]
-            + [
-                d.instance_id
-                for d in self._deferred
-                if d.model == model and d.reason not in ("superseded", "stray")
-            ]
-        )
-        op = self._new_op(Op("load", model, now, draft=draft, config=config))
+        if self._ledger.load_in_flight() is not None:  # L30: one load at a time
+            if draft:
+                self._main.draft_due = True
+            else:
+                self._swallow(self._intent.queued, model, out)
+                self._intent.queued = model
+            return
+        going = self._ledger.unloading(model)
+        op = self._ledger.add(Op("load", model, now, draft=draft, config=config))
         out.append(StartLoad(op, model, config, draft=draft, avoid=going))
         out.append(Notify("load_started", {"model": model, "draft": draft}))
         if draft:
-            self._draft_op = op
+            self._main.draft_op = op
             return
-        self._load_op = op
-        self._model = model
-        self._instance = None
-        self._adopted = False
-        self._set_state(State.LOADING, out, "selected")
+        self._main.take(model, op)
+        self._move("load", out, "selected")
 
     def _resume_load(self, model: str, config: dict[str, Any], out: list[Action]) -> bool:
         """Wait again for a superseded load of `model` still in flight, rather than start one.
@@ -273,30 +269,34 @@ class Lifecycle(LifecycleView):
         soak (tests/daemon/test_e2e_soak.py) saw four copies of one model at once. The load under
         way is as good as a new one, and done sooner; only one with other load settings is not.
         """
-        for op_id in sorted(self._ops, reverse=True):
-            op = self._ops[op_id]
+        ops = self._ledger.ops
+        for op_id in sorted(ops, reverse=True):
+            op = ops[op_id]
             if op.kind == "load" and op.superseded and not op.draft and op.model == model:
                 if op.config != config:
                     continue
                 op.superseded = False
                 out.append(ResumeLoad(op_id))
                 out.append(Notify("load_started", {"model": model, "draft": False}))
-                self._load_op = op_id
-                self._model = model
-                self._instance = None
-                self._adopted = False
-                self._set_state(State.LOADING, out, "resumed load")
+                self._main.take(model, op_id)
+                self._move("load", out, "resumed load")
                 return True
         return False
 
     def _supersede_load(self, out: list[Action]) -> None:
         """L5: stop waiting for the main load (and any draft load) in flight."""
-        for attr in ("_load_op", "_draft_op"):
-            op_id: int | None = getattr(self, attr)
-            if op_id is not None:
-                self._ops[op_id].superseded = True
-                out.append(CancelLoad(op_id))
-                setattr(self, attr, None)
+        main = self._main
+        if main.phase is State.LOADING and main.op is not None:
+            self._ledger.ops[main.op].superseded = True
+            out.append(CancelLoad(main.op))
+            main.op = None
+        self._cancel_draft_load(out)
+
+    def _cancel_draft_load(self, out: list[Action]) -> None:
+        if self._main.draft_op is not None:
+            self._ledger.ops[self._main.draft_op].superseded = True
+            out.append(CancelLoad(self._main.draft_op))
+            self._main.draft_op = None
 
     def _unload_main(
         self,
@@ -308,30 +308,30 @@ class Lifecycle(LifecycleView):
         forced: bool = False,
     ) -> None:
         """Unload our loaded model: not in use, or a forced switch (L20)."""
-        assert self._model is not None and self._instance is not None
-        self._idle_at = self._idle_from = None
-        op = self._new_op(Op("unload", self._model, now, instance_id=self._instance, reason=reason))
+        main = self._main
+        assert main.model is not None and main.instance is not None
+        main.stop_idle()
+        op = self._ledger.add(
+            Op("unload", main.model, now, instance_id=main.instance, reason=reason)
+        )
         if request is not None:
-            self._ops[op].requests.append(request)
-            self._requests[request] = Request({op})
-        self._unload_op = op
+            self._ledger.wait_on(request, op)
+        main.op = op
         look = reason in LOOK_FIRST_REASONS and not forced
-        out.append(StartUnload(op, self._model, self._instance, reason, look_first=look))
+        out.append(StartUnload(op, main.model, main.instance, reason, look_first=look))
         cause = UNLOAD_CAUSES.get(reason, reason)
-        self._set_state(State.UNLOADING, out, "forced switch" if forced else cause)
+        self._move("unload", out, "forced switch" if forced else cause)
         self._drop_draft(reason, now, out, forced=forced)
 
     def _drop_draft(
         self, reason: str, now: float, out: list[Action], *, forced: bool = False
     ) -> None:
         """L15: the draft we loaded goes together with the main model."""
-        if self._draft_op is not None:
-            self._ops[self._draft_op].superseded = True
-            out.append(CancelLoad(self._draft_op))
-            self._draft_op = None
-        if self._draft is not None:
-            model, instance = self._draft
-            self._draft = None
+        self._cancel_draft_load(out)
+        self._main.draft_due = False
+        if self._main.draft is not None:
+            model, instance = self._main.draft
+            self._main.draft = None
             self._unload_background(model, instance, reason, now, out, forced=forced)
 
     def _unload_background(
@@ -346,164 +346,76 @@ class Lifecycle(LifecycleView):
         forced: bool = False,
     ) -> None:
         """An unload that does not move the main state (draft, stray, named model)."""
-        if self._streams or instance in self._busy:
-            self._deferred.append(Deferred(model, instance, reason, list(requests or ())))
+        if self._usage.streams or instance in self._usage.busy:
+            self._ledger.deferred.append(Deferred(model, instance, reason, list(requests or ())))
             return
-        op = self._new_op(Op("unload", model, now, instance_id=instance, reason=reason))
-        self._ops[op].requests.extend(requests or ())
+        op = self._ledger.add(Op("unload", model, now, instance_id=instance, reason=reason))
         for request in requests or ():
-            self._requests[request].ops.add(op)
+            self._ledger.wait_on(request, op)
         look = reason in LOOK_FIRST_REASONS and not forced
         out.append(StartUnload(op, model, instance, reason, look_first=look))
 
     # --- streams, activity, idle --------------------------------------------
 
     def _stream_started(self, stream: int, out: list[Action]) -> None:
-        if not self._hands_on() or stream in self._streams:
+        if not self._hands_on() or stream in self._usage.streams:
             return
-        self._streams.add(stream)
-        self._idle_at = self._idle_from = None  # L9
-        if self._state is State.LOADED:
-            self._set_state(State.STREAMING, out, "stream started")
+        self._usage.streams[stream] = self._main.model
+        self._main.stop_idle()  # L9
+        if self._main.phase is State.LOADED:
+            self._move("in_use", out, "stream started")
 
     def _stream_ended(self, stream: int, now: float, out: list[Action]) -> None:
-        if stream not in self._streams:
+        if stream not in self._usage.streams:
             return
-        self._streams.discard(stream)
-        if not self._streams:
-            self._idle_from = now  # our own last activity (L9), should LM Studio still be busy
+        del self._usage.streams[stream]
+        if not self._usage.streams:
+            self._main.last_use = now  # our own last activity (L9), should LM Studio be busy
             self._release(now, now, out, "stream ended")
 
     def _release(self, now: float, start: float, out: list[Action], cause: str) -> None:
         """Something stopped being in use: run what waited for it (L7, L9, L19)."""
         self._flush_deferred(now, out)
-        if self._state is not State.STREAMING or self._in_use():
+        if self._main.phase is not State.STREAMING:
+            self._retry_queued(now, out)  # L25: maybe a resident beside it became idle
             return
-        self._set_state(State.LOADED, out, cause)
-        queued, self._queued = self._queued, None
-        if queued is not None and queued != self._model:
+        if self._in_use():
+            return
+        self._move("free", out, cause)
+        queued, self._intent.queued = self._intent.queued, None
+        if queued is not None and queued != self._main.model:
             self._begin_switch(queued, now, out)
         else:
             self._restart_idle(start)  # L9
 
     def _flush_deferred(self, now: float, out: list[Action]) -> None:
-        deferred, self._deferred = self._deferred, []
+        deferred, self._ledger.deferred = self._ledger.deferred, []
         for d in deferred:
             self._unload_background(d.model, d.instance_id, d.reason, now, out, d.requests)
 
-    def _idle_timeout(self) -> float:
-        keep = self.keep_alive
-        if keep is not None and self._model == self._selected:
-            return keep if keep > 0 else 0.0  # issue 13: 0 never ejects
-        return self.settings.idle_timeout
-
     def _restart_idle(self, now: float) -> None:
-        self._idle_from = now
-        timeout = self._idle_timeout()
-        self._idle_at = now + timeout if timeout > 0 else None
+        keep = self._intent.keep_alive_of(self._main.model)
+        timeout = self._settings.idle_timeout if keep is None else keep  # 0 never ejects
+        if self._main.model in self._settings.pinned:
+            timeout = 0.0  # L28: pinned models never idle out
+        self._main.restart_idle(now, timeout)
 
     def _fire_due(self, now: float, out: list[Action]) -> None:
-        if self._debounce_at is not None and now >= self._debounce_at:
-            target = self._debounce_target
-            self._cancel_debounce()
+        intent, main = self._intent, self._main
+        if intent.debounce_at is not None and now >= intent.debounce_at:
+            target = intent.debounce_target
+            intent.cancel_debounce()
             if target is not None:
                 self._begin_switch(target, now, out)
-        if self._idle_at is not None and now >= self._idle_at and self._state is State.LOADED:
-            self._wanted = None  # L11: ejected on purpose; do not restore it after an outage
+        if main.idle_at is not None and now >= main.idle_at and main.phase is State.LOADED:
+            intent.wanted = None  # L11: ejected on purpose; do not restore it after an outage
             self._unload_main("idle", now, out)
+        self._fire_residents(now, out)  # L28
         force_at = self._force_at()
         if force_at is not None and now >= force_at and self._waiting_on_server():
             self._force_switch(now, out)
 
-    # --- what LM Studio sees (L19-L21) --------------------------------------
-
-    def _server_activity(self, event: ServerActivity, now: float, out: list[Action]) -> None:
-        instance = event.instance_id
-        ours = instance == self._instance and self._state in (State.LOADED, State.STREAMING)
-        was_busy = instance in self._busy
-        if event.busy:
-            old = self._busy.get(instance)
-            self._busy[instance] = Busy(event.doing, event.queued, old.since if old else now)
-            if ours and self._hands_on():
-                self._idle_at = None
-                if self._state is State.LOADED:
-                    self._set_state(State.STREAMING, out, f"server busy: {event.doing}")
-            return
-        self._busy.pop(instance, None)
-        used = None if event.last_used is None else min(event.last_used, now)
-        if was_busy:
-            # L19: busy -> idle restarts the timer from the later of ours and LM Studio's.
-            theirs = used if used is not None else now
-            start = theirs if self._idle_from is None else max(self._idle_from, theirs)
-            self._release(now, start, out, "server idle")
-        elif (
-            ours
-            and self._state is State.LOADED
-            and used is not None
-            and used > (self._idle_from if self._idle_from is not None else float("-inf"))
-        ):
-            self._restart_idle(used)  # L19: LM Studio's last use counts as activity
-
-    def _activity_source(self, event: ActivitySource, now: float, out: list[Action]) -> None:
-        if event.available == self._source:
-            return
-        self._source = event.available
-        fields: dict[str, Any] = {"source": self.activity_source, "reason": event.reason}
-        out.append(Notify("activity_source_changed", fields))
-        if event.available:
-            self._blind_warned = False
-            return
-        # Stale busy flags must never block forever: without the channel, nobody clears them.
-        busy, self._busy = self._busy, {}
-        self._blind_warned = False
-        self._warn_if_blind(out, event.reason)
-        if busy:
-            self._release(now, now, out, "activity source lost")
-
-    def _warn_if_blind(self, out: list[Action], reason: str | None = None) -> None:
-        """L21: one warning per blind spell, when idle eject could cut a hidden generation."""
-        keep = self.keep_alive
-        timeout = keep if keep is not None else self.settings.idle_timeout
-        if self._source is not False or self._blind_warned or timeout <= 0:
-            return
-        self._blind_warned = True
-        advice = (
-            "LM Studio's activity cannot be read: clients that talk to LM Studio directly "
-            "are invisible, and idle eject may unload a model they use. Use LM Studio 0.3.27 "
-            "or newer, check [server] api_token_env, or send clients through lmkeeperd's proxy"
-        )
-        out.append(Notify("activity_blind", {"reason": reason, "advice": advice}))
-
-    def _track_busy_wait(self, now: float) -> None:
-        """L20: when did a switch start waiting on server-only activity (no client stream)?"""
-        if not self._waiting_on_server():
-            self._busy_wait_from = None
-        elif self._busy_wait_from is None:
-            self._busy_wait_from = now
-
-    def _waiting_on_server(self) -> bool:
-        return (
-            self._queued is not None
-            and self._state is State.STREAMING
-            and not self._streams
-            and self._in_use()
-        )
-
-    def _force_switch(self, now: float, out: list[Action]) -> None:
-        assert self._instance is not None and self._busy_wait_from is not None
-        busy = self._busy.pop(self._instance, None)
-        fields = {
-            "model": self._model,
-            "instance_id": self._instance,
-            "doing": busy.describe() if busy else "busy",
-            "waited_s": round(now - self._busy_wait_from, 3),
-        }
-        out.append(Notify("switch_forced", fields))
-        self._busy_wait_from = None
-        self._next, self._queued = self._queued, None
-        self._unload_main("switch", now, out, forced=True)
-
-    # --- engine, commands, settings -----------------------------------------
+    # --- engine, settings ---------------------------------------------------
 
     def _engine_changed(self, name: str, now: float, out: list[Action]) -> None:
         engine = name.strip().lower()
@@ -515,174 +427,56 @@ class Lifecycle(LifecycleView):
         if not leaving:
             return
         # L13: stop acting. The model stays on the server; we just forget it.
-        self._cancel_debounce()
-        self._queued = self._next = self._wanted = None
-        self._idle_at = self._idle_from = None
+        self._intent.drop_pending()
+        self._intent.wanted = None
+        self._main.stop_idle()
         self._supersede_load(out)
-        if self._unload_op is not None:
-            self._unload_op = None  # let it finish in the background; its outcome only notifies
-        self._streams.clear()
+        # An unload in flight finishes in the background; its outcome only notifies.
+        self._usage.streams.clear()
         self._flush_deferred(now, out)  # strays we made are still ours to clean up
-        self._model = self._instance = None
-        self._adopted = False
-        self._draft = None
-        self._set_state(State.IDLE, out, f"engine changed to {engine}")
-
-    def _unload_command(self, cmd: UnloadCommand, now: float, out: list[Action]) -> None:
-        target = cmd.model.strip() if cmd.model else None
-        if self._streams:
-            out.append(
-                CommandDone(
-                    cmd.request,
-                    f"{plural(len(self._streams), 'stream')} open: lmkeeperd never unloads "
-                    "under a stream; try again when they end",
-                )
-            )
-            return
-        ours = target is None or (target == self._model and self._hands_on())
-        if ours and self._model is not None:
-            if self._state is State.STREAMING:  # LM Studio says it is busy (L19)
-                out.append(CommandDone(cmd.request, self._busy_error(self._model)))
-                return
-            self._cancel_debounce()
-            self._queued = self._next = self._wanted = None
-            if self._state is State.LOADED:
-                self._unload_main("command", now, out, cmd.request)
-            elif self._state is State.LOADING:
-                self._supersede_load(out)  # the stray is unloaded when its load returns
-                self._model = None
-                self._set_state(State.IDLE, out, "unloaded by command")
-                out.append(CommandDone(cmd.request))
-            elif self._state is State.UNLOADING and self._unload_op is not None:
-                self._requests[cmd.request] = Request({self._unload_op})
-                self._ops[self._unload_op].requests.append(cmd.request)
-            else:  # unreachable while the state invariants hold; answer anyway
-                out.append(CommandDone(cmd.request, f"cannot unload in state {self._state.value}"))
-            return
-        if target is None:
-            out.append(CommandDone(cmd.request, "nothing is loaded by lmkeeperd"))
-            return
-        instances = list(self._server.get(target, ()))
-        if self._draft is not None and self._draft[0] == target:
-            if self._draft[1] not in instances:
-                instances.append(self._draft[1])
-            self._draft = None
-        if not instances:
-            out.append(CommandDone(cmd.request, f"model {target!r} is not loaded on the server"))
-            return
-        free = [i for i in instances if i not in self._busy]
-        if not free:
-            out.append(CommandDone(cmd.request, self._busy_error(target, instances[0])))
-            return
-        self._requests[cmd.request] = Request(set())
-        if len(free) < len(instances):
-            busy = next(i for i in instances if i in self._busy)
-            self._requests[cmd.request].errors.append(self._busy_error(target, busy))
-        for instance in free:
-            self._unload_background(target, instance, "command", now, out, [cmd.request])
-
-    def _busy_error(self, model: str, instance: str | None = None) -> str:
-        busy = self._busy.get(instance or self._instance or "")
-        doing = busy.describe() if busy else "busy"
-        return (
-            f"{model} is in use on the server ({doing}): lmkeeperd never unloads a model "
-            "in use; try again when it is idle"
-        )
+        self._main.forget()
+        self._main.draft = None
+        self._others_gone(now, out, None)  # they stay on the server, forgotten
+        self._move("hands_off", out, f"engine changed to {engine}")
 
     def _settings_changed(self, settings: Settings, now: float, out: list[Action]) -> None:
-        self.settings = settings
-        if self._state is State.LOADED:
+        self._settings = settings
+        if self._main.phase is State.LOADED:
             # A new idle timeout counts from the last activity, not from the edit.
-            start = self._idle_from if self._idle_from is not None else now
-            self._restart_idle(start)
+            last = self._main.last_use
+            self._restart_idle(last if last is not None else now)
         self._warn_if_blind(out)
-
-    # --- the server's view (L17, L18, L22) ----------------------------------
-
-    def _snapshot(self, snap: ServerSnapshot, now: float, out: list[Action]) -> None:
-        self._server = {k: tuple(v) for k, v in snap.loaded.items() if v}
-        listed = {i for v in self._server.values() for i in v}
-        self._busy = {i: b for i, b in self._busy.items() if i in listed}
-        if self._draft is not None and self._draft[1] not in self._server.get(self._draft[0], ()):
-            self._draft = None
-        vanished = (
-            self._state in (State.LOADED, State.STREAMING)
-            and self._model is not None
-            and self._instance not in self._server.get(self._model, ())
-        )
-        if vanished:
-            assert self._model is not None
-            out.append(Notify("model_vanished", {"model": self._model}))
-            lost = self._model
-            self._supersede_load(out)  # a draft still loading goes with its main model
-            self._model = self._instance = None
-            self._adopted = False
-            self._idle_at = self._idle_from = None
-            self._set_state(State.IDLE, out, "model vanished")
-            if not (snap.after_outage and self._wanted == lost):
-                self._wanted = None  # unloaded by hand: follow the server, do not fight the user
-            queued, self._queued = self._queued, None
-            if queued is not None:
-                self._begin_switch(queued, now, out)
-                return
-        if (
-            snap.after_outage
-            and self._state is State.IDLE
-            and self._wanted is not None
-            and self._debounce_at is None
-        ):
-            self._begin_switch(self._wanted, now, out)
-
-    def _own_stray(self, event: OwnStray, now: float, out: list[Action]) -> None:
-        """L22: an instance lmkeeperd started and no longer tracks: adopt it or unload it."""
-        model, instance = event.model.strip(), event.instance_id
-        if instance in self.owned_instances():
-            return  # tracked already, or already on its way out: idempotent
-        # What we want: a selection still in its debounce counts (after a restart the
-        # restored selection may wait there while the journal reports its instance).
-        want = self._debounce_target if self._debounce_at is not None else self._wanted
-        wanted = self._hands_on() and self.settings.auto_load and want == model
-        no_instance = self._state is State.IDLE or (
-            self._state is State.LOADING and self._model == model
-        )
-        if wanted and no_instance:
-            self._supersede_load(out)  # its instance becomes a stray when it returns
-            self._cancel_debounce()
-            self._wanted = self._model = model
-            out.append(Notify("stray_adopted", {"model": model, "instance_id": instance}))
-            self._took(model, instance, False, now, out, "stray adopted")
-            return
-        out.append(Notify("stray_found", {"model": model, "instance_id": instance}))
-        self._unload_background(model, instance, "stray", now, out)
 
     # --- shutdown (L16) -----------------------------------------------------
 
     def _shutdown(self, now: float, out: list[Action]) -> None:
-        self._cancel_debounce()
-        self._queued = self._next = None
-        self._idle_at = self._idle_from = None
+        main = self._main
+        self._intent.drop_pending()
+        main.stop_idle()
         self._supersede_load(out)
-        if self._state is State.LOADING:
-            self._model = None
-            self._set_state(State.IDLE, out, "exit")
-        in_use = bool(self._streams) or self._state is State.STREAMING  # L7, L19
-        if self.settings.unload_on_exit and self._hands_on() and not in_use:
-            if self._state is State.LOADED:
+        if main.phase is State.LOADING:
+            main.model = None
+            self._move("dropped", out, "exit")
+        in_use = bool(self._usage.streams) or main.phase is State.STREAMING  # L7, L19
+        if self._settings.unload_on_exit and self._hands_on() and not in_use:
+            self._others_gone(now, out, "exit")
+            if main.phase is State.LOADED:
                 self._unload_main("exit", now, out)
             else:
                 self._drop_draft("exit", now, out)
-        elif in_use and self._model is not None:
-            fields: dict[str, Any] = {"model": self._model, "streams": len(self._streams)}
+        elif in_use and main.model is not None:
+            fields: dict[str, Any] = {"model": main.model, "streams": len(self._usage.streams)}
             if self.server_busy:
                 fields["doing"] = self.server_busy
             out.append(Notify("kept_loaded_on_exit", fields))
+        self._others_gone(now, out, None)  # kept loaded: their timers stop with us
         self._stopped = True
 
     # --- outcomes of our own actions ----------------------------------------
 
     def _check_legal(self, event: Event) -> None:
         if isinstance(event, _OUTCOMES):
-            op = self._ops.get(event.op)
+            op = self._ledger.ops.get(event.op)
             want = "load" if isinstance(event, LoadFinished | LoadFailed) else "unload"
             if op is None or op.kind != want:
                 raise LifecycleError(f"{type(event).__name__} for unknown {want} op {event.op}")
@@ -693,14 +487,16 @@ class Lifecycle(LifecycleView):
         now: float,
         out: list[Action],
     ) -> None:
-        op = self._ops.pop(event.op)
+        op = self._ledger.ops.pop(event.op)
         match event:
             case LoadFinished():
                 self._load_finished(event, op, now, out)
+                self._after_load(now, out)
             case LoadFailed():
                 self._load_failed(event, op, out)
+                self._after_load(now, out)
             case UnloadFinished():
-                self._busy.pop(op.instance_id, None)
+                self._usage.busy.pop(op.instance_id, None)
                 self._unload_done(event.op, op, None, now, out)
             case UnloadFailed(error=error):
                 self._unload_done(event.op, op, error, now, out)
@@ -720,11 +516,11 @@ class Lifecycle(LifecycleView):
         }
         out.append(Notify("load_finished", fields))
         if op.draft:
-            self._draft_op = None
+            self._main.draft_op = None
             if not event.adopted:  # a draft somebody else loaded is not ours to unload
-                self._draft = (op.model, event.instance_id)
+                self._main.draft = (op.model, event.instance_id)
             return
-        self._load_op = None
+        self._main.op = None
         cause = "adopted" if event.adopted else "loaded"
         self._took(op.model, event.instance_id, event.adopted, now, out, cause)
 
@@ -732,37 +528,57 @@ class Lifecycle(LifecycleView):
         self, model: str, instance: str, adopted: bool, now: float, out: list[Action], cause: str
     ) -> None:
         """The main model is ours now: loaded, adopted (L17) or a stray taken back (L22)."""
-        self._instance = instance
-        self._adopted = adopted
-        self.last_error = None
+        self._main.instance = instance
+        self._main.adopted = adopted
+        self._last_error = None
         # Maybe a stray of ours, waiting on streams to be unloaded: keep it.
-        self._deferred = [d for d in self._deferred if d.instance_id != instance]
+        self._ledger.keep(instance)
+        if self._intent.queued == model:
+            self._intent.queued = None
         if self._in_use():
-            self._set_state(State.STREAMING, out, cause)
+            self._move("landed_in_use", out, cause)
         else:
-            self._set_state(State.LOADED, out, cause)
+            self._move("landed", out, cause)
             self._restart_idle(now)
-        draft = self.settings.draft_model.strip()
-        if draft and draft != model and not self._stopped:
-            self._start_load(draft, now, out, draft=True)  # L15
+        if self._intent.queued is None:  # no draft for a model a switch unloads next
+            self._start_draft(now, out)
+
+    def _start_draft(self, now: float, out: list[Action]) -> None:
+        """L15: the draft model goes with the main one."""
+        draft = self._settings.draft_model.strip()
+        if draft and draft != self._main.model and not self._stopped:
+            self._start_load(draft, now, out, draft=True)
+
+    def _after_load(self, now: float, out: list[Action]) -> None:
+        """L30: a load landed or failed; what waited for it goes on, once none is in flight."""
+        if self._ledger.load_in_flight() is not None or self._stopped:
+            return
+        main, intent = self._main, self._intent
+        if intent.queued is not None and main.phase in (State.IDLE, State.LOADED):
+            queued, intent.queued = intent.queued, None
+            self._begin_switch(queued, now, out)  # L4: a landed model is unloaded first
+        elif main.serving and main.draft_due:
+            main.draft_due = False
+            self._start_draft(now, out)
 
     def _load_failed(self, event: LoadFailed, op: Op, out: list[Action]) -> None:
+        if event.abandoned:
+            self._ledger.landing.append(op)  # it may still land (L22, L30)
         if op.superseded:
             return
         out.append(
             Notify("load_failed", {"model": op.model, "error": event.error, "draft": op.draft})
         )
         if op.draft:
-            self._draft_op = None
+            self._main.draft_op = None
             return
-        self._load_op = None
-        self._model = None
-        self.last_error = f"load of {op.model} failed: {event.error}"
-        if not (event.unreachable or event.abandoned):
+        self._main.forget()
+        self._last_error = f"load of {op.model} failed: {event.error}"
+        if not (event.unreachable or event.abandoned) and self._intent.wanted == op.model:
             # L6: a retry takes a new selection. An abandoned load may still land: it is
             # adopted then (OwnStray, L22), so the model stays wanted.
-            self._wanted = None
-        self._set_state(State.IDLE, out, f"load failed: {event.error}")
+            self._intent.wanted = None
+        self._move("load_failed", out, f"load failed: {event.error}")
 
     def _unload_done(
         self, op_id: int, op: Op, error: str | None, now: float, out: list[Action]
@@ -773,80 +589,59 @@ class Lifecycle(LifecycleView):
             out.append(
                 Notify("unload_failed", {"model": op.model, "reason": op.reason, "error": error})
             )
-            self.last_error = f"unload of {op.model} failed: {error}"
-        self._answer(op_id, op, error, out)
-        if op_id != self._unload_op:
+            self._last_error = f"unload of {op.model} failed: {error}"
+        out.extend(self._ledger.answer(op_id, op, error))
+        if self._main.phase is not State.UNLOADING or op_id != self._main.op:
             return
         # L4/L11: whether or not the unload worked, the model is no longer ours.
-        self._unload_op = None
-        self._model = self._instance = None
-        self._adopted = False
+        self._main.forget()
         cause = UNLOAD_CAUSES.get(op.reason, op.reason)
         if self._cause and self._cause[0] == "forced switch":
             cause = "forced switch"
-        self._set_state(State.IDLE, out, cause if error is None else f"{cause} ({error})")
-        next_model, self._next = self._next, None
+        self._move("unloaded", out, cause if error is None else f"{cause} ({error})")
+        next_model, self._intent.next = self._intent.next, None
         if next_model is not None and not self._stopped:
             self._begin_switch(next_model, now, out)
-
-    def _answer(self, op_id: int, op: Op, error: str | None, out: list[Action]) -> None:
-        """Answer the unload commands that waited for this op, once all their ops are done."""
-        for request in op.requests:
-            pending = self._requests.get(request)
-            if pending is None:
-                continue
-            pending.ops.discard(op_id)
-            if error is not None:
-                pending.errors.append(
-                    error if error.startswith(op.model) else f"{op.model}: {error}"
-                )
-            if not pending.ops:
-                del self._requests[request]
-                out.append(CommandDone(request, "; ".join(pending.errors) or None))
 
     def _unload_deferred(
         self, event: UnloadDeferred, op: Op, now: float, out: list[Action]
     ) -> None:
         """L20: the driver looked and the instance was busy; nothing was sent."""
         busy = Busy(event.doing, event.queued, now)
-        self._busy[op.instance_id] = busy
-        out.append(
-            Notify(
-                "unload_deferred",
-                {
-                    "model": op.model,
-                    "instance_id": op.instance_id,
-                    "reason": op.reason,
-                    "doing": busy.describe(),
-                },
-            )
-        )
-        self._answer(event.op, op, self._busy_error(op.model, op.instance_id), out)
-        if event.op != self._unload_op:
+        self._usage.busy[op.instance_id] = busy
+        fields = {
+            "model": op.model,
+            "instance_id": op.instance_id,
+            "reason": op.reason,
+            "doing": busy.describe(),
+        }
+        out.append(Notify("unload_deferred", fields))
+        out.extend(self._ledger.answer(event.op, op, self._busy_error(op.model, op.instance_id)))
+        main, intent = self._main, self._intent
+        if main.phase is not State.UNLOADING or event.op != main.op:
             if op.reason != "command":  # a command was answered; a draft/stray waits for idle
-                self._deferred.append(Deferred(op.model, op.instance_id, op.reason))
+                self._ledger.deferred.append(Deferred(op.model, op.instance_id, op.reason))
+            elif op.resident is not None and op.model not in (main.model, *self._others):
+                self._others[op.model] = op.resident  # in use: it stays a resident (L24)
             return
         # The main model stays ours and in use. A switch waits queued behind it (and may be
         # forced after busy_switch_wait); an idle or pressure eject, or a command, is dropped.
-        self._unload_op = None
-        self._queued, self._next = self._next, None
-        if self._queued == self._model:
-            self._queued = None
-        self._wanted = self._queued or (None if op.reason == "command" else self._model)
-        self._set_state(State.STREAMING, out, f"server busy: {busy.describe()}")
+        main.op = None
+        intent.queued, intent.next = intent.next, None
+        if intent.queued == main.model:
+            intent.queued = None
+        intent.wanted = intent.queued or (None if op.reason == "command" else main.model)
+        self._move("unload_deferred", out, f"server busy: {busy.describe()}")
 
     # --- helpers ------------------------------------------------------------
 
-    def _new_op(self, op: Op) -> int:
-        self._last_op += 1
-        self._ops[self._last_op] = op
-        return self._last_op
-
-    def _set_state(self, new: State, out: list[Action], cause: str) -> None:
-        if new is self._state:
+    def _move(self, trigger: Trigger, out: list[Action], cause: str) -> None:
+        """Move the main resident through the phase table (phases.py) and announce it."""
+        old = self._main.move(trigger)
+        new = self._main.phase
+        if new is old:
             return
-        old, self._state = self._state, new
         self._cause = (cause, self._now)
         out.append(
-            Notify("state_changed", {"from": old.value, "to": new.value, "model": self._model})
+            Notify("state_changed", {"from": old.value, "to": new.value, "model": self._main.model})
         )

@@ -22,8 +22,8 @@ import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from lmkeeperd.core.machine import Lifecycle
-from lmkeeperd.core.view import LMSTUDIO, State
+from lmkeeperd.core.phases import State
+from lmkeeperd.core.view import LMSTUDIO, CoreView
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ class Verdict(enum.Enum):
     SWITCH = "switch"  # select it and wait until it is loaded
 
 
-def proxy_verdict(core: Lifecycle, model: str, model_type: str | None) -> Verdict:
+def proxy_verdict(core: CoreView, model: str, model_type: str | None) -> Verdict:
     """The verdict for a request naming `model`.
 
     `model_type` is the type the server lists for it ("llm", "embedding", ...),

@@ -1,93 +1,126 @@
-"""The lifecycle core's state, and the read-only view of it that status copies.
+"""What the daemon may read of the lifecycle core: `CoreView`, and its implementation.
 
-`Lifecycle` (machine.py) inherits this: the rules live there and change these
-fields; nothing here changes state. Kept apart so the machine reads as its rules.
+`CoreView` is the read-only face the daemon's roles get (`Host.core`); only the
+driver holds the `Lifecycle` (machine.py) and calls `handle`. `LifecycleView`
+holds the core's records (records.py, ledger.py) and answers every query on
+them; nothing here changes state.
 """
 
 from __future__ import annotations
 
-import enum
+from typing import Protocol
 
-from lmkeeperd.core.bookkeeping import Busy, Deferred, Op, Request, plural
 from lmkeeperd.core.events import Settings
 from lmkeeperd.core.explain import Explanation
+from lmkeeperd.core.ledger import Ledger
+from lmkeeperd.core.phases import State
+from lmkeeperd.core.records import Intent, Resident, Usage, plural
 
 LMSTUDIO = "lmstudio"
 
 
-class State(enum.Enum):
-    IDLE = "idle"  # nothing of ours is loaded or loading
-    LOADING = "loading"  # a load of `model` is in flight
-    LOADED = "loaded"  # `model` is loaded and not in use; the idle timer may run
-    STREAMING = "streaming"  # `model` is loaded and in use: a client stream, or busy (L19)
-    UNLOADING = "unloading"  # `model` is being unloaded (switch, idle, command, exit)
+class CoreView(Protocol):
+    """The core as the daemon reads it: queries only, no `handle`."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def instance_id(self) -> str | None: ...
+    @property
+    def adopted(self) -> bool: ...
+    @property
+    def selected(self) -> str | None: ...
+    @property
+    def pending(self) -> str | None: ...
+    @property
+    def engine(self) -> str: ...
+    @property
+    def active_streams(self) -> int: ...
+    @property
+    def server_busy(self) -> str | None: ...
+    @property
+    def busy_instances(self) -> dict[str, str]: ...
+    @property
+    def activity_source(self) -> str: ...
+    @property
+    def keep_alive(self) -> float | None: ...
+    @property
+    def draft(self) -> tuple[str, str] | None: ...
+    @property
+    def stopped(self) -> bool: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def unloads_in_flight(self) -> int: ...
+    @property
+    def loads_in_flight(self) -> int: ...
+    @property
+    def deferred_unloads(self) -> tuple[tuple[str, str, str], ...]: ...
+    @property
+    def residents(self) -> dict[str, str]: ...
+    def owned_instances(self) -> dict[str, str]: ...
+    def idle_eject_in(self, now: float) -> float | None: ...
+    def next_deadline(self) -> float | None: ...
+    def explain(self, now: float) -> Explanation: ...
 
 
 class LifecycleView:
-    """The core's fields and every read-only query on them."""
+    """The core's records and every read-only query on them (implements `CoreView`)."""
 
     def __init__(self, settings: Settings | None = None, *, engine: str = LMSTUDIO) -> None:
-        self.settings = settings or Settings()
-        self._state = State.IDLE
-        self._model: str | None = None
-        self._instance: str | None = None
-        self._adopted = False
-        self._selected: str | None = None
-        self._keep_alive: tuple[str, float] | None = None  # (model, seconds) of the selection
-        self._wanted: str | None = None  # what we mean to have loaded (restored after outages)
+        self._settings = settings or Settings()
+        self._main = Resident()  # the current model (what status shows)
+        self._others: dict[str, Resident] = {}  # resident beside it (L24; max_loaded > 1)
+        self._intent = Intent()
+        self._usage = Usage()
+        self._ledger = Ledger()
         self._engine = engine
-        self._streams: set[int] = set()
-        self._debounce_target: str | None = None
-        self._debounce_at: float | None = None
-        self._queued: str | None = None  # selection waiting for our model to be free (L7, L19)
-        self._next: str | None = None  # load to start once the current unload finishes (L4)
-        self._idle_from: float | None = None  # our own last activity, when known
-        self._idle_at: float | None = None
-        self._busy_wait_from: float | None = None  # a switch waits on server-only activity (L20)
-        self._load_op: int | None = None
-        self._unload_op: int | None = None
-        self._draft_op: int | None = None
-        self._draft: tuple[str, str] | None = None  # (model, instance) of the draft we loaded
-        self._deferred: list[Deferred] = []  # unloads waiting on streams or a busy instance
-        self._ops: dict[int, Op] = {}
-        self._requests: dict[int, Request] = {}
-        self._last_op = 0
         self._server: dict[str, tuple[str, ...]] = {}
-        self._busy: dict[str, Busy] = {}  # instance -> what LM Studio says it is doing (L19)
-        self._source: bool | None = None  # LM Studio's activity readable? None: not told yet
-        self._blind_warned = False
         self._stopped = False
         self._now = 0.0
         self._cause: tuple[str, float] | None = None  # last transition's cause and time
-        self.last_error: str | None = None
+        self._last_error: str | None = None
 
     # --- read-only view (status) --------------------------------------------
 
     @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    @property
     def state(self) -> State:
-        return self._state
+        return self._main.phase
 
     @property
     def model(self) -> str | None:
         """What lmkeeperd has loaded, is loading or is unloading; None when idle."""
-        return self._model
+        return self._main.model
 
     @property
     def instance_id(self) -> str | None:
-        return self._instance
+        return self._main.instance
 
     @property
     def adopted(self) -> bool:
-        return self._adopted
+        return self._main.adopted
 
     @property
     def selected(self) -> str | None:
-        return self._selected
+        return self._intent.selected
 
     @property
     def pending(self) -> str | None:
-        """A selection not applied yet: queued behind streams, the debounce or an unload."""
-        return self._queued or self._debounce_target or self._next
+        """A selection not applied yet: queued behind streams or a load, the debounce or
+        an unload."""
+        return self._intent.pending
 
     @property
     def engine(self) -> str:
@@ -96,35 +129,32 @@ class LifecycleView:
     @property
     def active_streams(self) -> int:
         """Client streams only; LM Studio's own view is `server_busy`."""
-        return len(self._streams)
+        return len(self._usage.streams)
 
     @property
     def server_busy(self) -> str | None:
         """What LM Studio says our model is doing ("generating", ...), None when not busy."""
-        busy = self._busy.get(self._instance) if self._instance else None
-        return busy.describe() if busy else None
+        return self._usage.describe(self._main.instance)
 
     @property
     def busy_instances(self) -> dict[str, str]:
         """Every instance LM Studio reported busy: instance id -> what it is doing."""
-        return {i: b.describe() for i, b in self._busy.items()}
+        return {i: b.describe() for i, b in self._usage.busy.items()}
 
     @property
     def activity_source(self) -> str:
         """L21: "lmstudio" when LM Studio's activity is read, else "clients only"."""
-        return "lmstudio" if self._source else "clients only"
+        return "lmstudio" if self._usage.source else "clients only"
 
     @property
     def keep_alive(self) -> float | None:
         """The selected model's own idle timeout, if its selection gave one."""
-        if self._keep_alive and self._keep_alive[0] == self._selected:
-            return self._keep_alive[1]
-        return None
+        return self._intent.keep_alive_of(self._intent.selected)
 
     @property
     def draft(self) -> tuple[str, str] | None:
         """(model, instance id) of the draft model lmkeeperd loaded, if any (L15)."""
-        return self._draft
+        return self._main.draft
 
     @property
     def stopped(self) -> bool:
@@ -132,47 +162,58 @@ class LifecycleView:
 
     @property
     def unloads_in_flight(self) -> int:
-        return sum(1 for op in self._ops.values() if op.kind == "unload")
+        return self._ledger.unloads()
 
     @property
     def loads_in_flight(self) -> int:
         """Loads whose outcome still matters (superseded ones excluded)."""
-        return sum(1 for op in self._ops.values() if op.kind == "load" and not op.superseded)
+        return self._ledger.loads()
 
     @property
     def deferred_unloads(self) -> tuple[tuple[str, str, str], ...]:
         """(model, instance, reason) of unloads waiting for streams to end or idleness."""
-        return tuple((d.model, d.instance_id, d.reason) for d in self._deferred)
+        return tuple((d.model, d.instance_id, d.reason) for d in self._ledger.deferred)
 
     def owned_instances(self) -> dict[str, str]:
         """Every instance the core considers its own (L22): instance id -> model.
 
         The main and draft instances, and those it is unloading or waiting to unload.
         """
-        owned = {d.instance_id: d.model for d in self._deferred}
-        owned.update({o.instance_id: o.model for o in self._ops.values() if o.kind == "unload"})
-        if self._draft:
-            owned[self._draft[1]] = self._draft[0]
-        if self._instance and self._model:
-            owned[self._instance] = self._model
+        owned = self._ledger.owned()
+        for model, other in self._others.items():
+            if other.instance:
+                owned[other.instance] = model
+        main = self._main
+        if main.draft:
+            owned[main.draft[1]] = main.draft[0]
+        if main.instance and main.model:
+            owned[main.instance] = main.model
         return owned
 
+    @property
+    def residents(self) -> dict[str, str]:
+        """Models of ours loaded beside the current one (L24): model -> instance id."""
+        return {m: r.instance for m, r in self._others.items() if r.instance}
+
     def idle_eject_in(self, now: float) -> float | None:
-        return None if self._idle_at is None else max(0.0, self._idle_at - now)
+        at = self._main.idle_at
+        return None if at is None else max(0.0, at - now)
 
     def next_deadline(self) -> float | None:
         """The monotonic time of the next timer (debounce, idle, forced switch), or None."""
-        times = [t for t in (self._debounce_at, self._idle_at, self._force_at()) if t is not None]
-        return min(times) if times else None
+        times = [self._intent.debounce_at, self._main.idle_at, self._force_at()]
+        times += [r.idle_at for r in self._others.values()]
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
 
     def explain(self, now: float) -> Explanation:
-        """Why the core is where it is, for status to copy (issue 13)."""
+        """Why the core is where it is, for status to copy."""
         waiting, until = self._waiting_for()
-        op_id = self._load_op if self._state is State.LOADING else self._unload_op
-        op = self._ops.get(op_id) if op_id is not None else None
+        main = self._main
+        op = self._ledger.ops.get(main.op) if main.op is not None else None
         return Explanation(
-            state=self._state.value,
-            model=self._model,
+            state=main.phase.value,
+            model=main.model,
             cause=self._cause[0] if self._cause else None,
             cause_at=self._cause[1] if self._cause else None,
             waiting_for=waiting,
@@ -182,31 +223,36 @@ class LifecycleView:
             in_flight_s=round(now - op.started, 3) if op else None,
             pending=self.pending,
             keep_alive=self.keep_alive,
-            idle_eject_at=self._idle_at,
+            idle_eject_at=main.idle_at,
             server_busy=self.server_busy,
             activity_source=self.activity_source,
-            deferred_unloads=len(self._deferred),
+            deferred_unloads=len(self._ledger.deferred),
         )
 
     def _waiting_for(self) -> tuple[str | None, float | None]:
-        if self._debounce_at is not None:
-            return "debounce", self._debounce_at
-        if self._state is State.LOADING:
+        if self._intent.debounce_at is not None:
+            return "debounce", self._intent.debounce_at
+        phase = self._main.phase
+        landing = self._ledger.load_in_flight()
+        if landing is not None and self._intent.queued is not None and not self._main.serving:
+            return f"the load of {landing.model} to finish: LM Studio cannot cancel a load", None
+        if phase is State.LOADING:
             return "load in flight", None
-        if self._state is State.UNLOADING:
+        if phase is State.UNLOADING:
             return "unload in flight", None
-        if self._state is State.STREAMING:
-            if self._streams:
-                return f"{plural(len(self._streams), 'stream')} to end", None
+        if phase is State.STREAMING:
+            if self._usage.streams:
+                return f"{plural(len(self._usage.streams), 'stream')} to end", None
             return f"server busy: {self.server_busy}", self._force_at()
         return None, None
 
     def _in_use(self) -> bool:
         """L7/L19: a client stream is open, or LM Studio says our instance is busy."""
-        return bool(self._streams) or (self._instance is not None and self._instance in self._busy)
+        return self._usage.in_use(self._main.instance)
 
     def _force_at(self) -> float | None:
-        wait = self.settings.busy_switch_wait
-        if self._busy_wait_from is None or wait <= 0:
+        wait = self._settings.busy_switch_wait
+        since = self._intent.busy_wait_from
+        if since is None or wait <= 0:
             return None
-        return self._busy_wait_from + wait
+        return since + wait

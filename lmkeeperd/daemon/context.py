@@ -13,13 +13,13 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
 from lmkeeperd.config import Config
-from lmkeeperd.core import Event, Lifecycle
+from lmkeeperd.core import CoreView, Event
 
 
 class Host(Protocol):
     @property
-    def core(self) -> Lifecycle:
-        """Read only: roles never call `handle` themselves, they `feed`."""
+    def core(self) -> CoreView:
+        """Read only (`CoreView`): roles never call `handle` themselves, they `feed`."""
         ...
 
     @property

@@ -42,6 +42,7 @@ from lmkeeperd.core import (
     Action,
     CancelLoad,
     CommandDone,
+    CoreView,
     Event,
     Lifecycle,
     LifecycleError,
@@ -149,7 +150,7 @@ class Daemon:
     # --- Host (context.py) ----------------------------------------------------
 
     @property
-    def core(self) -> Lifecycle:
+    def core(self) -> CoreView:
         return self._core
 
     @property

@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from lmkeeperd.core import Lifecycle
+from lmkeeperd.core import CoreView
 from lmkeeperd.daemon import memory_verdict
 from lmkeeperd.daemon.server_sync import ServerSync
 from lmkeeperd.memory.sizes import to_gb
 
 
-async def models_reply(sync: ServerSync, core: Lifecycle, fraction: float) -> dict[str, Any]:
+async def models_reply(sync: ServerSync, core: CoreView, fraction: float) -> dict[str, Any]:
     error = await sync.refresh()
     if error is not None:
         return {"ok": False, "error": f"cannot list the server's models: {error}"}

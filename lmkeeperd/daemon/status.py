@@ -13,7 +13,7 @@ from typing import cast
 
 from lmkeeperd import __version__
 from lmkeeperd.control.server import ControlServer
-from lmkeeperd.core import Lifecycle
+from lmkeeperd.core import CoreView
 from lmkeeperd.daemon.activity_bridge import ActivityBridge
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.server_sync import ServerSync
@@ -23,7 +23,7 @@ from lmkeeperd.status import AdvisoryStatus, ConfigErrorStatus, RestoredSelectio
 
 def build_status(
     *,
-    core: Lifecycle,
+    core: CoreView,
     now: float,
     started: float,
     config_path: Path,

@@ -12,7 +12,7 @@ import re
 import time
 from datetime import UTC, datetime
 
-from lmkeeperd.core import Lifecycle
+from lmkeeperd.core import CoreView
 from lmkeeperd.errors import ConfigError
 from lmkeeperd.status import ConfigErrorStatus, InFlightStatus, WhyStatus
 
@@ -25,7 +25,7 @@ def utc_iso(wall: float) -> str:
     )
 
 
-def explain_status(core: Lifecycle, now: float) -> WhyStatus:
+def explain_status(core: CoreView, now: float) -> WhyStatus:
     """`now` is a reading of the core's clock; wall times are derived from it."""
     why = core.explain(now)
     wall_now = time.time()

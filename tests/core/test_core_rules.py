@@ -1,9 +1,12 @@
-"""One test (or more) per lifecycle rule, named with its id. Times are explicit."""
+"""Streams, idleness, engines, exit and the server (L7-L18), one test or more per rule.
+
+Times are explicit. Selecting and switching: test_core_rules_select.py; LM Studio's
+activity and strays (L19-L22): test_core_rules_server.py."""
 
 from __future__ import annotations
 
 import pytest
-from core_harness import Harness, of_type
+from core_harness import Harness
 
 from lmkeeperd.core import (
     Activity,
@@ -11,7 +14,6 @@ from lmkeeperd.core import (
     LifecycleError,
     LoadFinished,
     MemoryPressure,
-    ResumeLoad,
     Select,
     ServerSnapshot,
     Settings,
@@ -25,199 +27,6 @@ from lmkeeperd.core import (
 )
 
 A, B, C = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "google/gemma-3-12b"
-
-
-# --- L1 ----------------------------------------------------------------------
-
-
-def test_L1_selection_loads_when_auto_load_on() -> None:
-    h = Harness(switch_debounce=0)
-    out = h.send(Select(A))
-    assert [(a.model, a.draft) for a in h.loads(out)] == [(A, False)]
-    assert h.core.state is State.LOADING and h.core.model == A
-
-
-def test_L1_keys_are_trimmed_and_empty_ignored() -> None:
-    h = Harness(switch_debounce=0)
-    assert h.send(Select("   ")) == []
-    assert h.core.selected is None
-    out = h.send(Select(f"  {A}\n"))
-    assert [a.model for a in h.loads(out)] == [A]
-    assert h.core.selected == A
-
-
-def test_L1_auto_load_off_records_selection_and_loads_nothing() -> None:
-    h = Harness(switch_debounce=0, auto_load=False)
-    assert h.send(Select(A)) == []
-    h.advance(10)
-    assert h.loads() == []
-    assert h.core.selected == A and h.core.state is State.IDLE
-
-
-# --- L2 ----------------------------------------------------------------------
-
-
-def test_L2_reselecting_loaded_model_does_not_reload_and_refreshes_idle_timer() -> None:
-    h = Harness(switch_debounce=0, idle_timeout=100)
-    h.loaded(A, at=0)
-    assert h.core.idle_eject_in(50) == pytest.approx(50)
-    h.send(Select(A), at=50)
-    assert len(h.loads()) == 1
-    assert h.core.idle_eject_in(50) == pytest.approx(100)
-
-
-def test_L2_reselecting_loading_model_does_not_start_second_load() -> None:
-    h = Harness(switch_debounce=0)
-    h.send(Select(A))
-    h.send(Select(A), at=1)
-    assert len(h.loads()) == 1 and h.core.state is State.LOADING
-
-
-# --- L3 ----------------------------------------------------------------------
-
-
-def test_L3_burst_inside_debounce_gives_one_switch_to_last_model() -> None:
-    h = Harness(switch_debounce=0.3)
-    for i, model in enumerate([A, B, C, B, A, C]):
-        out = h.send(Select(model), at=i * 0.1)
-        assert h.loads(out) == [] and h.unloads(out) == []
-    assert h.tick(0.5 + 0.29) == []  # last selection at 0.5, window not over yet
-    out = h.tick(0.8)
-    assert [a.model for a in h.loads(out)] == [C]
-    assert h.core.next_deadline() is None
-
-
-def test_L3_deadline_is_exposed_for_the_driver() -> None:
-    h = Harness(switch_debounce=0.3)
-    h.send(Select(A), at=10)
-    assert h.core.next_deadline() == pytest.approx(10.3)
-    assert h.core.pending == A
-
-
-def test_L3_zero_debounce_switches_at_once() -> None:
-    h = Harness(switch_debounce=0)
-    assert [a.model for a in h.loads(h.send(Select(A), at=5))] == [A]
-
-
-def test_L3_selecting_back_the_current_model_inside_window_cancels_switch() -> None:
-    h = Harness(switch_debounce=0.3)
-    h.loaded(A)
-    h.send(Select(B), at=1.0)
-    h.send(Select(A), at=1.1)
-    h.tick(5)
-    assert len(h.loads()) == 1 and h.unloads() == []
-
-
-# --- L4 ----------------------------------------------------------------------
-
-
-def test_L4_switch_unloads_ours_first_then_loads_new() -> None:
-    h = Harness(switch_debounce=0)
-    h.loaded(A)
-    out = h.send(Select(B), at=1)
-    assert h.loads(out) == []
-    (unload,) = h.unloads(out)
-    assert (unload.model, unload.reason) == (A, "switch")
-    assert h.core.state is State.UNLOADING
-    out = h.unload_ok(unload)
-    assert [a.model for a in h.loads(out)] == [B]
-    assert h.events("unloaded", out) == [{"model": A, "reason": "switch"}]
-
-
-def test_L4_failed_unload_is_reported_and_load_goes_ahead() -> None:
-    h = Harness(switch_debounce=0)
-    h.loaded(A)
-    (unload,) = h.unloads(h.send(Select(B), at=1))
-    out = h.unload_err(unload, "server said no")
-    assert [a.model for a in h.loads(out)] == [B]
-    assert h.events("unload_failed", out)[0]["error"] == "server said no"
-
-
-# --- L5 ----------------------------------------------------------------------
-
-
-def test_L5_newer_switch_cancels_load_in_flight_and_ignores_its_outcome() -> None:
-    h = Harness(switch_debounce=0)
-    (first,) = h.loads(h.send(Select(A)))
-    out = h.send(Select(B), at=1)
-    assert [c.op for c in h.cancels(out)] == [first.op]
-    assert len(h.loads(out)) == 1
-    # The old load fails late: nothing changes.
-    assert h.load_err(first, "late") == []
-    assert h.core.model == B and h.core.state is State.LOADING
-
-
-def test_L5_superseded_load_that_finished_is_unloaded() -> None:
-    h = Harness(switch_debounce=0)
-    (first,) = h.loads(h.send(Select(A)))
-    (second,) = h.loads(h.send(Select(B), at=1))
-    h.load_ok(second)
-    out = h.send(LoadFinished(first.op, "stray-A"))
-    assert [(u.model, u.instance_id, u.reason) for u in h.unloads(out)] == [
-        (A, "stray-A", "superseded")
-    ]
-    assert h.core.model == B and h.core.state is State.LOADED
-
-
-def test_L5_switching_back_during_a_slow_load_waits_for_it_instead_of_loading_twice() -> None:
-    # Found by the chaos soak (tests/daemon/test_e2e_soak.py): A, B, A while A's load runs put two
-    # loads of A in flight, and two instances of A on the server when both finished.
-    h = Harness(switch_debounce=0)
-    (first,) = h.loads(h.send(Select(A)))
-    (to_b,) = h.loads(h.send(Select(B), at=1))
-    out = h.send(Select(A), at=2)
-    assert h.loads(out) == []  # no second load of A
-    assert [r.op for r in of_type(out, ResumeLoad)] == [first.op]
-    assert [c.op for c in h.cancels(out)] == [to_b.op]
-    assert h.core.model == A and h.core.state is State.LOADING
-    out = h.load_ok(first, "A")
-    assert (h.core.state, h.core.instance_id) == (State.LOADED, "A")
-    assert h.unloads(out) == []  # the resumed load is ours, not a stray
-    # B's load, superseded in turn, is cleaned up as usual when it lands.
-    out = h.send(LoadFinished(to_b.op, "stray-B"))
-    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("stray-B", "superseded")]
-
-
-def test_L5_a_stray_waiting_on_a_stream_is_adopted_when_its_model_is_wanted_again() -> None:
-    # Found by the chaos soak: A's stray, deferred behind a stream (L7), sat beside a second
-    # instance of A loaded when A was selected again.
-    h = Harness(switch_debounce=0)
-    (first,) = h.loads(h.send(Select(A)))
-    h.send(StreamStarted(1))
-    (to_b,) = h.loads(h.send(Select(B), at=1))
-    assert h.unloads(h.send(LoadFinished(first.op, "A"))) == []  # deferred: a stream is open
-    (again,) = h.loads(h.send(Select(A), at=2))
-    assert "A" not in again.avoid  # the stray may be adopted
-    h.send(LoadFinished(again.op, "A", adopted=True))
-    assert (h.core.model, h.core.instance_id) == (A, "A")
-    out = h.send(StreamEnded(1))
-    assert "A" not in [u.instance_id for u in h.unloads(out)]  # kept: it is the model now
-    out = h.send(LoadFinished(to_b.op, "B"))
-    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("B", "superseded")]
-
-
-def test_L5_a_superseded_load_with_other_load_settings_is_not_resumed() -> None:
-    h = Harness(switch_debounce=0, load_config={"context_length": 4096})
-    (first,) = h.loads(h.send(Select(A)))
-    h.send(Select(B), at=1)
-    h.send(SettingsChanged(Settings(switch_debounce=0, load_config={"context_length": 8192})))
-    (again,) = h.loads(h.send(Select(A), at=2))
-    assert again.op != first.op and again.load_config == {"context_length": 8192}
-
-
-# --- L6 ----------------------------------------------------------------------
-
-
-def test_L6_failed_load_returns_to_idle_reports_and_retries_on_reselect() -> None:
-    h = Harness(switch_debounce=0)
-    (load,) = h.loads(h.send(Select(A)))
-    out = h.load_err(load, "model crashed: out of memory")
-    assert h.core.state is State.IDLE and h.core.model is None
-    assert h.events("load_failed", out) == [
-        {"model": A, "error": "model crashed: out of memory", "draft": False}
-    ]
-    assert h.core.last_error is not None and "out of memory" in h.core.last_error
-    assert [a.model for a in h.loads(h.send(Select(A), at=2))] == [A]
 
 
 # --- L7 ----------------------------------------------------------------------
@@ -391,6 +200,19 @@ def test_L13_other_engine_cancels_everything_and_ignores_clients() -> None:
     h.send(EngineChanged("lmstudio"), at=10_001)
     assert [a.model for a in h.loads(h.send(Select(B), at=10_002))] == []
     assert [a.model for a in h.loads(h.tick(10_003))] == [B]
+
+
+def test_L13_streams_are_ignored_while_another_engine_is_in_use() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    h.send(EngineChanged("ollama"))
+    assert h.send(StreamStarted(1), at=1) == []
+    assert h.core.active_streams == 0  # not counted: it belongs to the other engine
+    h.send(EngineChanged("lmstudio"), at=2)
+    h.loaded(A, at=3)
+    # A counted stream would hold the model in use and block every unload (L7).
+    assert h.core.state is State.LOADED and h.core.active_streams == 0
+    assert [(u.model, u.reason) for u in h.unloads(h.tick(13))] == [(A, "idle")]
+    assert h.send(StreamEnded(1), at=14) == []  # its end is unknown: ignored too
 
 
 def test_L13_load_in_flight_is_cancelled_on_engine_change() -> None:
@@ -589,9 +411,12 @@ def test_state_changes_are_announced() -> None:
 def test_L7_stray_of_superseded_load_is_unloaded_only_after_streams_end() -> None:
     h = Harness(switch_debounce=0)
     (first,) = h.loads(h.send(Select(A)))
+    h.send(UnloadCommand(1), at=0.2)  # the load is superseded (L5)
     h.send(StreamStarted(1), at=0.5)  # a client streams from something else meanwhile
-    (second,) = h.loads(h.send(Select(B), at=1))
-    assert h.unloads(h.load_ok(first, "stray")) == []  # deferred: a stream is open
+    assert h.loads(h.send(Select(B), at=1)) == []  # L30: waits for A's load to land
+    out = h.load_ok(first, "stray")
+    assert h.unloads(out) == []  # deferred: a stream is open
+    (second,) = h.loads(out)
     out = h.send(StreamEnded(1), at=2)
     assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("stray", "superseded")]
     assert second.avoid == ()

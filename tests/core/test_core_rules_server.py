@@ -171,7 +171,7 @@ def test_L20_unloads_that_may_be_in_use_look_first_the_others_do_not() -> None:
 def test_L20_superseded_strays_are_unloaded_without_looking() -> None:
     h = Harness(switch_debounce=0)
     (first,) = h.loads(h.send(Select(A)))
-    h.send(Select(B), at=1)
+    h.send(UnloadCommand(1), at=1)  # the load is superseded (L5)
     (stray,) = h.unloads(h.load_ok(first, "A-stray"))
     assert (stray.reason, stray.look_first) == ("superseded", False)
 
@@ -395,7 +395,7 @@ def test_L22_owned_instances_lists_what_the_core_considers_its_own() -> None:
     assert h.core.owned_instances() == {"A-1": A, "C-1": C, "B-1": B}
 
 
-# --- keep-alive (issue 13) ---------------------------------------------------
+# --- keep-alive (select --keep-alive) ----------------------------------------------
 
 
 def test_keep_alive_overrides_the_idle_timeout_for_this_selection() -> None:
@@ -436,7 +436,7 @@ def test_busy_switch_wait_must_not_be_negative() -> None:
         Settings(busy_switch_wait=-1)
 
 
-# --- explain (issue 13) ------------------------------------------------------
+# --- explain: status says why ------------------------------------------------------
 
 
 def test_explain_says_why_the_model_went_idle() -> None:
@@ -479,7 +479,7 @@ def test_explain_names_failures_streams_and_server_activity() -> None:
     assert (h.core.state, h.core.explain(67).cause) == (State.IDLE, "forced switch")
 
 
-# --- selection_superseded (issue 13) -----------------------------------------
+# --- selection_superseded -----------------------------------------------------
 
 
 def test_selection_swallowed_by_the_debounce_is_reported() -> None:
