@@ -25,7 +25,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy kno
 if TYPE_CHECKING:
     from typing import Any
 
-    from lmkeeperd.status import Status
+    from lmkeeperd.status_types import Status
 
 OK, REFUSED, BAD_USAGE, NO_DAEMON = 0, 1, 2, 3
 # An unload is answered once the server has unloaded: room for a slow server

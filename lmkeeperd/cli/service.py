@@ -16,7 +16,7 @@ from lmkeeperd.cli.commands import error
 from lmkeeperd.cli.table import PROG
 from lmkeeperd.errors import ServiceError, ServiceManagerUnavailable, UnsupportedPlatform
 from lmkeeperd.service import execute, plan, target
-from lmkeeperd.service import status as service_status
+from lmkeeperd.service import unit_status as service_status
 from lmkeeperd.service.render import Scope
 
 T = TypeVar("T")

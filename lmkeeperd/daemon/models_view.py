@@ -20,20 +20,22 @@ from typing import Any
 
 from lmkeeperd.core import Lifecycle
 from lmkeeperd.daemon.memory_advisor import MemoryCheck
-from lmkeeperd.daemon.server_sync import ServerSync
+from lmkeeperd.daemon.server_view import ServerView
 from lmkeeperd.lmstudio.models import ModelInfo
 from lmkeeperd.memory.sizes import to_gb
 
 
-async def models_reply(sync: ServerSync, core: Lifecycle, fraction: float) -> dict[str, Any]:
-    error = await sync.refresh()
+async def models_reply(
+    view: ServerView, memory: MemoryCheck, core: Lifecycle, fraction: float
+) -> dict[str, Any]:
+    error = await view.refresh()
     if error is not None:
         return {"ok": False, "error": f"cannot list the server's models: {error}"}
-    models = sorted(sync.models.values(), key=lambda m: m.key)
+    models = sorted(view.models.values(), key=lambda m: m.key)
     owned = core.owned_instances()
     main = core.instance_id
     adopted = core.adopted
-    verdicts = await asyncio.to_thread(_verdicts, sync.memory, models, fraction)
+    verdicts = await asyncio.to_thread(_verdicts, memory, models, fraction)
     rows = []
     for info in models:
         instances = [

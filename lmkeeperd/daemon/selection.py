@@ -26,7 +26,7 @@ import structlog
 
 from lmkeeperd import fileio, paths
 from lmkeeperd.errors import UnsafeFileError
-from lmkeeperd.status import RestoredSelection
+from lmkeeperd.status_types import RestoredSelection
 
 log = structlog.get_logger()
 
