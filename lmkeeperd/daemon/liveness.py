@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 
 SAFETY_NET_S = 300.0
 """While the channel is open, the REST reconcile runs at most this often (L29)."""
@@ -25,12 +27,15 @@ class Liveness:
 
     def __init__(self) -> None:
         self._recheck = asyncio.Event()
+        self._repace = asyncio.Event()  # the channel opened or closed: the pace changed
         self._outage = False
         self.channel_open = False
         self.channel_lost = False
 
     def channel(self, *, open_: bool, lost: bool) -> None:
         """The channel is open now, or was lost (reconnecting), or neither."""
+        if (open_, lost) != (self.channel_open, self.channel_lost):
+            self._repace.set()
         self.channel_open, self.channel_lost = open_, lost
 
     def interval(self, reconcile_interval: float) -> float:
@@ -62,11 +67,31 @@ class Liveness:
     def clear(self) -> None:
         self._recheck.clear()
 
-    async def wait(self, seconds: float) -> None:
-        """Until `seconds` pass or `recheck_now` is called."""
-        with contextlib.suppress(TimeoutError):
-            # Not wait_for: on Python 3.11 it swallows a cancellation that arrives just as
-            # the event is set, which the stop's own unload does; the reconcile then outlived
-            # the stop and the daemon never exited (tests/daemon/test_e2e_config.py).
-            async with asyncio.timeout(seconds):
-                await self._recheck.wait()
+    async def wait(self, pace: Callable[[], float]) -> None:
+        """Until `pace()` seconds have passed or `recheck_now` is called.
+
+        `pace` is asked again whenever the channel opens or closes: a reconcile that was
+        to come in 15 s waits for the safety net once the channel is open.
+        """
+        started = time.monotonic()
+        while not self._recheck.is_set():
+            remaining = started + pace() - time.monotonic()
+            if remaining <= 0:
+                return
+            self._repace.clear()
+            with contextlib.suppress(TimeoutError):
+                # Not wait_for: on Python 3.11 it swallows a cancellation that arrives just
+                # as the event is set, which the stop's own unload does; the reconcile then
+                # outlived the stop and the daemon never exited (test_e2e_config.py).
+                async with asyncio.timeout(remaining):
+                    await _first(self._recheck, self._repace)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Until one of `events` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

@@ -192,7 +192,7 @@ class ServerView:
         retry = _FIRST_RETRY_S
         while True:
             self._liveness.clear()
-            interval = self.reconcile_interval_now()
+            interval = self.reconcile_interval_now()  # the backoff's ceiling
             outcomes = self._in_flight.outcomes
             try:
                 models = await self.client.list_models()
@@ -202,15 +202,17 @@ class ServerView:
                 # retried any faster than the interval (lmstudio-api.md); while the channel
                 # reconnects, its return asks for the next look (L29).
                 transient = isinstance(e, ServerUnreachable) and not self._liveness.awaits_channel
-                wait = min(retry, interval) if transient else interval
+                backoff = min(retry, interval)
                 retry = min(retry * 2, interval)
+                if transient:
+                    await self._liveness.wait(_fixed(backoff))
+                    continue
             else:
                 if outcomes != self._in_flight.outcomes and self.reachable:
                     continue  # a load or unload finished meanwhile: this view is stale
                 retry = _FIRST_RETRY_S
                 self._accept(models)
-                wait = interval
-            await self._liveness.wait(wait)
+            await self._liveness.wait(self.reconcile_interval_now)
 
     def recheck_now(self) -> None:
         """Look at the server soon (a load or unload failed as unreachable)."""
@@ -232,3 +234,7 @@ class ServerView:
         for client in [self.client, *self._old_clients]:
             with contextlib.suppress(Exception):
                 await client.aclose()
+
+
+def _fixed(seconds: float) -> Callable[[], float]:
+    return lambda: seconds

@@ -34,8 +34,9 @@ of four frozen records, and only when it changed:
 A connection that closes or fails is retried with a short backoff (0.25 s
 doubling to `backoff_max`, 1 s), so an LM Studio restart is noticed within about
 a second of its return; "older server" and "auth refused" only every
-`settled_retry` (5 min) or when an instance becomes ours. "rpc missing" keeps the connection (for `lastUsedTime`
-and as the liveness signal). Each connection starts with one probe of the state
+`settled_retry` (5 min), or at once when an instance becomes ours. "rpc missing"
+keeps the connection (for `lastUsedTime`, and as the liveness signal), and asks
+again when an instance becomes ours. Each connection starts with one probe of the state
 RPC (a query that matches nothing).
 
 The callback must not block; the watcher never raises into it, and
