@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+import lmkeeperd.daemon.selection as selection
 from lmkeeperd.control import protocol as proto
 from lmkeeperd.control.server import Connection
 from lmkeeperd.core import (
@@ -34,7 +35,6 @@ from lmkeeperd.core import (
     StreamStarted,
     UnloadCommand,
 )
-from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.models_view import models_reply
 from lmkeeperd.daemon.operations import Operations

@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+import lmkeeperd.daemon.selection as selection
 from lmkeeperd import logs
 from lmkeeperd.config import Config
 from lmkeeperd.control.server import ControlServer
@@ -50,7 +51,6 @@ from lmkeeperd.core import (
     StreamStarted,
     Tick,
 )
-from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.activity_bridge import ActivityBridge
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.control_handler import ControlHandler

@@ -20,10 +20,10 @@ from typing import Any
 
 import structlog
 
+import lmkeeperd.daemon.selection as selection
 from lmkeeperd import __version__
 from lmkeeperd.config import Config
 from lmkeeperd.core import Event, Lifecycle, Shutdown
-from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.activity_bridge import ActivityBridge
 from lmkeeperd.daemon.control_handler import ControlHandler
 from lmkeeperd.daemon.driver import Driver

@@ -5,7 +5,7 @@ The proxy (lmkeeperd/proxy/) never touches the core. It calls the hooks here
 select-on-request, which goes through the `SwitchGate`. The gate asks this
 bridge (`SwitchWorld`) for verdicts, decided in the pure core
 (`lmkeeperd.core.policy.proxy_verdict`), and returns the work it wants done;
-the driver performs that work after each event (`Daemon.feed`).
+the driver performs that work after each event (`Driver.feed`).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import structlog
 
+import lmkeeperd.daemon.selection as selection
 from lmkeeperd import logs
 from lmkeeperd.core import SettingsChanged
-from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.activity_bridge import ActivityBridge
 from lmkeeperd.daemon.config_file import ConfigReader
 from lmkeeperd.daemon.driver import Driver

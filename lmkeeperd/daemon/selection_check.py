@@ -33,8 +33,8 @@ from typing import Any
 
 import structlog
 
+import lmkeeperd.daemon.selection as selection
 from lmkeeperd.core import KnownKey, Select, State, UnknownKey, check_selection
-from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.server_view import ServerView
 
