@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from daemon_harness import DaemonProc, loads_of, wait_until
 
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.e2e
 
 A = "qwen/qwen3-4b-2507"
 QUIET_S = 8.0
+CHAT = "/v1/chat/completions"
 
 
 def rpc_calls(emulator: Emulator, since: float) -> list[str]:
@@ -81,3 +83,51 @@ def test_L29_LM_Studio_restarts_empty_and_the_selection_is_back_within_2s(
     assert tried == [], tried
     assert loads_of(emulator) == [A, A]
     d.wait_status(state="loaded", model=A, activity_source="lmstudio", timeout=10)
+
+
+def unloads(emulator: Emulator) -> list[Any]:
+    return [r for r in emulator.requests() if r.path == "/api/v1/models/unload"]
+
+
+def chat(emulator: Emulator, *, stream: bool) -> Any:
+    """A chat request straight to the emulator (not through lmkeeperd); its log record."""
+    body = {"model": A, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    with httpx.Client(timeout=60, trust_env=False) as http:
+        http.post(emulator.url + CHAT, json=body).raise_for_status()
+    return [r for r in emulator.requests() if r.path == CHAT][-1]
+
+
+def test_L29_a_generation_seen_only_at_the_idle_deadline_keeps_its_model(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    # Nobody asks `status` during the generation: only the look at the idle deadline
+    # can see it. It comes before the tick, so the eject is never even started.
+    idle = 2.0
+    d = daemon_factory(model={"idle_timeout": f"{idle}s"})
+    assert d.request({"op": "select", "model": A}) == {"ok": True}
+    d.wait_status(state="loaded", model=A, activity_source="lmstudio", timeout=15)
+    emulator.set_stream(0.1, 50)  # 5 s: two idle timeouts and more
+    record = chat(emulator, stream=True)
+    assert unloads(emulator) == [], "unloaded during a generation"
+    wait_until(lambda: unloads(emulator), 10 + idle, "the idle eject after the generation")
+    (unload,) = unloads(emulator)
+    assert unload.t - record.t_done >= idle - 0.2, (unload.t, record.t_done)
+    assert d.events("unload_deferred") == [], "the look came before the eject"
+    busy_looks = rpc_calls(emulator, record.t)
+    assert 2 <= len(busy_looks) <= 20, busy_looks  # about once a second while busy
+
+
+def test_L29_a_later_lastUsedTime_found_at_the_idle_deadline_rearms_the_timer(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    idle = 3.0
+    d = daemon_factory(model={"idle_timeout": f"{idle}s"})
+    assert d.request({"op": "select", "model": A}) == {"ok": True}
+    d.wait_status(state="loaded", model=A, activity_source="lmstudio", timeout=15)
+    time.sleep(idle / 2)
+    record = chat(emulator, stream=False)  # quick: over long before the deadline
+    wait_until(lambda: unloads(emulator), 10 + idle, "the idle eject")
+    (unload,) = unloads(emulator)
+    # L19: the timer runs from the later of ours and LM Studio's last use.
+    assert unload.t - record.t_done >= idle - 0.2, (unload.t, record.t_done)
+    assert d.events("unload_deferred") == []
