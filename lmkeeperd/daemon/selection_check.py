@@ -25,6 +25,7 @@ started is dropped, as the core itself keeps only the latest (L3).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ class SelectionChecker:
         self._state_file = state_file
         self._generation = itertools.count(1)
         self._latest = 0
+        self._storing = asyncio.Lock()  # saves land in the order the selections came
 
     async def select(
         self,
@@ -143,12 +145,16 @@ class SelectionChecker:
             pending.deferred = waiting  # a refused selection changes nothing
             refused(self._host, verdict, source)
             return {"ok": False, "error": verdict.message, "nearest": list(verdict.nearest)}
+        if isinstance(verdict, KnownKey):
+            # The core first: the load starts while the selection is written for the next
+            # start (an fsync, about 0.7 ms), which the reply still waits for.
+            self._host.feed(Select(key, keep_alive))
+            if store is not None:
+                await self._store(store)
+            return {"ok": True}
         previous = selection.load(self._state_file) if store is not None else None
         if store is not None:
             selection.save(self._state_file, store)
-        if isinstance(verdict, KnownKey):
-            self._host.feed(Select(key, keep_alive))
-            return {"ok": True}
         core = self._host.core
         fed = core.model is None and core.state is State.IDLE
         pending.deferred = _Deferred(key, source, store is not None, previous, fed, keep_alive)
@@ -159,6 +165,10 @@ class SelectionChecker:
             {"model": key, "source": source, "reason": self._view.error or "server not listed"},
         )
         return {"ok": True, "unchecked": True}
+
+    async def _store(self, store: selection.StoredSelection) -> None:
+        async with self._storing:
+            await asyncio.to_thread(selection.save, self._state_file, store)
 
     async def select_quietly(
         self, model: str, *, source: str, store: selection.StoredSelection | None
