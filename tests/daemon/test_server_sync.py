@@ -1,4 +1,5 @@
-"""The server sync (lmkeeperd/daemon/server_sync.py) in process: real core, real emulator."""
+"""The server view and the operations (lmkeeperd/daemon/server_view.py, operations.py) in
+process: real core, real emulator."""
 
 from __future__ import annotations
 
