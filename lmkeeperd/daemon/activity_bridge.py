@@ -215,7 +215,10 @@ class ActivityBridge:
                 was = self.availability
                 self.availability = observation
                 lost = observation.reason == "unreachable"
-                self._liveness.channel(open_=self._watcher.connected and not lost, lost=lost)
+                # Only a channel that reads activity makes the REST reconcile a safety net;
+                # `clients only` keeps `reconcile_interval` (L29).
+                reads = observation.source == LMSTUDIO and self._watcher.connected
+                self._liveness.channel(open_=reads, lost=lost)
                 if observation.source != LMSTUDIO:
                     self._states.clear()  # they no longer hold (the core drops its own)
                 if was is not None:
