@@ -157,7 +157,7 @@ four copies of one model were seen at once (the core now resumes the superseded 
 instead of adopted when its model was selected again (now adopted and kept). It also found
 that the daemon could outlive SIGTERM: on Python 3.11 `asyncio.wait_for` swallows a
 cancellation that arrives as its event is set, which the stop's own unload did to the
-reconcile loop (lmkeeperd/daemon/server_sync.py now uses `asyncio.timeout`). RSS grew by 1.4 MiB
+reconcile loop (lmkeeperd/daemon/liveness.py now uses `asyncio.timeout`). RSS grew by 1.4 MiB
 over 20,000 events in each of the last two full runs (40.0 → 41.4 MiB), against 0.1-0.2 MiB over
 100,000 requests in the clients benchmark: not shown to be flat over longer runs, and not
 investigated further (allocator fragmentation, or a slow leak on a fault path). Since issue 11
@@ -166,36 +166,20 @@ loads outlast `load_timeout` (0.6 s in the soak), and checks L22 at quiet points
 emulator's instances (invariant 7). RSS samples then come from whichever process runs, so the
 RSS figure spans restarts.""",
     "activity": """\
-Missed by about half a second per hour. The watcher (lmkeeperd/lmstudio/activity.py) runs on
-the daemon's loop: with nothing of ours loaded it holds no socket (one probe at start); with a
-model loaded it asks LM Studio for the instance's processing state every second
-(`getInstanceProcessingState`) and lists the instances (`listLoaded`) every 3 s. The detection
-lag target (p99 ≤ 1.5 s) is what fixes the 1 s pace: the lag's p99 is one poll period plus a
-round trip, so a slower poll trades lag for CPU about linearly (a 2 s poll would halve the
-poll's cost and put the p99 near 2 s). Profiled, one call costs ~0.25 ms of CPU in a tight
-loop, mostly the socket send/recv and epoll system calls (json and websockets' framing are
-~0.05 ms); in the idle daemon each poll is also two wake-ups (the timer, the reply), about 0.6
-ms a poll in all. With the watcher simply wired in, the daemon took 3.00 s/h and woke 154 times
-a minute against 0.90 s/h and 26/min with the channel off. Savings made, all kept: (1) while
-the channel watches our instances the REST reconcile runs 4 times less often (every 60 s by
-default): `listLoaded` sees our instance vanish first and asks for a reconcile at once, as does
-losing the channel, which also marks the next listing as after an outage (L17); what the
-reconcile alone finds, models others loaded, shows up in status later; (2) the listing rides in
-the same round trip as the state call, and an instance not listed yet (a load landing) is
-listed again at the state pace rather than every 3 s; (3) the poll is paced by a timer handle
-instead of `asyncio.timeout`, which raised and caught a cancellation every second; (4) an older
-server or a refused token is retried every 5 minutes, not every 30 s. Measured (120 s windows
-before, 300 s after): (1)+(2) brought 3.00 s/h to 2.64 s/h and 141 wake-ups/min; with (3) 2.52
-s/h; with the channel off the same daemon takes 1.20 s/h and 15 wake-ups/min ((4) took it from
-26/min back to the daemon's level before the channel). So the per-second state poll costs about
-1.3 s of CPU per hour and 125 wake-ups a minute while a model is loaded and idle. What would
-meet 2 s/h: a 1.5 s poll (p99 lag at the target's edge), or polling only while the model was
-used recently (a first generation after a long pause would then be seen late), both against the
-lag target; we keep the 1 s poll, since being late to see a generation is what L19/L20 exist to
-prevent, and propose ≤ 3 s/h with the channel on. Before wiring, the watcher alone measured
-2.13 s/h and 80 frames/min with one idle instance, 0.02 s/h with nothing managed, and a
-detection lag of p50 598 ms / p99 970 ms (bench/bench_activity_poll.py, 40 generations;
-docs/activity.md).""",
+Since L29 ("look, don't poll") the watcher (lmkeeperd/lmstudio/activity.py) keeps one
+websocket open and sends nothing on a timer: lmkeeperd asks LM Studio about our instance just
+before the idle deadline, right before an unload (L20), for `status` (one round trip bounded at
+250 ms, a look at most 1 s old serving bursts), and about once a second only while the core
+holds one of our instances busy. While the channel is open the REST reconcile is a 5-minute
+safety net; the channel's closing is the sign that LM Studio went away, and its return asks for
+a reconcile at once (tests/daemon/test_e2e_quiet.py: the selection is back within 2 s of an
+empty restart, with no REST request while LM Studio was down). Before L29 the daemon polled the
+processing state every second and `listLoaded` every 3 s: 2.52 s/h of CPU, 141 wake-ups a
+minute and about 79 requests a minute to LM Studio, idle with a model loaded. After it, a 40 s
+window (`bench_activity.idle_cost(True, 40)`, under load ~2.7 from other work) measured 0
+channel RPCs, 0 REST requests, 0.00 s/h and 0 wake-ups a minute; the detection lag through
+`status`, which now asks live, was p50 418 ms and p99 795 ms over 10 generations
+(`bench_activity.detection_lag(10)`). The next full run replaces these with 300 s windows.""",
     "fuzz": """\
 Three kinds of input come from outside: socket frames, config files, server answers. Each
 fuzz test checks that every input ends in a result or a clear error within a bound, and that

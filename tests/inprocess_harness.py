@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from lmkeeperd.config import Config, ModelConfig, ServerConfig
 from lmkeeperd.core import Select, State
-from lmkeeperd.daemon import Daemon
+from lmkeeperd.daemon import Daemon, assemble
 from lmkeeperd.emulator import Emulator
 
 
@@ -46,19 +45,12 @@ async def inprocess_daemon(
     emulator: Emulator, folder: Path, config: Config | None = None
 ) -> AsyncIterator[Daemon]:
     """A `Daemon` for `emulator`, keeping its state (the stored selection) in `folder`."""
-    before = os.environ.get("STATE_DIRECTORY")
-    os.environ["STATE_DIRECTORY"] = str(folder)  # never the user's real selection
+    # Its state in `folder`: never the user's real selection.
+    daemon = assemble(config or config_for(emulator), folder / "config.toml", state_dir=folder)
     try:
-        daemon = Daemon(config or config_for(emulator), folder / "config.toml")
-        try:
-            yield daemon
-        finally:
-            await daemon.shutdown()
+        yield daemon
     finally:
-        if before is None:
-            del os.environ["STATE_DIRECTORY"]
-        else:
-            os.environ["STATE_DIRECTORY"] = before
+        await daemon.shutdown()
 
 
 async def load(daemon: Daemon, model: str) -> None:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from lmkeeperd.cli.locate import Located
-    from lmkeeperd.status import Status
+    from lmkeeperd.status_types import Status
 
 __all__ = ["BAD_USAGE", "NO_DAEMON", "OK", "REFUSED", "error", "refusal", "warning"]
 

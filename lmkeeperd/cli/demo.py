@@ -72,11 +72,10 @@ def instructions(config_file: Path, lmkeeperd: str) -> str:
 
 def run_demo(idle_timeout: str = "60s", load_delay: float = 2.0) -> int:
     """The `demo` command's handler."""
-    from lmkeeperd.daemon import Daemon
+    from lmkeeperd.daemon import assemble
 
     # A short path under /tmp: socket paths are limited to 104-108 bytes.
     folder = Path(tempfile.mkdtemp(prefix="lmkd-", dir="/tmp" if os.path.isdir("/tmp") else None))
-    os.environ["STATE_DIRECTORY"] = str(folder)  # keep the user's real selection untouched
     catalog = default_catalog()
     emulator = Emulator(catalog, load_delay=load_delay)
     emulator.start()
@@ -94,7 +93,9 @@ def run_demo(idle_timeout: str = "60s", load_delay: float = 2.0) -> int:
         logs.setup(config.log.level, config.log.format)
 
         async def main() -> int:
-            return await Daemon(config, config_file, hangup_stops=True).run()
+            # Its state in the demo's folder: the user's real selection stays untouched.
+            daemon = assemble(config, config_file, hangup_stops=True, state_dir=folder)
+            return await daemon.run()
 
         return asyncio.run(main())
     finally:

@@ -23,7 +23,7 @@ from lmkeeperd.errors import ConfigError, LmkeeperError
 from lmkeeperd.lmstudio.models import ModelInfo
 from lmkeeperd.memory.sizes import to_gb
 from lmkeeperd.paths import config_path, socket_path
-from lmkeeperd.status import Status
+from lmkeeperd.status_types import Status
 
 
 async def _models(config: Config) -> list[ModelInfo]:

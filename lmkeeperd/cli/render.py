@@ -11,7 +11,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy kno
 if TYPE_CHECKING:
     from typing import Any
 
-    from lmkeeperd.status import ProxyStatus, Status, WhyStatus
+    from lmkeeperd.status_types import ProxyStatus, Status, WhyStatus
 
 
 def _fmt_seconds(value: Any) -> str:

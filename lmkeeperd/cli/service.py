@@ -15,7 +15,7 @@ from typing import Literal, TypeVar
 from lmkeeperd.cli.output import error, warning
 from lmkeeperd.errors import ServiceError, ServiceManagerUnavailable, UnsupportedPlatform
 from lmkeeperd.service import execute, plan, target
-from lmkeeperd.service import status as service_status
+from lmkeeperd.service import unit_status as service_status
 from lmkeeperd.service.render import Scope
 
 T = TypeVar("T")

@@ -50,8 +50,8 @@ from typing import Any
 
 import structlog
 
-from lmkeeperd.control.handler import Connection as Connection
-from lmkeeperd.control.handler import RequestHandler as RequestHandler
+from lmkeeperd.control.handler_protocol import Connection as Connection
+from lmkeeperd.control.handler_protocol import RequestHandler as RequestHandler
 from lmkeeperd.control.peer import peer_credentials
 from lmkeeperd.control.protocol import (
     MAX_LINE,

@@ -1,14 +1,19 @@
-"""The daemon's side of LM Studio's own activity view (L19-L21): the watcher, wired.
+"""The daemon's side of LM Studio's own activity view (L19-L21, L29): the watcher, wired.
 
-    ActivityWatcher ──InstanceState / InstanceLastUsed / Availability──▶ this bridge
-        ▲ set_managed (our instances, after every feed)                  │ feed()
-        └──────────────── recheck (L20, just before an unload) ◀── server_sync.py
+    ActivityWatcher ──InstanceState / InstanceLastUsed / InstanceGone / Availability──▶ bridge
+        ▲ set_managed, set_waiting (after every feed)                               │ feed()
+        └── look: before an unload (L20), at the idle deadline, for `status` ◀── driver, ops
 
-The watcher (lmkeeperd/lmstudio/activity.py) does the I/O on its own task; this
-module only turns what it reports into core events (`ServerActivity`,
-`ActivitySource`) and tells it which instances are ours. `sync_managed()` runs
-after every feed and compares one small set: no I/O there. With nothing of ours
-loaded the watcher holds no socket at all.
+The watcher (lmkeeperd/lmstudio/activity.py) keeps the channel open and does
+the I/O; this module turns what it reports into core events (`ServerActivity`,
+`ActivitySource`), tells it which instances are ours and which the core holds
+busy (those it looks at about once a second until they are idle, L29), and
+tells the REST reconcile what the channel says of the server (liveness.py).
+`sync_managed()` runs after every feed and compares small sets: no I/O there.
+
+Nothing is asked of LM Studio on a timer: a look happens when a decision is
+due (the idle deadline, an unload, a `status` request) or while the core waits
+on a busy instance (L29).
 
 Clocks: the watcher converts LM Studio's `lastUsedTime` (unix ms) to the driver's
 monotonic clock, so the core compares it with its own times directly.
@@ -17,6 +22,7 @@ monotonic clock, so the core compares it with its own times directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +32,7 @@ import structlog
 from lmkeeperd.config import Config
 from lmkeeperd.core import ActivitySource, ServerActivity
 from lmkeeperd.daemon.context import Host
+from lmkeeperd.daemon.liveness import Liveness
 from lmkeeperd.lmstudio.activity import (
     LMSTUDIO,
     ActivityWatcher,
@@ -37,12 +44,18 @@ from lmkeeperd.lmstudio.activity import (
 )
 from lmkeeperd.lmstudio.channel import LMStudioChannel
 from lmkeeperd.secret import Secret
-from lmkeeperd.status import ServerActivityStatus
+from lmkeeperd.status_types import ServerActivityStatus
 
 log = structlog.get_logger()
 
 LOOK_TIMEOUT_S = 1.0
 """L20's re-read waits at most this long: an unload must not hang on a slow channel."""
+
+STATUS_LOOK_S = 0.25
+"""`status` waits at most this long for LM Studio's answer, then shows the last known (L29)."""
+
+STATUS_CACHE_S = 1.0
+"""A live look younger than this serves a burst of `status` requests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +94,13 @@ class ActivityBridge:
         host: Host,
         config: Config,
         *,
+        liveness: Liveness,
         clock: Callable[[], float] = time.monotonic,
         make_watcher: Callable[[Config, Callable[[Observation], None]], ActivityWatcher]
         | None = None,
     ) -> None:
         self._host = host
+        self._liveness = liveness
         self._clock = clock
         self._make_watcher = make_watcher or self._default_watcher
         self._watcher = self._make_watcher(config, self._observe)
@@ -94,10 +109,7 @@ class ActivityBridge:
         self.availability: Availability | None = None
         self._states: dict[str, InstanceState] = {}
         self._last_used: dict[str, float] = {}
-        # Called when the server's REST view should be read now: an instance of ours left
-        # listLoaded, or the channel was lost (server_sync.py's reconcile relies on it).
-        # The argument: the channel lost the server itself ("unreachable").
-        self.on_server_change: Callable[[bool], None] | None = None
+        self._looked_at: float | None = None  # the clock when status last looked live
 
     def _default_watcher(
         self, config: Config, on_observation: Callable[[Observation], None]
@@ -109,48 +121,51 @@ class ActivityBridge:
     def start(self) -> None:
         self._started = True
         self._watcher.start()
-        self._watcher.set_managed(self._managed)
+        self._tell_watcher()
 
     async def stop(self) -> None:
         self._started = False
         await self._watcher.stop()
 
     def configure(self, old: Config, new: Config) -> None:
-        """Another server or token: a new watcher (it probes afresh and reports)."""
+        """Another server or token: a new watcher (it connects afresh and reports)."""
         if new.server == old.server:
             return
         retired = self._watcher
         self._watcher = self._make_watcher(new, self._observe)
         self._states.clear()
         self._last_used.clear()
+        self._looked_at = None
         if self._started:
             self._host.spawn(retired.stop())
             self._watcher.start()
-            self._watcher.set_managed(self._managed)
+            self._tell_watcher()
 
     # --- after every feed -------------------------------------------------------------
 
     def sync_managed(self) -> None:
-        """Tell the watcher which instances are ours (main, draft, strays, unloading)."""
+        """Tell the watcher which instances are ours, and which the core holds busy."""
         owned = self._host.core.owned_instances()
         if owned.keys() != self._managed:
             self._managed = frozenset(owned)
             for table in (self._states, self._last_used):
                 for gone in [i for i in table if i not in self._managed]:
                     del table[gone]
-            self._watcher.set_managed(self._managed)
+        self._tell_watcher()
 
-    # --- L20 --------------------------------------------------------------------------
+    def _tell_watcher(self) -> None:
+        self._watcher.set_managed(self._managed)
+        # L29: while the core holds an instance of ours busy (a deferred eject, a switch
+        # queued behind it, an idle timer stopped by it), look about once a second until
+        # it is idle; nothing else is asked on a timer.
+        self._watcher.set_waiting(self._managed & self._host.core.busy_instances.keys())
+
+    # --- looks (L20, L29) -------------------------------------------------------------
 
     @property
     def available(self) -> bool:
         a = self.availability
         return a is not None and a.source == LMSTUDIO
-
-    @property
-    def watching(self) -> bool:
-        """The channel lists our instances every few seconds (vanishes are seen from it)."""
-        return self._started and self.available and bool(self._managed)
 
     async def look(self, instance_id: str) -> Look:
         """Re-read `instance_id`'s processing state now, for an unload that may cut a use."""
@@ -158,44 +173,78 @@ class ActivityBridge:
             return Look(None, "clients only")
         try:
             async with asyncio.timeout(LOOK_TIMEOUT_S):
-                state = await self._watcher.recheck(instance_id)
+                state = await self._watcher.look(instance_id)
         except TimeoutError:
             return Look(None, f"no answer within {LOOK_TIMEOUT_S} s")
         return Look(state, None if state is not None else "no answer")
 
-    # --- observations (on the loop, from the watcher's task) ---------------------------
+    async def look_at_deadline(self) -> None:
+        """The idle timer fell due (L29): what LM Studio says of our instance, fed first.
+
+        Busy: the core defers (the timer stops, the instance is looked at until idle).
+        Idle with a `lastUsedTime` later than ours: the timer is re-armed from it (L19).
+        Otherwise the tick that follows ejects, looking once more right before (L20).
+        """
+        instance = self._host.core.instance_id
+        if instance is None or not self.available:
+            return
+        await self._look_all(instance, LOOK_TIMEOUT_S)
+
+    async def look_for_status(self) -> None:
+        """`status` asks live (L29): one round trip within STATUS_LOOK_S, cached 1 s."""
+        instance = self._host.core.instance_id
+        now = self._clock()
+        if instance is None or not self.available:
+            return
+        if self._looked_at is not None and now - self._looked_at <= STATUS_CACHE_S:
+            return
+        self._looked_at = now
+        await self._look_all(instance, STATUS_LOOK_S)
+
+    async def _look_all(self, instance: str, within: float) -> None:
+        """The state and `lastUsedTime` at once, on the open channel; fed as they arrive."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await asyncio.gather(self._watcher.look(instance), self._watcher.look_listed())
+
+    # --- observations (on the loop, from the watcher's task or a look) -----------------
 
     def _observe(self, observation: Observation) -> None:
         match observation:
             case Availability():
+                was = self.availability
                 self.availability = observation
+                lost = observation.reason == "unreachable"
+                # Only a channel that reads activity makes the REST reconcile a safety net;
+                # `clients only` keeps `reconcile_interval` (L29).
+                reads = observation.source == LMSTUDIO and self._watcher.connected
+                self._liveness.channel(open_=reads, lost=lost)
                 if observation.source != LMSTUDIO:
                     self._states.clear()  # they no longer hold (the core drops its own)
-                    # The REST reconcile takes over at its own pace; it looks now.
-                    self._server_changed(outage=observation.reason == "unreachable")
+                if was is not None:
+                    # The channel lost the server, came back, or changed its word: the REST
+                    # view is read now (L17: a restart restores what the core wanted; L29).
+                    lost_or_back = lost or was.reason == "unreachable"
+                    self._liveness.recheck_now(outage=lost_or_back)
                 self._host.feed(ActivitySource(observation.source == LMSTUDIO, observation.reason))
             case InstanceState(identifier=instance):
                 self._states[instance] = observation
                 # No last_used here: a busy -> idle report means "used until now", while
-                # the lastUsedTime we hold may be from before this use (listLoaded is read
-                # less often than the state); the core then counts from now.
+                # the lastUsedTime we hold may be from before this use; the core then
+                # counts from now.
                 self._host.feed(
                     ServerActivity(
                         instance, observation.busy, observation.status, observation.queued
                     )
                 )
             case InstanceGone():
-                self._server_changed()
+                self._liveness.recheck_now()  # L18: the REST view follows at once
             case InstanceLastUsed(identifier=instance, last_used=used):
                 self._last_used[instance] = used
                 state = self._states.get(instance)
                 busy = state.busy if state else instance in self._host.core.busy_instances
                 if not busy:  # while busy the use is not over; the idle report counts then
                     self._host.feed(ServerActivity(instance, False, last_used=used))
-
-    def _server_changed(self, outage: bool = False) -> None:
-        if self.on_server_change is not None:
-            self.on_server_change(outage)
 
     # --- status -----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ last good config running", having said why:
 - a vanished file: `config_missing` (defaults apply only at start);
 - an empty file: what a reader sees between an editor's truncate and its
   write. Never applied (that would be every default, the default server URL
-  included: issue 11's "unload went to the wrong server"). Logged at debug
+  included, and unloads would go to the wrong server). Logged at debug
   (`config_empty_seen`) and reported as `config_invalid` only if it is still
   empty EMPTY_GRACE_S later;
 - anything else wrong (unparsable, invalid, a FIFO, a device, a folder, over
@@ -45,7 +45,7 @@ class ConfigReader:
     ) -> None:
         self._path = path
         self._announce = announce
-        self._on_invalid = on_invalid  # status shows the problem until a good read (issue 13)
+        self._on_invalid = on_invalid  # status shows the problem until a good read
         self._reread = reread  # called once the grace of an empty file is over
         self._empty_timer: asyncio.TimerHandle | None = None
         self._settled = False

@@ -2,7 +2,7 @@
 
 The driver (driver.py) owns the lifecycle core and is the only caller of
 `Lifecycle.handle`. The roles (control_handler.py, proxy_bridge.py,
-server_sync.py) see it through `Host`: they read the core and the config,
+server_view.py, operations.py, ...) see it through `Host`: they read the core and the config,
 hand it events, announce events and start tasks.
 """
 

@@ -10,7 +10,7 @@ and calls `handle`; this module decides what a request means for the core:
   opened it, so a client that goes away ends its streams (L8);
 - `unload`: a fresh server listing when a model is named, then an
   `UnloadCommand` whose reply waits for the core's `CommandDone`;
-- `status`: the snapshot (status.py);
+- `status`: the snapshot, LM Studio asked live (status_snapshot.py, L29);
 - `models`: the server's models and who loaded them (models_view.py).
 """
 
@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+import lmkeeperd.daemon.memory_verdict as memory_verdict
+import lmkeeperd.daemon.selection as selection
 from lmkeeperd.control import protocol as proto
 from lmkeeperd.control.server import Connection
 from lmkeeperd.core import (
@@ -34,13 +36,13 @@ from lmkeeperd.core import (
     StreamStarted,
     UnloadCommand,
 )
-from lmkeeperd.daemon import memory_verdict, selection
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.models_view import models_reply
+from lmkeeperd.daemon.operations import Operations
 from lmkeeperd.daemon.selection_check import SelectionChecker
-from lmkeeperd.daemon.server_sync import ServerSync
+from lmkeeperd.daemon.server_view import ServerView
 from lmkeeperd.errors import DaemonError
-from lmkeeperd.status import Status
+from lmkeeperd.status_types import Status
 
 log = structlog.get_logger()
 
@@ -69,14 +71,16 @@ class ControlHandler:
     def __init__(
         self,
         host: Host,
-        sync: ServerSync,
+        view: ServerView,
+        ops: Operations,
         *,
         state_file: Path,
-        status: Callable[[], Status],
+        status: Callable[[], Awaitable[Status]],
         checker: SelectionChecker,
     ) -> None:
         self._host = host
-        self._sync = sync
+        self._view = view
+        self._ops = ops
         self._state_file = state_file
         self._status = status
         self._checker = checker
@@ -105,8 +109,8 @@ class ControlHandler:
                 if reply.get("ok") and not reply.get("unchecked") and not reply.get("superseded"):
                     # L12 at selection: the person who selected hears when it may not fit.
                     memory = await memory_verdict.for_selection(
-                        self._sync.memory,
-                        dict(self._sync.models),
+                        self._ops.memory,
+                        dict(self._view.models),
                         key,
                         host.core.model,
                         host.config.memory.budget_fraction,
@@ -138,10 +142,10 @@ class ControlHandler:
             case proto.Unload(model=model):
                 return await self._unload_command(model)
             case proto.Status():
-                return {"ok": True, "status": self._status()}
+                return {"ok": True, "status": await self._status()}
             case proto.Models():
                 fraction = host.config.memory.budget_fraction
-                return await models_reply(self._sync, host.core, fraction)
+                return await models_reply(self._view, self._ops.memory, host.core, fraction)
             case _:
                 raise DaemonError(f"op {request.op!r} is not handled here")
         return {"ok": True}
@@ -166,7 +170,7 @@ class ControlHandler:
     async def _unload_command(self, model: str | None) -> dict[str, Any]:
         if model is not None and model.strip():
             # Unloading a model by name needs the server's current instance ids.
-            error = await self._sync.refresh()
+            error = await self._view.refresh()
             if error is not None:
                 return {"ok": False, "error": error}
         request = next(self._request_ids)

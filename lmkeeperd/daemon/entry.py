@@ -1,4 +1,4 @@
-"""`lmkeeperd run`: load the config, set up logging, run the `Daemon` until it stops."""
+"""`lmkeeperd run`: load the config, set up logging, assemble the daemon, run it till it stops."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import structlog
 
 from lmkeeperd import logs
 from lmkeeperd.config import load_config
-from lmkeeperd.daemon.driver import Daemon
+from lmkeeperd.daemon.assembly import assemble
 from lmkeeperd.errors import ConfigError
 
 log = structlog.get_logger()
@@ -42,6 +42,6 @@ def run(config_path: Path, *, required: bool = False) -> int:
     _remember_missing_sniffio()
 
     async def main() -> int:
-        return await Daemon(config, config_path).run()
+        return await assemble(config, config_path).run()
 
     return asyncio.run(main())

@@ -212,6 +212,15 @@ class Journal:
                 return key, entry
         return None
 
+    @property
+    def awaiting_landing(self) -> bool:
+        """A load nobody waits on may still land: only a listing will show it (L22, L29)."""
+        now = self._wall()
+        return any(
+            entry.kind == "load" and key not in self._in_flight and entry.deadline > now
+            for key, entry in self._entries.items()
+        )
+
     def claim(self, key: str) -> None:
         """A load task waits on this entry: the reconcile leaves it alone meanwhile."""
         self._in_flight.add(key)

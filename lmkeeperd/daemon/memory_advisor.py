@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from lmkeeperd.config import Config
 from lmkeeperd.lmstudio.models import ModelInfo
 from lmkeeperd.memory.sizes import to_gb
-from lmkeeperd.status import MemoryStatus
+from lmkeeperd.status_types import MemoryStatus
 
 if TYPE_CHECKING:
     from lmkeeperd.memory import Estimate, MemoryProbe

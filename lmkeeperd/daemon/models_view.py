@@ -19,21 +19,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import lmkeeperd.daemon.memory_verdict as memory_verdict
 from lmkeeperd.core import CoreView
-from lmkeeperd.daemon import memory_verdict
-from lmkeeperd.daemon.server_sync import ServerSync
+from lmkeeperd.daemon.memory_advisor import MemoryCheck
+from lmkeeperd.daemon.server_view import ServerView
 from lmkeeperd.memory.sizes import to_gb
 
 
-async def models_reply(sync: ServerSync, core: CoreView, fraction: float) -> dict[str, Any]:
-    error = await sync.refresh()
+async def models_reply(
+    view: ServerView, memory: MemoryCheck, core: CoreView, fraction: float
+) -> dict[str, Any]:
+    error = await view.refresh()
     if error is not None:
         return {"ok": False, "error": f"cannot list the server's models: {error}"}
-    models = sorted(sync.models.values(), key=lambda m: m.key)
+    models = sorted(view.models.values(), key=lambda m: m.key)
     owned = core.owned_instances()
     main = core.instance_id
     adopted = core.adopted
-    verdicts = await asyncio.to_thread(memory_verdict.verdicts, sync.memory, models, fraction)
+    verdicts = await asyncio.to_thread(memory_verdict.verdicts, memory, models, fraction)
     rows = []
     for info in models:
         instances = [

@@ -5,7 +5,7 @@ The proxy (lmkeeperd/proxy/) never touches the core. It calls the hooks here
 select-on-request, which goes through the `SwitchGate`. The gate asks this
 bridge (`SwitchWorld`) for verdicts, decided in the pure core
 (`lmkeeperd.core.policy.proxy_verdict`), and returns the work it wants done;
-the driver performs that work after each event (`Daemon.feed`).
+the driver performs that work after each event (`Driver.feed`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from lmkeeperd.config import Config, is_loopback, split_listen
 from lmkeeperd.core import Activity, StreamEnded, StreamStarted, Verdict, proxy_verdict
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.metrics import Metrics, Snapshot
-from lmkeeperd.daemon.server_sync import ServerSync
+from lmkeeperd.daemon.server_view import ServerView
 from lmkeeperd.daemon.wiring import proxy_settings
 from lmkeeperd.proxy import GateWork, ProxyServer, SwitchGate
-from lmkeeperd.status import MetricsStatus, ProxyStatus
+from lmkeeperd.status_types import MetricsStatus, ProxyStatus
 
 log = structlog.get_logger()
 
@@ -33,9 +33,9 @@ log = structlog.get_logger()
 class ProxyBridge:
     """`ProxyHooks` and `SwitchWorld` for the daemon; owns the proxy and metrics listeners."""
 
-    def __init__(self, host: Host, sync: ServerSync) -> None:
+    def __init__(self, host: Host, view: ServerView) -> None:
         self._host = host
-        self._sync = sync
+        self._view = view
         self._started_wall = time.time()
         self.metrics = Metrics()
         self._gate = SwitchGate(self)  # select-on-request (lmkeeperd/proxy/switching.py)
@@ -62,7 +62,7 @@ class ProxyBridge:
     # --- SwitchWorld ----------------------------------------------------------
 
     def verdict(self, model: str) -> Verdict:
-        return proxy_verdict(self._host.core, model, self._sync.model_type(model))
+        return proxy_verdict(self._host.core, model, self._view.model_type(model))
 
     def selected_model(self) -> str | None:
         return self._host.core.selected
@@ -76,11 +76,14 @@ class ProxyBridge:
         """What the switch gate wants done after the event just handled."""
         return self._gate.changed()
 
-    def observe(self, name: str, fields: Mapping[str, Any]) -> None:
-        """An announced event: count it, and tell the gate of a failed load."""
+    def count(self, name: str, fields: Mapping[str, Any]) -> None:
+        """An announced event, for the metrics."""
         self.metrics.observe(name, fields)
-        if name == "load_failed" and not fields.get("draft"):
-            self._gate.load_failed(str(fields.get("model")), str(fields.get("error")))
+
+    def load_failed(self, model: str, error: str) -> None:
+        """A load the core waited for failed (operations.py): the gate's waiters hear it."""
+        self._gate.load_failed(model, error)
+        self._host.settle()  # the gate acts on it at its next pass
 
     def metrics_text(self) -> str:
         core = self._host.core
@@ -91,7 +94,7 @@ class ProxyBridge:
                 model=core.model,
                 selected=core.selected,
                 active_streams=core.active_streams,
-                server_reachable=self._sync.reachable,
+                server_reachable=self._view.reachable,
                 start_time=self._started_wall,
                 proxy=self._proxy.stats if self._proxy is not None else None,
                 proxy_switches=self._gate.selections,

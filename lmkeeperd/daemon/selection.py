@@ -26,7 +26,7 @@ import structlog
 
 from lmkeeperd import fileio, paths
 from lmkeeperd.errors import UnsafeFileError
-from lmkeeperd.status import RestoredSelection
+from lmkeeperd.status_types import RestoredSelection
 
 log = structlog.get_logger()
 
@@ -90,7 +90,7 @@ def initial_selection(config_selected: str, stored: StoredSelection | None) -> s
 
 
 def received(model: str, source: str, **where: object) -> None:
-    """Log where a selection came from (issue 13), at debug: `socket` (with the client's
+    """Log where a selection came from, at debug: `socket` (with the client's
     pid and process name), `config`, `restored` (the stored file) or `proxy`."""
     log.debug("selection_received", model=model.strip(), source=source, **where)
 

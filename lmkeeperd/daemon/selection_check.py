@@ -13,7 +13,7 @@ module fetches the catalog, stores what is accepted and feeds the core:
 - unknown key: refused with the nearest keys, `selection_unknown` (warning);
   nothing is stored, nothing reaches the core, so nothing is unloaded;
 - no catalog (the server cannot be listed): accepted and stored, and checked
-  when the next listing succeeds (`on_listing`); refused then if unknown, and
+  when the next listing succeeds (`PendingCheck.listed`); refused then if unknown, and
   the stored selection goes back to what it was. While a model is ours it is
   kept until then (nothing unloaded for a key that may not exist); with none,
   the core has it at once, so its load says why the server cannot be used
@@ -25,17 +25,19 @@ started is dropped, as the core itself keeps only the latest (L3).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+import lmkeeperd.daemon.selection as selection
 from lmkeeperd.core import KnownKey, Select, State, UnknownKey, check_selection
-from lmkeeperd.daemon import selection
 from lmkeeperd.daemon.context import Host
-from lmkeeperd.daemon.server_sync import ServerSync
+from lmkeeperd.daemon.server_view import ServerView
 
 log = structlog.get_logger()
 
@@ -54,17 +56,68 @@ class _Deferred:
     default_idle: bool = False  # `--keep-alive default`: back to [model] idle_timeout
 
 
+class PendingCheck:
+    """The selection accepted unchecked, checked when the next listing succeeds.
+
+    Built before the server view, which calls `listed` after every good listing.
+    """
+
+    def __init__(self, host: Host, *, state_file: Path) -> None:
+        self._host = host
+        self._state_file = state_file
+        self.deferred: _Deferred | None = None
+
+    def listed(self, catalog: Collection[str]) -> None:
+        """A listing succeeded: check the selection accepted while the server was away."""
+        deferred, self.deferred = self.deferred, None
+        if deferred is None:
+            return
+        verdict = check_selection(deferred.model, catalog)
+        if isinstance(verdict, UnknownKey):
+            if deferred.stored:
+                self._restore(deferred.previous)
+            # Fed already (there was no model to keep): its load fails as not downloaded
+            # (L6), which is all an unknown key can cost then.
+            refused(self._host, verdict, deferred.source)
+            return
+        if not deferred.fed:
+            self._host.feed(Select(deferred.model, deferred.keep_alive, deferred.default_idle))
+
+    def _restore(self, previous: selection.StoredSelection | None) -> None:
+        if previous is not None:
+            selection.save(self._state_file, previous)
+            return
+        try:
+            self._state_file.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("selection_store_failed", path=str(self._state_file), error=str(e))
+
+
+def refused(host: Host, verdict: UnknownKey, source: str) -> None:
+    host.announce(
+        "selection_unknown",
+        {
+            "model": verdict.model,
+            "nearest": list(verdict.nearest),
+            "source": source,
+            "message": verdict.message,
+        },
+    )
+
+
 class SelectionChecker:
     """Checks selections against the catalog (see the module docstring)."""
 
-    def __init__(self, host: Host, sync: ServerSync, *, state_file: Path) -> None:
+    def __init__(
+        self, host: Host, view: ServerView, pending: PendingCheck, *, state_file: Path
+    ) -> None:
         self._host = host
-        self._sync = sync
+        self._view = view
+        self._pending = pending
         self._state_file = state_file
         self._generation = itertools.count(1)
         self._latest = 0
-        self._deferred: _Deferred | None = None
-        sync.on_listing = self._listed
+        self._storing = asyncio.Lock()  # saves land in the order the selections came
 
     async def select(
         self,
@@ -83,73 +136,46 @@ class SelectionChecker:
         generation = self._latest = next(self._generation)
         # Set aside while the catalog is fetched: a listing made for this check must not
         # first hand the core an older unchecked selection this one replaces.
-        waiting, self._deferred = self._deferred, None
-        catalog = await self._sync.catalog(CATALOG_MAX_AGE_S)
+        pending = self._pending
+        waiting, pending.deferred = pending.deferred, None
+        catalog = await self._view.catalog(CATALOG_MAX_AGE_S)
         if generation != self._latest:
             log.debug("selection_superseded", model=key, source=source)
             return {"ok": True, "superseded": True}
         verdict = check_selection(key, catalog)
         if isinstance(verdict, UnknownKey):
-            self._deferred = waiting  # a refused selection changes nothing
-            self._refused(verdict, source)
+            pending.deferred = waiting  # a refused selection changes nothing
+            refused(self._host, verdict, source)
             return {"ok": False, "error": verdict.message, "nearest": list(verdict.nearest)}
+        if isinstance(verdict, KnownKey):
+            # The core first: the load starts while the selection is written for the next
+            # start (an fsync, about 0.7 ms), which the reply still waits for.
+            self._host.feed(Select(key, keep_alive, default_idle))
+            if store is not None:
+                await self._store(store)
+            return {"ok": True}
         previous = selection.load(self._state_file) if store is not None else None
         if store is not None:
             selection.save(self._state_file, store)
-        if isinstance(verdict, KnownKey):
-            self._host.feed(Select(key, keep_alive, default_idle))
-            return {"ok": True}
         core = self._host.core
         fed = core.model is None and core.state is State.IDLE
-        self._deferred = _Deferred(
+        pending.deferred = _Deferred(
             key, source, store is not None, previous, fed, keep_alive, default_idle
         )
         if fed:
             self._host.feed(Select(key, keep_alive, default_idle))
         self._host.announce(
             "selection_unchecked",
-            {"model": key, "source": source, "reason": self._sync.error or "server not listed"},
+            {"model": key, "source": source, "reason": self._view.error or "server not listed"},
         )
         return {"ok": True, "unchecked": True}
+
+    async def _store(self, store: selection.StoredSelection) -> None:
+        async with self._storing:
+            await asyncio.to_thread(selection.save, self._state_file, store)
 
     async def select_quietly(
         self, model: str, *, source: str, store: selection.StoredSelection | None
     ) -> None:
         """`select` for selections nobody waits on (the config file, the one restored)."""
         await self.select(model, source=source, store=store)
-
-    def _listed(self) -> None:
-        """A listing succeeded: check the selection accepted while the server was away."""
-        deferred, self._deferred = self._deferred, None
-        if deferred is None:
-            return
-        verdict = check_selection(deferred.model, self._sync.known_catalog())
-        if isinstance(verdict, UnknownKey):
-            if deferred.stored:
-                self._restore(deferred.previous)
-            # Fed already (there was no model to keep): its load fails as not downloaded
-            # (L6), which is all an unknown key can cost then.
-            self._refused(verdict, deferred.source)
-            return
-        if not deferred.fed:
-            self._host.feed(Select(deferred.model, deferred.keep_alive, deferred.default_idle))
-
-    def _refused(self, verdict: UnknownKey, source: str) -> None:
-        self._host.announce(
-            "selection_unknown",
-            {
-                "model": verdict.model,
-                "nearest": list(verdict.nearest),
-                "source": source,
-                "message": verdict.message,
-            },
-        )
-
-    def _restore(self, previous: selection.StoredSelection | None) -> None:
-        if previous is not None:
-            selection.save(self._state_file, previous)
-            return
-        try:
-            self._state_file.unlink(missing_ok=True)
-        except OSError as e:
-            log.warning("selection_store_failed", path=str(self._state_file), error=str(e))

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from lmkeeperd.core import CoreView
 from lmkeeperd.errors import ConfigError
-from lmkeeperd.status import ConfigErrorStatus, InFlightStatus, WhyStatus
+from lmkeeperd.status_types import ConfigErrorStatus, InFlightStatus, WhyStatus
 
 _LINE_RE = re.compile(r"\bline (\d+)")
 

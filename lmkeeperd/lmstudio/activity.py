@@ -1,16 +1,23 @@
-"""`ActivityWatcher`: what LM Studio itself says our instances are doing.
+"""`ActivityWatcher`: what LM Studio itself says our instances are doing, when asked (L29).
 
 Theory of operation
 -------------------
-The daemon tells the watcher which loaded instances it manages
-(`set_managed(identifiers)`, non-blocking, any time). While that set is empty the
-watcher does nothing at all: no socket, no timer (idle stays idle). While it is
-not, one task keeps one `/llm` channel open and
+LM Studio offers no push for an instance's processing state, so lmkeeperd looks
+only when a decision depends on the answer (L29, "look, don't poll"). The
+watcher keeps one `/llm` channel open for the daemon's whole life; an open,
+silent websocket costs nothing, and its closing is the sign that LM Studio went
+away. While it is open the watcher sends nothing of its own accord, except
 
-  * calls `listLoaded` every `list_interval` (3 s): each managed instance's
-    `instanceReference` and `lastUsedTime`;
-  * calls `getInstanceProcessingState` every `state_interval` (1 s) for each
-    managed instance that is loaded.
+  * about once a second (`state_interval`), `getInstanceProcessingState` for
+    each instance the daemon waits on (`set_waiting`: an instance the core holds
+    busy, so a deferred eject or a queued switch learns when the use ends);
+
+and it answers the daemon's looks on the open connection:
+
+  * `look(identifier)`: the instance's processing state now (L20, before an
+    unload; the status command);
+  * `look_listed()`: `listLoaded`, each managed instance's `lastUsedTime`
+    (the idle deadline, the status command).
 
 Every finding goes to the `on_observation` callback, on the event loop, as one
 of four frozen records, and only when it changed:
@@ -18,34 +25,36 @@ of four frozen records, and only when it changed:
   * `InstanceState`: busy or idle, what it is doing, `queued`;
   * `InstanceLastUsed`: LM Studio's `lastUsedTime`, as unix ms and converted to
     the caller's monotonic clock (`last_used`);
-  * `InstanceGone`: a managed instance `listLoaded` no longer shows (once until it
-    is listed again), so the caller can re-read the server at once (L18);
+  * `InstanceGone`: a managed instance a look found not loaded (once until it
+    is seen again), so the caller can re-read the server at once (L18);
   * `Availability`: `source` is "lmstudio" or "clients only" (with `reason`:
     "older server", "auth refused", "rpc missing", "unreachable"). Whenever the
     source leaves "lmstudio", earlier `InstanceState`s no longer hold.
 
-A failed connection is retried with backoff (1 s doubling to 30 s) while
-something is managed; "older server" and "auth refused" only every
-`settled_retry` (5 min). "rpc missing" keeps the connection for `lastUsedTime`
-and re-tries the RPC only on the next connection. At `start()`, with nothing
-managed yet, the watcher connects once to learn the availability (probing the
-RPC with a query that matches nothing) and closes again.
+A connection that closes or fails is retried with a short backoff (0.25 s
+doubling to `backoff_max`, 1 s), so an LM Studio restart is noticed within about
+a second of its return; "older server" and "auth refused" only every
+`settled_retry` (5 min), or at once when an instance becomes ours. "rpc missing"
+keeps the connection (for `lastUsedTime`, and as the liveness signal), and asks
+again when an instance becomes ours. Each connection starts with one probe of the state
+RPC (a query that matches nothing).
 
-The callback must not block; the watcher does no I/O on the caller's behalf,
-never raises into it, and `set_managed` only records the set and wakes the task.
+The callback must not block; the watcher never raises into it, and
+`set_managed`/`set_waiting` only record the sets and wake the task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from lmkeeperd.errors import AuthError, ChannelMissing, RpcMissing, ServerError
+from lmkeeperd.errors import AuthError, ChannelMissing, RpcMissing, ServerError, ServerUnreachable
 from lmkeeperd.lmstudio.channel import InstanceInfo, LMStudioChannel
 
 log = structlog.get_logger()
@@ -72,7 +81,7 @@ class InstanceLastUsed:
 
 @dataclass(frozen=True, slots=True)
 class InstanceGone:
-    """A managed instance that `listLoaded` no longer shows (unloaded behind our back, L18)."""
+    """A managed instance a look found not loaded (unloaded behind our back, L18)."""
 
     identifier: str
 
@@ -92,6 +101,8 @@ class ActivitySource(Protocol):
 
     def set_managed(self, identifiers: Collection[str]) -> None: ...
 
+    def set_waiting(self, identifiers: Collection[str]) -> None: ...
+
     def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -101,24 +112,22 @@ ChannelFactory = Callable[[], LMStudioChannel]
 
 
 class ActivityWatcher:
-    """Watches LM Studio's channel for the instances we manage; see the module docstring."""
+    """Keeps LM Studio's channel open and looks when asked; see the module docstring."""
 
     def __init__(
         self,
         channel_factory: ChannelFactory,
         on_observation: Callable[[Observation], None],
         *,
-        list_interval: float = 3.0,
         state_interval: float = 1.0,
-        backoff_start: float = 1.0,
-        backoff_max: float = 30.0,
+        backoff_start: float = 0.25,
+        backoff_max: float = 1.0,
         settled_retry: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._factory = channel_factory
         self._on_observation = on_observation
-        self._list_interval = list_interval
         self._state_interval = state_interval
         self._backoff_start = backoff_start
         self._backoff_max = backoff_max
@@ -126,13 +135,15 @@ class ActivityWatcher:
         self._monotonic = monotonic
         self._wall = wall
         self._managed: frozenset[str] = frozenset()
+        self._waiting: frozenset[str] = frozenset()
         self._wake = asyncio.Event()
+        self._retry_now = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._availability: Availability | None = None
         self._states: dict[str, InstanceState] = {}
         self._last_used: dict[str, float] = {}
-        self._gone: set[str] = set()  # reported as gone, not listed since
-        # The connection being watched on, for recheck(); None between connections.
+        self._gone: set[str] = set()  # reported as gone, not seen since
+        # The open connection, for the looks; None between connections.
         self._channel: LMStudioChannel | None = None
         self._rpc_missing = False
 
@@ -141,19 +152,36 @@ class ActivityWatcher:
         """The last availability reported (None before the first attempt ends)."""
         return self._availability
 
+    @property
+    def connected(self) -> bool:
+        """The channel is open now: its closing will say that LM Studio went away."""
+        channel = self._channel
+        return channel is not None and channel.is_open
+
     def set_managed(self, identifiers: Collection[str]) -> None:
         managed = frozenset(identifiers)
         if managed != self._managed:
+            if managed and not self._managed:
+                # A refused or older channel, or a missing RPC, is tried again now.
+                self._retry_now.set()
+                self._wake.set()
             self._managed = managed
             # An instance managed again later is reported afresh.
             for table in (self._states, self._last_used):
                 for gone in [i for i in table if i not in managed]:
                     del table[gone]
             self._gone &= managed
+            self.set_waiting(self._waiting & managed)
+
+    def set_waiting(self, identifiers: Collection[str]) -> None:
+        """Look at these instances about once a second until they leave the set (L29)."""
+        waiting = frozenset(identifiers)
+        if waiting != self._waiting:
+            self._waiting = waiting
             self._wake.set()
 
-    async def recheck(self, identifier: str) -> InstanceState | None:
-        """Ask LM Studio now what `identifier` is doing (L20, just before an unload).
+    async def look(self, identifier: str) -> InstanceState | None:
+        """Ask LM Studio now what `identifier` is doing (L20, status).
 
         Uses the open connection; None when it cannot say (no connection, the RPC
         missing, not loaded, any failure). Never raises a ServerError. The answer is
@@ -167,10 +195,33 @@ class ActivityWatcher:
         except ServerError:
             return None
         if state is None:
+            self._not_loaded(identifier)
             return None
+        self._gone.discard(identifier)
         if identifier in self._managed:
             self._observe_state(identifier, state.busy, state.status, state.queued)
         return InstanceState(identifier, state.busy, state.status, state.queued)
+
+    async def look_listed(self) -> list[InstanceInfo] | None:
+        """`listLoaded` now: reports the managed instances' `lastUsedTime` and those gone.
+
+        None when it cannot say (no connection, any failure).
+        """
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            return None
+        try:
+            instances = await channel.list_loaded()
+        except ServerError:
+            return None
+        listed = {info.identifier for info in instances}
+        for info in instances:
+            if info.identifier in self._managed and info.last_used_ms is not None:
+                self._observe_last_used(info.identifier, info.last_used_ms)
+        self._gone &= self._managed - listed  # listed again: may go again
+        for identifier in sorted(self._managed - listed):
+            self._not_loaded(identifier)
+        return instances
 
     def start(self) -> None:
         if self._task is None:
@@ -185,135 +236,86 @@ class ActivityWatcher:
     # -- the task ----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        await self._probe()
         backoff = self._backoff_start
         while True:
-            while not self._managed:
-                await self._idle()
             try:
                 async with self._factory() as channel:
-                    backoff = self._backoff_start
-                    await self._watch(channel)
+                    self._channel = channel
+                    try:
+                        await self._probe(channel)
+                        backoff = self._backoff_start
+                        await self._serve(channel)
+                    finally:
+                        self._channel = None
             except Exception as exc:
                 if not isinstance(exc, ServerError):
                     # A bug must not end the watching for the daemon's whole life.
                     log.exception("activity_watcher_failed", error=type(exc).__name__)
                 self._unavailable(exc)
                 # An older server or a refused token does not change within seconds: retried
-                # every few minutes (an idle daemon's wake-ups), a dropped channel with backoff.
-                transient = _reason(exc) == "unreachable"
-                await self._pause(backoff if transient else self._settled_retry)
-                backoff = min(backoff * 2, self._backoff_max)
+                # every few minutes (an idle daemon's wake-ups), a lost channel at once and
+                # then with a short backoff, so that a restart is noticed within a second.
+                if _reason(exc) == "unreachable":
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._backoff_max)
+                else:
+                    await self._settled_pause()
 
-    async def _probe(self) -> None:
-        """One look at start: is the channel there, and does it have the state RPC?"""
+    async def _settled_pause(self) -> None:
+        """`settled_retry`, or less: a model that becomes ours is worth a new attempt."""
+        self._retry_now.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settled_retry):
+                await self._retry_now.wait()
+
+    async def _probe(self, channel: LMStudioChannel) -> None:
+        """One look on a new connection: does it have the state RPC?"""
         try:
-            async with self._factory() as channel:
-                await channel.processing_state(identifier=_PROBE_IDENTIFIER)
-                self._available()
-        except ServerError as exc:
-            self._unavailable(exc)
-
-    async def _idle(self) -> None:
-        self._wake.clear()
-        await self._wake.wait()
-
-    async def _pause(self, seconds: float) -> None:
-        # A change of the managed set (e.g. a fresh load) does not cut the backoff short:
-        # a server that refused us a second ago would refuse again.
-        await asyncio.sleep(seconds)
-
-    async def _watch(self, channel: LMStudioChannel) -> None:
-        """Poll until nothing is managed (returns) or the channel fails (raises)."""
-        self._channel, self._rpc_missing = channel, False
-        try:
-            await self._poll(channel)
-        finally:
-            self._channel = None
-
-    async def _poll(self, channel: LMStudioChannel) -> None:
-        references: dict[str, str] = {}
-        next_list = 0.0
-        listed_for: frozenset[str] = frozenset()
-        while managed := self._managed:
-            now = self._monotonic()
-            # A newly managed instance needs its reference now, not at the next listing.
-            listing = now >= next_list or not managed <= listed_for
-            polled = [] if self._rpc_missing else sorted(managed & references.keys())
-            calls: list[Awaitable[Any]] = [
-                channel.processing_state(reference=references[i]) for i in polled
-            ]
-            if listing:
-                next_list, listed_for = now + self._list_interval, managed
-                calls.append(channel.list_loaded())
-            # One round trip for everything due: each wake-up of an idle daemon costs more
-            # than the calls themselves (docs/performance.md, activity).
-            results = await _all(calls)
-            if listing:
-                listed = results.pop()
-                if isinstance(listed, BaseException):
-                    raise listed
-                references = self._listed(listed)
-                if managed - references.keys():
-                    # Not listed (yet): a load may be landing; look again at the state pace,
-                    # or a generation on it could start and end unseen between listings.
-                    next_list = min(next_list, now + self._state_interval)
-            if polled:
-                if self._states_read(polled, results):
-                    next_list = 0.0  # one went away: look again at once
-            elif not self._rpc_missing and listing:
-                self._available()  # nothing loaded to ask about, but the channel answers
-            if not self._rpc_missing and managed & references.keys() - set(polled):
-                continue  # just listed: ask about the instances found, without waiting
-            await self._sleep(self._state_interval)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Until `seconds` pass or `set_managed` wakes us.
-
-        A timer handle that sets the wake event, as the driver's loop does: no task per
-        wait (wait_for), and no cancellation raised and caught every second
-        (asyncio.timeout), which cost more than the poll it paces.
-        """
-        self._wake.clear()
-        timer = asyncio.get_running_loop().call_later(seconds, self._wake.set)
-        try:
-            await self._wake.wait()
-        finally:
-            timer.cancel()
-
-    def _states_read(self, polled: list[str], results: list[Any]) -> bool:
-        """Report what the state calls found; True when an instance was not loaded."""
-        missing = next((r for r in results if isinstance(r, RpcMissing)), None)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if missing is not None:
+            await channel.processing_state(identifier=_PROBE_IDENTIFIER)
+        except RpcMissing as exc:
             self._rpc_missing = True
-            self._unavailable(missing)
-            return False
-        if failed is not None:
-            raise failed
-        # Availability first: states are only meaningful once it says "lmstudio".
+            self._unavailable(exc)
+            return
+        self._rpc_missing = False
         self._available()
-        gone = False
-        for identifier, state in zip(polled, results, strict=True):
-            if state is None:
-                gone = True
-            else:
-                self._observe_state(identifier, state.busy, state.status, state.queued)
-        return gone
 
-    def _listed(self, instances: list[InstanceInfo]) -> dict[str, str]:
-        references: dict[str, str] = {}
-        for info in instances:
-            references[info.identifier] = info.instance_reference
-            if info.identifier in self._managed and info.last_used_ms is not None:
-                self._observe_last_used(info.identifier, info.last_used_ms)
-        self._gone &= self._managed - references.keys()  # listed again: may go again
-        for identifier in sorted(self._managed - references.keys() - self._gone):
-            self._gone.add(identifier)
-            self._emit(InstanceGone(identifier))
-        return references
+    async def _serve(self, channel: LMStudioChannel) -> None:
+        """Until the channel closes (raises): look at the waited-on instances once a second."""
+        closed = _closing(channel)
+        try:
+            await self._serve_until(channel, closed)
+        finally:
+            closed.cancel()
+
+    async def _serve_until(self, channel: LMStudioChannel, closed: asyncio.Future[Any]) -> None:
+        while True:
+            self._wake.clear()
+            polling = bool(self._waiting) and not self._rpc_missing
+            wake: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {closed, wake},
+                    timeout=self._state_interval if polling else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                wake.cancel()
+            if closed.done() or not channel.is_open:
+                raise ServerUnreachable(f"LM Studio closed the channel at {channel.url}")
+            if self._rpc_missing and self._retry_now.is_set():
+                self._retry_now.clear()  # a model became ours: is the RPC there now?
+                await self._probe(channel)
+            if not done:  # a second passed: look at what we wait on
+                for identifier in sorted(self._waiting):
+                    await self.look(identifier)
 
     # -- observations (no I/O from here on) --------------------------------------------
+
+    def _not_loaded(self, identifier: str) -> None:
+        if identifier in self._managed and identifier not in self._gone:
+            self._gone.add(identifier)
+            self._states.pop(identifier, None)
+            self._emit(InstanceGone(identifier))
 
     def _observe_state(self, identifier: str, busy: bool, status: str, queued: int) -> None:
         state = InstanceState(identifier, busy, status, queued)
@@ -350,14 +352,29 @@ class ActivityWatcher:
             log.exception("activity_callback_failed", observation=type(observation).__name__)
 
 
-async def _all(calls: list[Awaitable[Any]]) -> list[Any]:
-    """Each call's result or exception, in order; one call is awaited without a task."""
-    if len(calls) == 1:
-        try:
-            return [await calls[0]]
-        except Exception as exc:
-            return [exc]
-    return list(await asyncio.gather(*calls, return_exceptions=True))
+def _closing(channel: LMStudioChannel) -> asyncio.Future[Any]:
+    """Done when `channel` closes: its reader task ends with the socket.
+
+    LMStudioChannel offers no public wait for its end; its reader task is that end.
+    Without one (a channel of another make) a timer looks at `is_open` every second.
+    """
+    reader = getattr(channel, "_reader", None)
+    if isinstance(reader, asyncio.Task):
+        ended: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(_: object) -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        reader.add_done_callback(done)
+        return ended
+
+    async def poll() -> Any:
+        while channel.is_open:  # noqa: ASYNC110 - a channel without a reader task to await
+            await asyncio.sleep(1.0)
+        return None
+
+    return asyncio.ensure_future(poll())
 
 
 def _reason(exc: Exception) -> str:

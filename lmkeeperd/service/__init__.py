@@ -6,5 +6,5 @@ are in cli/service.py).
     target.py   this machine and user -> where the service lives and what it runs
     plan.py     what install/uninstall will do, as a printable Plan (reading only)
     execute.py  carrying out a Plan; checks of the manager and the user
-    status.py   whether the service is installed, enabled and running
+    unit_status.py  whether the service is installed, enabled and running
 """

@@ -1,4 +1,4 @@
-"""lmkeeperd/status.py describes exactly the status a real daemon replies with.
+"""lmkeeperd/status_types.py describes exactly the status a real daemon replies with.
 
 Each key and each value's type is checked against the TypedDicts, nested records
 included, in the two set-ups that fill every optional part: a proxy and a memory
@@ -17,7 +17,7 @@ from daemon_harness import DaemonProc
 from gguf_synth import write_lmstudio_model
 
 from lmkeeperd.cli.render import render
-from lmkeeperd.status import MemoryStatus, Status
+from lmkeeperd.status_types import MemoryStatus, Status
 
 pytestmark = pytest.mark.e2e
 

@@ -1,17 +1,15 @@
 """L20 in process: the look before an unload, made deterministic.
 
 The daemon's roles run in this process (inprocess_harness.py) against the real
-emulator and its real channel, with one change: the watcher polls only when the
-model becomes ours. A generation that starts after that is known to lmkeeperd only
-through L20's look right before the idle eject's unload, as a generation starting
-between two polls would be in the running daemon.
+emulator and its real channel. The watcher never polls (L29): a generation that
+starts while the model is loaded is known to lmkeeperd only through a look; here,
+L20's look right before the idle eject's unload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,28 +18,18 @@ import structlog
 from daemon_harness import unloads_of
 from inprocess_harness import config_for, inprocess_daemon, load, run, until
 
-from lmkeeperd.config import Config
 from lmkeeperd.core import State, Tick
 from lmkeeperd.daemon import Daemon
-from lmkeeperd.daemon.activity_bridge import ActivityBridge, channel_factory
 from lmkeeperd.emulator import Emulator
-from lmkeeperd.lmstudio.activity import ActivityWatcher, Observation
 
 A = "qwen/qwen3-4b-2507"
-
-
-def watcher_polling_once(config: Config, observe: Callable[[Observation], None]) -> ActivityWatcher:
-    factory = channel_factory(config)
-    return ActivityWatcher(factory, observe, list_interval=3600, state_interval=3600)
 
 
 def generating_on(emulator: Emulator) -> bool:
     return emulator.processing_state(A).status == "generating"
 
 
-async def with_bridge(d: Daemon, config: Config) -> None:
-    d.activity = ActivityBridge(d, config, make_watcher=watcher_polling_once)
-    d.sync.look = d.activity.look
+async def with_bridge(d: Daemon) -> None:
     d.activity.start()
     await until(lambda: d.activity.availability is not None, "the channel probed")
 
@@ -69,10 +57,9 @@ def test_L20_look_before_idle_eject(emulator: Emulator, tmp_path: Path, generati
     async def main() -> None:
         config = config_for(emulator, idle_timeout=0.5)
         async with inprocess_daemon(emulator, tmp_path, config) as d:
-            await with_bridge(d, config)
+            await with_bridge(d)
             assert d.activity.available
             await load(d, A)
-            await until(lambda: d.activity.server_activity(time.monotonic()), "the first poll")
             emulator.set_stream(0.05, 50)  # 2.5 s: past the idle deadline and the look
             task = asyncio.create_task(generate(emulator.url)) if generating else None
             if generating:
@@ -99,7 +86,7 @@ def test_L20_without_the_channel_the_unload_goes_ahead(emulator: Emulator, tmp_p
     async def main() -> None:
         config = config_for(emulator, idle_timeout=0.5)
         async with inprocess_daemon(emulator, tmp_path, config) as d:
-            await with_bridge(d, config)
+            await with_bridge(d)
             assert not d.activity.available and d.activity.reason == "older server"
             await load(d, A)
             emulator.set_stream(0.05, 50)  # 2.5 s: past the idle deadline and the look

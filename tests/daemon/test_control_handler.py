@@ -11,7 +11,6 @@ from pathlib import Path
 from daemon_harness import loads_of, unloads_of
 from inprocess_harness import inprocess_daemon, load, run, until
 
-from lmkeeperd import paths
 from lmkeeperd.control import protocol as proto
 from lmkeeperd.control.server import Connection
 from lmkeeperd.core import State
@@ -29,7 +28,7 @@ def test_select_is_stored_for_the_next_start_and_loads(emulator: Emulator, tmp_p
             reply = await d.handler.handle(conn, proto.Select(f"  {A} "))
             # `memory` only when the model may not fit here (L12): this machine's business.
             assert reply["ok"] is True and set(reply) <= {"ok", "memory"}
-            stored = selection.load(paths.selection_file(d.config_path))
+            stored = selection.load(d.state_file)
             assert stored == selection.StoredSelection(A, "")
             await until(lambda: d.core.state is State.LOADED, "the load")
             assert loads_of(emulator) == [A]

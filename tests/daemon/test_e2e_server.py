@@ -22,9 +22,19 @@ FAST = {"reconcile_interval": "100ms"}  # 0.4 s while the channel watches our mo
 
 
 def wait_for_reconciles(daemon: DaemonProc, emulator: Emulator, n: int = 2) -> None:
-    """Let the daemon look at the server `n` more times (FAST makes it look often)."""
+    """Let the daemon look at the server `n` more times.
+
+    With the channel open the REST reconcile is a 5-minute safety net (L29): `status`
+    asks the server live (at most once a second), and what it learns feeds the core as
+    a reconcile would.
+    """
     target = model_listings(emulator) + n
-    wait_until(lambda: model_listings(emulator) >= target, 10, f"{n} more reconciles")
+
+    def looked() -> bool:
+        daemon.status()
+        return model_listings(emulator) >= target
+
+    wait_until(looked, 10, f"{n} more reconciles")
     assert daemon.proc is not None and daemon.proc.poll() is None
 
 

@@ -216,7 +216,12 @@ def test_a_clean_stop_that_keeps_the_model_hands_it_over(
     d.start()
     d.wait_status(timeout=10, state="loaded", model=B)
     listings = model_listings(emulator)
-    wait_until(lambda: model_listings(emulator) >= listings + 2, 10, "two reconciles")
+
+    def looked() -> bool:  # status lists the server live (L29), as a reconcile would
+        d.status()
+        return model_listings(emulator) >= listings + 2
+
+    wait_until(looked, 10, "two looks at the server")
     assert not d.events("stray_found")
     assert emulator.loaded() == {A: [A], B: [B]}
     assert d.stop() == 0

@@ -44,7 +44,7 @@ def test_L12_a_failed_memory_check_is_logged_and_never_blocks_or_delays_the_load
 
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
-            d.sync.memory = MemoryCheck(d.config, probe=probe)
+            d.ops.memory = MemoryCheck(d.config, probe=probe)
             try:
                 with structlog.testing.capture_logs() as logs:
                     d.feed(Select(A))

@@ -1,4 +1,5 @@
-"""The server sync (lmkeeperd/daemon/server_sync.py) in process: real core, real emulator."""
+"""The server view and the operations (lmkeeperd/daemon/server_view.py, operations.py) in
+process: real core, real emulator."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_a_selection_loads_through_the_server_and_status_shows_it(
             assert status["server"]["url"] == emulator.url
             assert status["server"]["loaded"] == []  # listed before the load, not since
             assert status["proxy"] is None and status["metrics"] is None
-            assert await d.sync.refresh() is None
+            assert await d.view.refresh() is None
             assert d.status()["server"]["loaded"] == [A]
 
     run(main())
@@ -77,11 +78,11 @@ def test_refresh_hands_the_core_what_was_loaded_behind_its_back(
 ) -> None:
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
-            assert d.sync.loaded == {}
+            assert d.view.loaded == {}
             instance = emulator.load_behind(B)
-            assert await d.sync.refresh() is None
-            assert d.sync.loaded == {B: (instance,)}
-            assert d.sync.model_type(B) == "llm" and d.sync.model_type("no/such") is None
+            assert await d.view.refresh() is None
+            assert d.view.loaded == {B: (instance,)}
+            assert d.view.model_type(B) == "llm" and d.view.model_type("no/such") is None
 
     run(main())
 
@@ -90,7 +91,7 @@ def test_refresh_reports_an_unreachable_server(emulator: Emulator, tmp_path: Pat
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
             emulator.go_down()
-            error = await d.sync.refresh()
+            error = await d.view.refresh()
             assert error is not None and emulator.url in error
 
     run(main())
@@ -101,15 +102,15 @@ def test_the_reconcile_loop_announces_an_outage_and_the_return(
 ) -> None:
     async def main() -> None:
         async with inprocess_daemon(emulator, tmp_path) as d:
-            d.spawn(d.sync.reconcile_loop())
-            await until(lambda: d.sync.reachable is True, "the first listing")
+            d.spawn(d.view.reconcile_loop())
+            await until(lambda: d.view.reachable is True, "the first listing")
             emulator.go_down()
             # The stop below cuts the loop's wait short; a load failing unreachable does too.
             d.feed(Select(A))
-            await until(lambda: d.sync.reachable is False, "the outage")
-            assert d.sync.error is not None
+            await until(lambda: d.view.reachable is False, "the outage")
+            assert d.view.error is not None
             emulator.come_back()
             await until(lambda: d.core.state is State.LOADED, "the load after the outage")
-            assert d.sync.reachable is True and d.sync.error is None
+            assert d.view.reachable is True and d.view.error is None
 
     run(main())

@@ -1,4 +1,8 @@
-"""`ActivityWatcher` against the emulator's real channel and real chat traffic."""
+"""`ActivityWatcher` against the emulator's real channel and real chat traffic.
+
+L29: the watcher keeps the channel open and sends nothing unless asked (a look) or
+waiting on a busy instance (`set_waiting`).
+"""
 
 from __future__ import annotations
 
@@ -62,7 +66,6 @@ def watcher(emu: Emulator, recorder: Recorder, token: str | None = None) -> Acti
     return ActivityWatcher(
         factory,
         recorder,
-        list_interval=0.2,
         state_interval=0.05,
         backoff_start=0.05,
         backoff_max=0.2,
@@ -95,7 +98,7 @@ def state_of(busy: bool, status: str | None = None) -> Callable[[Observation], b
 
 
 def quiet(emu: Emulator, seconds: float) -> bool:
-    """True when no channel frame arrives for `seconds` (many poll periods here)."""
+    """True when no channel frame arrives for `seconds` (many state intervals here)."""
     count = len(emu.frames())
     try:
         emu.wait_until(lambda: len(emu.frames()) > count, timeout=seconds)
@@ -111,40 +114,43 @@ async def stream(emu: Emulator, http: httpx.AsyncClient) -> None:
             pass
 
 
-def test_nothing_managed_means_no_traffic(emulator: Emulator) -> None:
+def calls(emu: Emulator) -> list[str]:
+    """The RPC endpoints called on the channel so far (the auth frame names none)."""
+    return [f.endpoint for f in emu.frames() if f.endpoint]
+
+
+def probed(emu: Emulator) -> None:
+    """Until the probe's call has reached the emulator."""
+    emu.wait_until(lambda: len(calls(emu)) >= 1)
+
+
+def test_L29_nothing_is_sent_unless_asked(emulator: Emulator) -> None:
     emulator.load_behind(LLM)
 
     async def main(recorder: Recorder) -> None:
         w = watcher(emulator, recorder)
+        w.set_managed({LLM})
         w.start()
         try:
-            # One probe at start tells whether the channel is there...
+            # One probe on the new connection tells whether the state RPC is there...
             await recorder.wait_for(available(LMSTUDIO))
-            await asyncio.to_thread(
-                emulator.wait_until,
-                lambda: all(r.t_done for r in emulator.requests() if r.path == "/llm"),
-            )
-            # ...then nothing, however long, while nothing of ours is loaded.
+            await asyncio.to_thread(probed, emulator)
+            assert w.connected
+            # ...then nothing, however long, with an instance of ours loaded.
             assert await asyncio.to_thread(quiet, emulator, 1.5)
+            assert calls(emulator) == ["getInstanceProcessingState"]
+            state = await w.look(LLM)
+            assert state is not None and not state.busy and state.status == "idle"
+            assert len(calls(emulator)) == 2  # one look, one call
             upgrades = [r for r in emulator.requests() if r.path == "/llm"]
-            assert len(upgrades) == 1
-            w.set_managed({LLM})
-            await recorder.wait_for(state_of(False, "idle"))
-            endpoints = {f.endpoint for f in emulator.frames()}
-            assert {"listLoaded", "getInstanceProcessingState"} <= endpoints
-            w.set_managed(())
-            await asyncio.to_thread(
-                emulator.wait_until,
-                lambda: all(r.t_done for r in emulator.requests() if r.path == "/llm"),
-            )
-            assert await asyncio.to_thread(quiet, emulator, 1.5)
+            assert len(upgrades) == 1  # one connection all along
         finally:
             await w.stop()
 
     run(main)
 
 
-def test_a_direct_generation_is_busy_then_idle_with_last_used(emulator: Emulator) -> None:
+def test_L29_a_busy_instance_waited_on_is_looked_at_until_idle(emulator: Emulator) -> None:
     emulator.load_behind(LLM)
     emulator.set_stream(interval=0.2, chunks=10)
 
@@ -153,18 +159,26 @@ def test_a_direct_generation_is_busy_then_idle_with_last_used(emulator: Emulator
         w.set_managed({LLM})
         w.start()
         try:
-            await recorder.wait_for(state_of(False, "idle"))
+            await recorder.wait_for(available(LMSTUDIO))
             started_ms = time.time() * 1000
             async with httpx.AsyncClient(timeout=30) as http:
                 task = asyncio.create_task(stream(emulator, http))
-                busy = await recorder.next_for(state_of(True, "generating"))
-                assert isinstance(busy, InstanceState) and busy.identifier == LLM
+                await asyncio.to_thread(
+                    emulator.wait_until,
+                    lambda: emulator.processing_state(LLM).status == "generating",
+                )
+                busy = await w.look(LLM)
+                assert busy is not None and busy.busy and busy.status == "generating"
                 assert busy.queued == 1
-                again = await w.recheck(LLM)
-                assert again is not None and again.busy and again.status == "generating"
-                mark = recorder.seen.index(busy)
+                mark = len(recorder.seen)
+                w.set_waiting({LLM})  # the daemon waits on it: looked at until idle
                 await task
             await recorder.wait_for(state_of(False, "idle"), since=mark)
+            w.set_waiting(())
+            await asyncio.to_thread(quiet, emulator, 0.3)  # the last look's answer
+            assert await asyncio.to_thread(quiet, emulator, 0.5), "no look once nobody waits"
+            listed = await w.look_listed()
+            assert listed is not None and [i.identifier for i in listed] == [LLM]
             used = await recorder.wait_for(lambda o: isinstance(o, InstanceLastUsed))
             assert isinstance(used, InstanceLastUsed) and used.identifier == LLM
             assert used.last_used_unix_ms >= started_ms - 1
@@ -174,19 +188,6 @@ def test_a_direct_generation_is_busy_then_idle_with_last_used(emulator: Emulator
             await w.stop()
 
     run(main)
-
-
-def listings(emulator: Emulator) -> int:
-    return len([f for f in emulator.frames() if f.endpoint == "listLoaded"])
-
-
-async def more_listings(emulator: Emulator, n: int) -> None:
-    """Until the watcher has called listLoaded `n` more times."""
-    listed = listings(emulator)
-    async with asyncio.timeout(10):
-        # Frames do not wake emulator.wait_until: polled, with a deadline.
-        while listings(emulator) < listed + n:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 def test_a_managed_instance_unloaded_behind_is_reported_gone_once(emulator: Emulator) -> None:
@@ -200,17 +201,20 @@ def test_a_managed_instance_unloaded_behind_is_reported_gone_once(emulator: Emul
         w.set_managed({LLM})
         w.start()
         try:
-            await recorder.wait_for(state_of(False, "idle"))
-            assert not any(gone(o) for o in recorder.seen)
+            await recorder.wait_for(available(LMSTUDIO))
+            assert await w.look(LLM) is not None
             emulator.unload_behind(LLM)
+            assert await w.look(LLM) is None
             await recorder.wait_for(gone)
-            await more_listings(emulator, 3)
-            assert len([o for o in recorder.seen if gone(o)]) == 1  # once, not per listing
-            # Listed again, then gone again: a new disappearance, reported again.
+            await w.look_listed()
+            assert await w.look(LLM) is None
+            assert len([o for o in recorder.seen if gone(o)]) == 1  # once, not per look
+            # Seen again, then gone again: a new disappearance, reported again.
             emulator.load_behind(LLM)
-            await more_listings(emulator, 3)
+            assert await w.look_listed() is not None
             mark = len(recorder.seen)
             emulator.unload_behind(LLM)
+            await w.look_listed()
             await recorder.wait_for(gone, since=mark)
         finally:
             await w.stop()
@@ -253,8 +257,11 @@ def test_rpc_missing_still_reports_last_used(emulator: Emulator) -> None:
         w.start()
         try:
             await recorder.wait_for(available(CLIENTS_ONLY, "rpc missing"))
+            assert w.connected  # still the liveness signal
+            assert await w.look(LLM) is None
             async with httpx.AsyncClient(timeout=30) as http:
                 await stream(emulator, http)
+            assert await w.look_listed() is not None
             await recorder.wait_for(lambda o: isinstance(o, InstanceLastUsed))
             assert not any(isinstance(o, InstanceState) for o in recorder.seen)
         finally:
@@ -277,7 +284,7 @@ def test_a_token_of_the_wrong_shape_is_auth_refused(emulator: Emulator) -> None:
     run(main)
 
 
-def test_reconnects_after_the_server_goes_down_and_up(emulator: Emulator) -> None:
+def test_L29_a_closed_channel_is_noticed_and_reconnected_at_once(emulator: Emulator) -> None:
     emulator.load_behind(LLM)
 
     async def main(recorder: Recorder) -> None:
@@ -285,14 +292,18 @@ def test_reconnects_after_the_server_goes_down_and_up(emulator: Emulator) -> Non
         w.set_managed({LLM})
         w.start()
         try:
-            await recorder.wait_for(state_of(False, "idle"))
+            await recorder.wait_for(available(LMSTUDIO))
             emulator.go_down()
             await recorder.next_for(available(CLIENTS_ONLY, "unreachable"))
+            assert not w.connected and await w.look(LLM) is None
             mark = len(recorder.seen)
+            await asyncio.sleep(0.5)  # a few failed attempts, backing off
+            back = time.monotonic()
             emulator.come_back(forget=False)
             await recorder.wait_for(available(LMSTUDIO), since=mark)
-            # The busy/idle picture is reported afresh on the new connection.
-            await recorder.wait_for(state_of(False, "idle"), since=mark)
+            assert time.monotonic() - back < 1.0  # backoff_max is 0.2 s here
+            state = await w.look(LLM)
+            assert state is not None and state.status == "idle"
         finally:
             await w.stop()
 
@@ -317,6 +328,8 @@ def test_a_failing_callback_does_not_stop_the_watcher(emulator: Emulator) -> Non
         w.set_managed({LLM})
         w.start()
         try:
+            await until_connected(w)
+            await w.look(LLM)  # the first report (availability) raised in the callback
             await recorder.wait_for(state_of(False, "idle"))
         finally:
             await w.stop()
@@ -324,15 +337,23 @@ def test_a_failing_callback_does_not_stop_the_watcher(emulator: Emulator) -> Non
     run(main)
 
 
-def test_recheck_without_a_connection_cannot_say(emulator: Emulator) -> None:
+async def until_connected(w: ActivityWatcher) -> None:
+    async with asyncio.timeout(10):
+        while not w.connected:  # noqa: ASYNC110 - the watcher has no event for it
+            await asyncio.sleep(0.01)
+
+
+def test_a_look_without_the_channel_cannot_say(emulator: Emulator) -> None:
     emulator.load_behind(LLM)
+    emulator.set_channel(False)
 
     async def main(recorder: Recorder) -> None:
         w = watcher(emulator, recorder)
+        w.set_managed({LLM})
         w.start()
         try:
-            await recorder.wait_for(available(LMSTUDIO))
-            assert await w.recheck(LLM) is None  # nothing managed: no connection
+            await recorder.wait_for(available(CLIENTS_ONLY, "older server"))
+            assert await w.look(LLM) is None and await w.look_listed() is None
         finally:
             await w.stop()
 
