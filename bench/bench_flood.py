@@ -5,7 +5,7 @@ each listener (the proxy's TCP port, the control socket) 2,000 silent loopback c
 are opened and held (tests/flood.py); meanwhile `status` is asked over the socket 20 times
 and `lmkeeperd status` run 5 times. Printed: the flood's own figures, the status answer
 times (median, max), the daemon's open descriptors and how much its log grew (level info).
-Targets from issue 11: status within 1 s, log growth under 100 KB.
+Targets: status within 1 s, log growth under 100 KB.
 
     .venv/bin/python bench/bench_flood.py [--quick]
 """

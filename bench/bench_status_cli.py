@@ -1,6 +1,6 @@
 """`lmkeeperd status` wall time against `python -c pass`, in a clean non-editable venv.
 
-Target (issue 13): the ratio ≤ 2.5, with and without a running daemon.
+Target: the ratio ≤ 2.5, with and without a running daemon.
 
 The venv is built here, as a user gets it: `python -m venv DIR` and `DIR/bin/pip install
 <this checkout>` (not editable: an editable install imports pathlib and more from a .pth file

@@ -110,7 +110,7 @@ no longer imports typer at all (lmkeeperd/cli/). And each reconcile cost ~10 ms 
 half of it httpcore importing `sniffio` (not installed: anyio 4 dropped it) in every lock
 it creates, a failed import that searches the whole path every time; the daemon now marks
 sniffio as absent once (lmkeeperd/daemon/driver.py), which Python remembers. CPU time is counted in
-10 ms clock ticks, so a 120 s window resolves to about ±0.3 s per hour. Since issue 10 the
+10 ms clock ticks, so a 120 s window resolves to about ±0.3 s per hour. Since L19-L21 the
 emulator serves LM Studio's activity channel, so this figure includes the activity watcher's
 per-second state poll (and a reconcile 4 times rarer while it watches); the `activity`
 benchmark measures the same daemon with the channel on and off.""",
@@ -118,7 +118,7 @@ benchmark measures the same daemon with the channel on and off.""",
 Met. Measured in a non-editable venv that the benchmark builds itself (`python -m venv` +
 `pip install .`), as a user gets it; an editable install's .pth import slows the bare
 interpreter too and flatters the ratio. `status` imports only the CLI's own modules, json,
-the control client and cli/locate.py, which finds the socket leniently (issue 13): the file
+the control client and cli/locate.py, which finds the socket leniently: the file
 is read as bytes and parsed with tomllib only if it mentions "socket"; the user config and
 runtime folders are computed as platformdirs does for the plain Linux cases (compared with
 platformdirs in tests/cli/test_cli_locate.py), platformdirs is imported only for the rest.
@@ -160,7 +160,7 @@ cancellation that arrives as its event is set, which the stop's own unload did t
 reconcile loop (lmkeeperd/daemon/liveness.py now uses `asyncio.timeout`). RSS grew by 1.4 MiB
 over 20,000 events in each of the last two full runs (40.0 → 41.4 MiB), against 0.1-0.2 MiB over
 100,000 requests in the clients benchmark: not shown to be flat over longer runs, and not
-investigated further (allocator fragmentation, or a slow leak on a fault path). Since issue 11
+investigated further (allocator fragmentation, or a slow leak on a fault path). Since L22
 the soak also kills the daemon with `kill -9` at random moments and starts it again, makes
 loads outlast `load_timeout` (0.6 s in the soak), and checks L22 at quiet points against the
 emulator's instances (invariant 7). RSS samples then come from whichever process runs, so the

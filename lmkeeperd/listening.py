@@ -22,7 +22,7 @@ fill its log. Three pieces:
   exception handler, with a traceback, and retries a second later. It goes on
   trying the rest of its batch (up to the backlog, 100) after the first
   failure and reports each one, so a listener out of descriptors logged about
-  a hundred tracebacks a second (issue 11: 60-120 MB in under a minute). The
+  a hundred tracebacks a second (60-120 MB of log in under a minute, measured). The
   guard turns exactly that report into a rate-limited `accept_failed` event
   (945 reports in 10 s became 2 lines in a run with `ulimit -n 64`) and
   passes every other report on unchanged.

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 APP_NAME = "lmkeeperd"
 CONFIG_ENV = "LMKEEPERD_CONFIG"
 SOCKET_NAME = "lmkeeperd.sock"
-# Before state was kept per config file (issue 11), one selection per user lived here.
+# Before state was kept per config file, one selection per user lived here.
 LEGACY_SELECTION_FILE_NAME = "selection.json"
 
 
@@ -118,5 +118,5 @@ def journal_file(config_path: Path) -> Path:
 
 
 def legacy_selection_file() -> Path:
-    """The per-user selection of versions before issue 11 (read once, default config only)."""
+    """The per-user selection of older versions (read once, default config only)."""
     return state_dir() / LEGACY_SELECTION_FILE_NAME

@@ -118,7 +118,7 @@ class WhyStatus(TypedDict):
 
 
 class RestoredSelection(TypedDict):
-    """The stored selection the daemon started with (issue 11), and the file it came from."""
+    """The stored selection the daemon started with, and the file it came from."""
 
     model: str
     file: str

@@ -4,7 +4,7 @@ Everything lives in a fresh temporary folder (config, socket, persisted
 selection), so the demo never touches a real installation's state, and the
 commands it prints work from any other terminal as typed: they name this very
 `lmkeeperd` by its absolute path unless the shell finds that same file by name
-(a venv that is not activated is the usual case, issue 13).
+(a venv that is not activated is the usual case).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Why no memory is counted as freed at a switch: lmkeeperd unloads the old
 model first and checks memory only when that unload has returned (L4), so
 what it freed is already in the probe's `available` figure. Counting it
 again would hide a real shortage (LM Studio's own estimate gets this wrong
-the other way, bug #1562). `lmkeeperd estimate` does count the daemon's
+the other way, LM Studio bug tracker #1562). `lmkeeperd estimate` does count the daemon's
 current model as freed, since there the old model is still loaded.
 """
 

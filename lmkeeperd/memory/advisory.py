@@ -178,7 +178,7 @@ def _message(
 ) -> str:
     # The figures behind this sentence (weights, KV cache, overhead, VRAM, the fraction)
     # are the event's own fields: the message says only what a person acts on, so the
-    # console line stays one readable line (issue 13) and works for `estimate` too, which
+    # console line stays one readable line and works for `estimate` too, which
     # loads nothing (the daemon's event docs say it loads anyway, lifecycle L12).
     gb = to_gb
     ram = estimate.total_bytes - gpu_offload if gpu_offload is not None else estimate.total_bytes

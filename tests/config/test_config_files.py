@@ -1,4 +1,4 @@
-"""load_config reads defensively (issue 11): regular files only, capped, never blocking;
+"""load_config reads defensively: regular files only, capped, never blocking;
 an empty file is an error, never every default; a named file must exist; and
 `inject_token` only on a loopback proxy."""
 

@@ -1,4 +1,4 @@
-"""Config files read defensively, edits atomic from lmkeeperd's side (issue 11, Build 4 and 5).
+"""Config files read defensively, edits atomic from lmkeeperd's side.
 
 Real daemon processes against the emulator: real FIFOs, a 100 MB sparse file, a typo path,
 an empty file, and rapid in-place edits that truncate the file before writing it.
@@ -150,7 +150,7 @@ def read_empty(d: DaemonProc) -> int:
 def test_rapid_edits_that_truncate_first_never_send_work_to_another_server(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    """The race of issue 11: an empty file read between an editor's truncate and its write
+    """The race once seen: an empty file read between an editor's truncate and its write
     was applied as every default, the server URL flipped to the default, and an unload
     went to the wrong server, leaving a model loaded."""
     d = daemon_factory(model={"selected": A})
@@ -204,7 +204,7 @@ def log_time(event: dict[str, object]) -> float:
 def test_L16_the_stop_bound_holds_with_a_hung_server(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    # Issue 11: the wait for the unload took the whole bound, and the cleanup came on top.
+    # Once, the wait for the unload took the whole bound, and the cleanup came on top.
     d = daemon_factory(model={"shutdown_timeout": "2s"})
     d.request({"op": "select", "model": A})
     d.wait_status(state="loaded", model=A)

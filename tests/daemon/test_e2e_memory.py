@@ -67,7 +67,7 @@ def test_estimate_cli_with_and_without_a_gguf_file(
     assert r.returncode == 0  # the verdict is `fits`; the exit status says an estimate was made
     human = d.cli("estimate", "qwen/qwen3-235b-a22b")
     assert human.returncode == 0 and "verdict      may not fit" in human.stdout
-    assert "anyway" not in human.stdout.lower()  # it loads nothing (issue 13)
+    assert "anyway" not in human.stdout.lower()  # it loads nothing
     r = d.cli("estimate", "nope/missing")
     assert r.returncode == 1 and "nope/missing" in r.stderr
 

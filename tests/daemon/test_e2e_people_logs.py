@@ -1,4 +1,4 @@
-"""Issue 13, part B: logs for people, from a real daemon. Console lines show values (not
+"""Logs for people, from a real daemon. Console lines show values (not
 Python reprs) and obey NO_COLOR/FORCE_COLOR; the advisory is one line on the console and
 every figure in JSON; log lines and events share the `time` key and form; debug lines say
 where each selection came from and which one the debounce swallowed."""

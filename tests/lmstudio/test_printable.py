@@ -1,4 +1,4 @@
-"""`printable`: server text made fit for status, a log line and a terminal (issue 11)."""
+"""`printable`: server text made fit for status, a log line and a terminal."""
 
 from __future__ import annotations
 
