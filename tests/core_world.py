@@ -130,10 +130,18 @@ class World:
                 if instance in busy_before - cleared:
                     assert instance in forced and not action.look_first, action
         assert core.loads_in_flight <= 1, "more than one load in flight"
-        # L25: never more residents than max_loaded, the one loading or unloading included.
-        held = len(core.residents) + (core.model is not None)
-        assert held <= core.settings.max_loaded, (core.model, core.residents)
+        # L25, L28: never more residents than max_loaded (pinned ones do not count), the one
+        # loading or unloading included; one more only while a load is in flight (L26's
+        # make-before-break, L25's load beside busy residents) or until the resident past
+        # the limit is no longer in use (L7, L19).
+        pinned = set(core.settings.pinned)
+        held = [m for m in [core.model, *core.residents] if m is not None and m not in pinned]
+        in_use = bool(self.streams) or bool(core.busy_instances)
+        extra = 1 if core.state is State.LOADING or in_use else 0
+        assert len(held) <= core.settings.max_loaded + extra, (core.model, core.residents)
         assert core.model not in core.residents, core.model
+        views = core.residents_view()
+        assert len({v.model for v in views}) == len(views), views  # never two of one model
         if not self.source:  # L21: stale busy flags must never block forever
             assert not core.busy_instances, core.busy_instances
         assert (core.state is State.IDLE) == (core.model is None), (core.state, core.model)
