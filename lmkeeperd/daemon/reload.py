@@ -21,11 +21,11 @@ from lmkeeperd.daemon.config_file import ConfigReader
 from lmkeeperd.daemon.driver import Driver
 from lmkeeperd.daemon.operations import Operations
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
+from lmkeeperd.daemon.residency_feed import Estimates, PinnedCheck
 from lmkeeperd.daemon.sdnotify import Notifier
 from lmkeeperd.daemon.selection_check import SelectionChecker
 from lmkeeperd.daemon.server_view import ServerView
 from lmkeeperd.daemon.why import ConfigProblem
-from lmkeeperd.daemon.residency_feed import Estimates, PinnedCheck
 
 log = structlog.get_logger()
 

@@ -72,11 +72,16 @@ def test_L24_status_shows_two_residents_after_selecting_two_models(
     assert rows[B]["current"] and not rows[A]["current"]
     assert not rows[A]["pinned"] and rows[A]["streams"] == 0
     assert sorted(emulator.loaded()) == sorted([A, B])
-    assert {rows[m]["instance_id"] for m in (A, B)} == {emulator.loaded()[A][0], emulator.loaded()[B][0]}
+    assert {rows[m]["instance_id"] for m in (A, B)} == {
+        emulator.loaded()[A][0],
+        emulator.loaded()[B][0],
+    }
     assert all(isinstance(rows[m]["estimate_gb"], float) for m in (A, B))
     budget = status["budget"]
     assert budget["residents"] == 2 and budget["max_loaded"] == 2
-    assert budget["used_gb"] == pytest.approx(rows[A]["estimate_gb"] + rows[B]["estimate_gb"], abs=0.01)
+    assert budget["used_gb"] == pytest.approx(
+        rows[A]["estimate_gb"] + rows[B]["estimate_gb"], abs=0.01
+    )
     table = d.cli("status")
     assert table.returncode == 0, table.stderr
     assert "resident models:" in table.stdout and A in table.stdout and B in table.stdout
@@ -195,6 +200,7 @@ def test_L22_kill_9_with_two_residents_then_restart_leaves_one_instance_of_each(
     wait_until(
         lambda: all(len(ids) == 1 for ids in emulator.loaded().values()), 15, "one instance each"
     )
+
     # What the journal says is ours is collected at once after the restored selection
     # (lifetime.py): adopted as a resident or unloaded as a stray, never left untracked
     # and never doubled; within max_loaded.

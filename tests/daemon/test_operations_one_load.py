@@ -30,9 +30,7 @@ def test_L30_a_load_asked_for_while_one_is_in_flight_waits_for_it(
             with structlog.testing.capture_logs() as logs:
                 d.ops.start_load(StartLoad(9001, A))
                 d.ops.start_load(StartLoad(9002, B))  # the bug: a second load at once
-                await until(
-                    lambda: sorted(emulator.loaded()) == sorted([A, B]), "both loads", 15
-                )
+                await until(lambda: sorted(emulator.loaded()) == sorted([A, B]), "both loads", 15)
             loads = [r for r in emulator.requests() if r.path == LOAD]
             assert [r.body["model"] for r in loads] == [A, B]
             first, second = loads
