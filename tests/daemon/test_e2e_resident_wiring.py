@@ -213,3 +213,30 @@ def test_L22_kill_9_with_two_residents_then_restart_leaves_one_instance_of_each(
     assert status["model"] == B and len(status["resident"]) <= 2
     assert all(len(ids) == 1 for ids in emulator.loaded().values()), emulator.loaded()
     assert loads_of(emulator) == [A, B], json.dumps(loads_of(emulator))
+
+
+def test_L25_a_pinned_model_is_loaded_again_after_lm_studio_comes_back(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    d = daemon_factory(model={"pinned": [E]})
+    wait_until(lambda: E in emulator.loaded(), 15, "the pinned model loaded at start")
+    emulator.go_down()
+    d.wait_event("server_unreachable", timeout=15)
+    emulator.come_back(forget=True)  # a restart of LM Studio: nothing loaded
+    wait_until(lambda: E in emulator.loaded(), 20, "the pinned model loaded again")
+    loaded_residents(d, E)
+    assert loads_of(emulator) == [E, E]
+
+
+def test_a_reload_applies_max_loaded(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    d = daemon_factory()
+    select_loaded(d, A)
+    d.tables["model"].update({"max_loaded": 2})
+    d.write_config()
+    d.wait_event("config_reloaded", timeout=10)
+    select_loaded(d, B)
+    status = loaded_residents(d, B, A)
+    assert status["budget"]["max_loaded"] == 2
+    assert unloads_of(emulator) == []  # A stayed: two selected models may be resident now
