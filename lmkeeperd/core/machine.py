@@ -593,6 +593,8 @@ class Lifecycle(PinnedRules):
         if op.superseded:
             return
         main = self._main
+        if event.refused:
+            out.append(Notify("load_refused", {"model": op.model, "message": event.error}))
         refused = event.refused and not op.draft and not op.pinned
         if refused and self._refused(op.model, event.error, self._now, out):  # L27: evict, retry
             main.forget()
