@@ -565,6 +565,7 @@ class Lifecycle(PinnedRules):
             self._restart_idle(now)
         if self._intent.queued is None:  # no draft for a model a switch unloads next
             self._start_draft(now, out)
+        self._trim(now, out)  # L26: a model kept while this one loaded goes now
 
     def _start_draft(self, now: float, out: list[Action]) -> None:
         """L15: the draft model goes with the main one."""
@@ -577,6 +578,7 @@ class Lifecycle(PinnedRules):
         if self._ledger.load_in_flight() is not None or self._stopped:
             return
         self._flush_deferred(now, out)  # a stray the load did not adopt (L22)
+        self._trim(now, out)  # L26: the old model goes once the new one landed
         main, intent = self._main, self._intent
         if intent.queued is not None and main.phase in (State.IDLE, State.LOADED):
             queued, intent.queued = intent.queued, None
@@ -585,7 +587,6 @@ class Lifecycle(PinnedRules):
             main.draft_due = False
             self._start_draft(now, out)
         self._load_pins(now, out)  # L28, one at a time (L30)
-        self._trim(now, out)  # L26: the old model goes once the new one landed
 
     def _load_failed(self, event: LoadFailed, op: Op, out: list[Action]) -> None:
         if event.abandoned:
