@@ -55,10 +55,12 @@ Rules (ids from lifecycle-spec.md):
 - The idle timer runs only in `loaded` (L9-L11), with the selection's own
   keep-alive when it has one.
 - Another engine makes the core hands-off until LM Studio comes back (L13).
-- With `max_loaded` above 1, models stay resident beside the current one:
-  selecting one loads nothing (L24), room is made by evicting the least
-  recently used idle resident (L25), each has its own idle timer and pinned
-  ones never go (L28): residency.py. With 1 (the default) a switch is L4's.
+- Several residents (residency.py, pinned.py): selecting one loads nothing
+  (L24); room is made by `max_loaded` and the budget, evicting the least
+  recently used idle resident (L25); make-before-break when chosen (L26); a
+  refused load evicts and retries (L27); each resident has its own idle timer
+  and pinned ones never go (L28). With `max_loaded` 1, nothing pinned and no
+  budget (the defaults) a switch is L4's.
 - Server snapshots (L17, L18): a model that vanished from the server is
   forgotten; after an outage the model we wanted is loaded again, since a
   server restart forgets every model.
