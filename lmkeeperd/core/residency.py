@@ -161,6 +161,8 @@ class ResidencyRules(CommandRules):
 
     def _room_due(self, now: float, out: list[Action]) -> None:
         """L25: a switch waited `busy_switch_wait` for room; it loads beside the busy ones."""
+        if self._intent.queued is None:
+            self._room_wait_from = None  # the switch that waited was dropped or replaced
         at = self._room_at()
         if at is None or now < at:
             return

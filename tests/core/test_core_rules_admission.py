@@ -21,6 +21,7 @@ from lmkeeperd.core import (
     StreamEnded,
     StreamStarted,
 )
+from lmkeeperd.core.thrash import ThrashWatch
 
 A, B, C = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "google/gemma-3-12b"
 REFUSED = "Failed to load model: insufficient system resources"
@@ -309,3 +310,12 @@ def test_L28_pinned_models_are_taken_up_again_when_lmkeeperd_comes_back_to_lm_st
     assert again.model == A
     h.send(LoadFinished(again.op, A, adopted=True), at=5)
     assert h.core.residents == {A: A}
+
+
+def test_thrashing_is_warned_again_only_after_ten_minutes_and_not_for_many_models() -> None:
+    watch = ThrashWatch()
+    warnings = [watch.switched("ab"[i % 2], i * 30.0, 1) for i in range(40)]  # 20 minutes
+    at = [i * 30.0 for i, w in enumerate(warnings) if w is not None]
+    assert at == [180.0, 780.0]  # the 7th switch, then once per 10 minutes
+    spread = ThrashWatch()
+    assert all(spread.switched(f"m{i}", i * 1.0, 1) is None for i in range(20))
