@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
 from lmkeeperd.config import values as v
-from lmkeeperd.config.types import LOG_FORMATS, LOG_LEVELS
+from lmkeeperd.config.types import LOG_FORMATS, LOG_LEVELS, SWITCH_MODES
 
 Check: TypeAlias = Callable[[object], object]
 Schema: TypeAlias = Mapping[str, "Check | Schema"]
@@ -41,10 +41,14 @@ SCHEMA: Schema = {
         "unload_on_exit": v.boolean,
         "shutdown_timeout": v.positive_duration,
         "busy_switch_wait": v.non_negative_duration,
+        "max_loaded": v.positive_int,
+        "pinned": v.model_keys,
+        "switch": v.choice(SWITCH_MODES),
         "load": LOAD_SCHEMA,
     },
     "memory": {
         "budget_fraction": v.fraction,
+        "budget": v.size_or_unset,
         "models_dir": v.models_dir,
         "pressure_eject_below": v.size_or_off,
         "pressure_grace": v.positive_duration,

@@ -15,6 +15,8 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
+SwitchMode = Literal["auto", "make-before-break", "break-before-make"]
+SWITCH_MODES: tuple[SwitchMode, ...] = ("auto", "make-before-break", "break-before-make")
 
 # The settings LM Studio's `POST /api/v1/models/load` accepts besides `model`
 # (lmstudio-api.md), with the type each must have.
@@ -55,6 +57,11 @@ class ModelConfig:
     shutdown_timeout: float = 2.0
     # L20: how long a switch waits behind a generation only LM Studio sees; 0 waits forever.
     busy_switch_wait: float = 120.0
+    # L24, L25: how many selected models stay resident at once; pinned models are kept
+    # loaded always and do not count against max_loaded (they count in the budget).
+    max_loaded: int = 1
+    pinned: tuple[str, ...] = ()
+    switch: SwitchMode = "auto"  # L26
     # Empty by default: LM Studio then applies the user's own per-model settings.
     load: Mapping[str, Any] = field(default_factory=_no_load_settings)
 
@@ -62,6 +69,7 @@ class ModelConfig:
 @dataclass(frozen=True, slots=True)
 class MemoryConfig:
     budget_fraction: float = 0.8
+    budget: int | None = None  # bytes; None = budget_fraction of this machine's memory
     models_dir: str = ""  # "" = LM Studio's default, ~/.lmstudio/models
     pressure_eject_below: int | None = None  # bytes; None = memory-pressure eject off
     pressure_grace: float = 10.0

@@ -155,6 +155,24 @@ def positive_int(value: object) -> int:
     return value
 
 
+def model_keys(value: object) -> tuple[str, ...]:
+    """An array of model keys (trimmed, each once, in the order given); empty strings refused."""
+    if not isinstance(value, list):
+        raise _expected(
+            'an array of model keys, like ["text-embedding-nomic-embed-text-v1.5"]', value
+        )
+    keys: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise Invalid(f"item {index + 1}: expected a model key (a string), got {show(item)}")
+        key = item.strip()
+        if not key:
+            raise Invalid(f"item {index + 1}: an empty model key")
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
 def fraction(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _expected("a number between 0 and 1", value)
@@ -263,6 +281,16 @@ def listen(value: object) -> str:
     except ValueError as e:
         raise Invalid(f'{e}, or "" for off') from None
     return raw
+
+
+def size_or_unset(value: object) -> int | None:
+    """A size like "12GB" that must be more than 0; "" leaves it unset (None)."""
+    if not isinstance(value, str):
+        raise _expected('a size like "12GB" or "16GiB", or "" for unset', value)
+    size = size_or_off(value)
+    if size is not None and size <= 0:
+        raise Invalid(f"must be more than 0, got {show(value)}")
+    return size
 
 
 def size_or_off(value: object) -> int | None:

@@ -58,16 +58,21 @@ class Select:
 
 @dataclass(frozen=True, slots=True)
 class Activity:
-    """The model was just used: restart the idle timer (L10)."""
+    """`model` (None: the current model) was just used: restart its idle timer (L10, L24)."""
 
     op: ClassVar[str] = "activity"
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StreamStart:
-    """A client starts streaming from the model (L7-L9); the reply carries the stream id."""
+    """A client starts streaming from `model` (None: the current model) (L7-L9, L24).
+
+    The reply carries the stream id.
+    """
 
     op: ClassVar[str] = "stream_start"
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +187,9 @@ def as_message(request: Request) -> dict[str, Any]:
             message["name"] = name
         case StreamEnd(stream=stream) if stream is not None:
             message["stream"] = stream
-        case Unload(model=model) if model is not None:
+        case Unload(model=model) | Activity(model=model) | StreamStart(model=model) if (
+            model is not None
+        ):
             message["model"] = model
         case _:
             pass
@@ -213,9 +220,9 @@ def _request_from_object(obj: dict[str, Any]) -> Request:
                 default_idle=default_idle,
             )
         case "activity":
-            return Activity()
+            return Activity(model=_optional_model(obj, op))
         case "stream_start":
-            return StreamStart()
+            return StreamStart(model=_optional_model(obj, op))
         case "stream_end":
             return StreamEnd(stream=_optional_stream_id(obj, op, "stream"))
         case "engine":
@@ -241,6 +248,22 @@ def _required_str(obj: dict[str, Any], op: str, field: str) -> str:
 def _optional_str(obj: dict[str, Any], op: str, field: str) -> str | None:
     value = obj.get(field)
     return None if value is None else _str_value(value, op, field)
+
+
+def _optional_model(obj: dict[str, Any], op: str) -> str | None:
+    """L24: the model a use names (trimmed); left out or null means the current model."""
+    value = obj.get("model")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(
+            f'{op}: "model" must be a model key (a string), got {_json_type(value)}; '
+            "leave it out for the current model"
+        )
+    key = value.strip()
+    if not key:
+        raise ProtocolError(f'{op}: "model" is empty; leave it out for the current model')
+    return key
 
 
 def _str_value(value: object, op: str, field: str) -> str:

@@ -48,7 +48,7 @@ def problems_of(text: str) -> list[str]:
         ('url = "http://x"\n', "line 1: url: unknown key here (did you mean server.url?)"),
         (
             "[memory]\nzzz = 1\n",
-            "line 2: memory.zzz: unknown key (known keys: budget_fraction, models_dir, "
+            "line 2: memory.zzz: unknown key (known keys: budget_fraction, budget, models_dir, "
             "pressure_eject_below, pressure_grace)",
         ),
         (
