@@ -7,14 +7,15 @@ what lmkeeperd says it holds. Every wait is a condition with a deadline.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 import pytest
-from daemon_harness import DaemonProc, wait_until
+from daemon_harness import DaemonProc, toml_value, wait_until
 
 from lmkeeperd.emulator import Emulator
 
@@ -42,17 +43,41 @@ ROOMY = "100GB"
 
 
 def residency(
+    factory: Callable[..., DaemonProc],
     max_loaded: int = 2,
     *,
     budget: str = ROOMY,
     idle_timeout: str = "30m",
     **model: Any,
-) -> dict[str, dict[str, Any]]:
-    """The config tables of a daemon with residency on (pass to `daemon_factory`)."""
-    return {
+) -> DaemonProc:
+    """A started daemon with residency on: `[model] max_loaded`, `[memory] budget`, `model`.
+
+    Its config is written here: `pinned` is a TOML array, which the harness's renderer
+    does not write.
+    """
+    tables = {
         "model": {"max_loaded": max_loaded, "idle_timeout": idle_timeout, **model},
         "memory": {"budget": budget},
     }
+    d = factory(start=False, **tables)
+    d.write_config(render_tables(d.tables))
+    d.start()
+    return d
+
+
+def render_tables(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """TOML for `tables`, lists of strings included."""
+    lines: list[str] = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            if isinstance(value, list | tuple):
+                text = "[" + ", ".join(json.dumps(str(v)) for v in value) + "]"
+            else:
+                text = toml_value(value)
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def residents(d: DaemonProc) -> list[dict[str, Any]]:

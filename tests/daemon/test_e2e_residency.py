@@ -45,7 +45,7 @@ Factory = Callable[..., DaemonProc]
 def test_L24_two_residents_and_reselection_loads_nothing(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
-    d = daemon_factory(**residency(2))
+    d = residency(daemon_factory, 2)
     select(d, A)
     select(d, B)
     both = wait_residents(d, [A, B])
@@ -69,7 +69,7 @@ def test_L24_two_residents_and_reselection_loads_nothing(
 def test_L25_least_recently_used_idle_resident_is_evicted_at_max_loaded(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
-    d = daemon_factory(**residency(2))
+    d = residency(daemon_factory, 2)
     select(d, A)
     select(d, B)
     select(d, A)  # A used again: B is now the least recently used
@@ -87,7 +87,7 @@ def test_L25_least_recently_used_idle_resident_is_evicted_at_max_loaded(
 def test_L25_L19_a_model_generating_for_a_direct_client_is_never_evicted(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
-    d = daemon_factory(**residency(2, busy_switch_wait="60s"))
+    d = residency(daemon_factory, 2, busy_switch_wait="60s")
     select(d, A)
     select(d, B)  # A is now the least recently used, but it will be busy for LM Studio
     d.wait_status(activity_source="lmstudio", timeout=15)
@@ -108,7 +108,7 @@ def test_L28_pinned_model_loaded_at_start_kept_past_idle_and_after_a_restart(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
     idle = 1.0
-    d = daemon_factory(**residency(1, idle_timeout=f"{idle}s", pinned=[E]))
+    d = residency(daemon_factory, 1, idle_timeout=f"{idle}s", pinned=[E])
     (pin,) = wait_residents(d, [E])
     assert pin["pinned"] is True and pin["idle_eject_in_s"] is None, pin
     assert loads_of(emulator) == [E]
@@ -136,7 +136,7 @@ def test_L28_each_resident_has_its_own_idle_timer(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
     idle = 1.5
-    d = daemon_factory(**residency(2, idle_timeout=f"{idle}s"))
+    d = residency(daemon_factory, 2, idle_timeout=f"{idle}s")
     select(d, A)
     select(d, B)
     with d.client() as c:
@@ -166,7 +166,7 @@ def test_L28_each_resident_has_its_own_idle_timer(
 def test_L22_L28_kill_9_with_two_residents_leaves_no_duplicate(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
-    d = daemon_factory(**residency(2))
+    d = residency(daemon_factory, 2)
     select(d, A)
     select(d, B)
     wait_residents(d, [A, B])

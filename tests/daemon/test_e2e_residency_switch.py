@@ -40,7 +40,7 @@ def test_L26_make_before_break_old_model_serves_while_the_new_one_loads(
     daemon_factory: Factory, emulator: Emulator, switch: str
 ) -> None:
     # A (3.7 GB) and B (6.29 GB) fit a 12 GB budget together: `auto` makes before breaking.
-    d = daemon_factory(**residency(1, budget="12GB", switch=switch))
+    d = residency(daemon_factory, 1, budget="12GB", switch=switch)
     select(d, A)
     emulator.set_load_delay(2.0, model=B)
     assert d.request({"op": "select", "model": B}) == {"ok": True}
@@ -65,7 +65,7 @@ def test_L26_auto_breaks_before_making_when_the_budget_is_too_small_for_both(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
     # Each fits 8 GB alone; together (9.99 GB) they do not.
-    d = daemon_factory(**residency(1, budget="8GB", switch="auto"))
+    d = residency(daemon_factory, 1, budget="8GB", switch="auto")
     select(d, A)
     emulator.set_load_delay(1.0, model=B)
     select(d, B)
@@ -81,7 +81,7 @@ def test_L27_guardrail_refusal_evicts_the_idle_one_and_the_retry_succeeds(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
     # lmkeeperd thinks three fit (max_loaded 3, a roomy budget); LM Studio holds only two.
-    d = daemon_factory(**residency(3))
+    d = residency(daemon_factory, 3)
     select(d, A)
     select(d, B)
     emulator.set_guardrail(max_models=2)
