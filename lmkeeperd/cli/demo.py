@@ -4,7 +4,11 @@ Everything lives in a fresh temporary folder (config, socket, persisted
 selection), so the demo never touches a real installation's state, and the
 commands it prints work from any other terminal as typed: they name this very
 `lmkeeperd` by its absolute path unless the shell finds that same file by name
-(a venv that is not activated is the usual case, issue 13).
+(a venv that is not activated is the usual case).
+
+It runs with `max_loaded = 2` and the emulator's embedding model pinned (L24,
+L25): select two models in turn and both stay loaded beside the pinned one; a
+third evicts the one used least recently.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from lmkeeperd.config import load_config
 from lmkeeperd.emulator import Emulator, default_catalog
 
 DEMO_MODEL = "qwen/qwen3-4b-2507"
+DEMO_SECOND = "meta-llama/llama-3.1-8b-instruct"
+DEMO_PINNED = "text-embedding-nomic-embed-text-v1.5"
+DEMO_MAX_LOADED = 2
 
 
 def _toml_string(value: str) -> str:
@@ -35,7 +42,10 @@ def write_demo_config(folder: Path, server_url: str, idle_timeout: str) -> Path:
         f"url = {_toml_string(server_url)}\n"
         'reconcile_interval = "5s"\n\n'
         "[model]\n"
-        f"idle_timeout = {_toml_string(idle_timeout)}\n\n"
+        f"idle_timeout = {_toml_string(idle_timeout)}\n"
+        "# Two selected models stay loaded at once; the embedding model always (L24, L25).\n"
+        f"max_loaded = {DEMO_MAX_LOADED}\n"
+        f"pinned = [{_toml_string(DEMO_PINNED)}]\n\n"
         "[control]\n"
         f"socket = {_toml_string(str(folder / 'lmkeeperd.sock'))}\n",
         encoding="utf-8",
@@ -66,7 +76,10 @@ def instructions(config_file: Path, lmkeeperd: str) -> str:
         f"  export LMKEEPERD_CONFIG={shlex.quote(str(config_file))}\n"
         f"  {lmkeeperd} select {DEMO_MODEL}\n"
         f"  {lmkeeperd} status\n"
-        f"  {lmkeeperd} select meta-llama/llama-3.1-8b-instruct   # switch\n"
+        f"  {lmkeeperd} select {DEMO_SECOND}   # a second model, loaded beside the first\n"
+        f"  {lmkeeperd} status   # both resident, and the pinned {DEMO_PINNED}\n"
+        f"  {lmkeeperd} select {DEMO_MODEL}   # already resident: no load at all\n"
+        f"  {lmkeeperd} models   # resident models marked\n"
     )
 
 
@@ -85,7 +98,8 @@ def run_demo(idle_timeout: str = "60s", load_delay: float = 2.0) -> int:
         models = ", ".join(m.key for m in catalog if m.type == "llm")
         print(
             f"lmkeeperd demo: LM Studio emulator at {emulator.url}, loads take {load_delay:g}s,\n"
-            f"idle eject after {idle_timeout}. Models: {models}\n\n"
+            f"idle eject after {idle_timeout}, max_loaded = {DEMO_MAX_LOADED}, "
+            f"{DEMO_PINNED} pinned.\nModels: {models}\n\n"
             f"{instructions(config_file, command_word())}\n"
             "Ctrl-C stops the demo.\n",
             flush=True,

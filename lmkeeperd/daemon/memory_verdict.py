@@ -41,10 +41,11 @@ def verdicts(
     memory: MemoryCheck, models: list[ModelInfo], fraction: float, freed_bytes: int = 0
 ) -> dict[str, dict[str, Any]]:
     """Each model's verdict against the budget now (`freed_bytes` counted as free)."""
-    from lmkeeperd.memory import budget
-
+    remote = memory.remote_unknown
+    if remote is not None:  # L25: this machine's memory says nothing of the server's
+        return {m.key: {"verdict": UNKNOWN, "why": remote} for m in models}
     try:
-        b = budget(memory.probe.read(), fraction, freed_bytes)
+        b = memory.budget(freed_bytes)
     except Exception as e:  # the listing answers even when the probe cannot
         return {m.key: {"verdict": UNKNOWN, "why": f"memory probe failed: {e}"} for m in models}
     return {info.key: _verdict(memory, info, b) for info in models}

@@ -27,6 +27,7 @@ UNLOAD_REASONS = ("switch", "idle", "command", "exit", "superseded", "memory_pre
 FAILURE_KINDS = ("load", "unload", "config", "server")
 PROXY_OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "aborted")
 # Loads take from under a second (small models, adopted ones) to many minutes.
+EVICTION_REASONS = ("max_loaded", "budget", "refused by LM Studio")
 LOAD_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 _FAILURE_EVENTS = {
@@ -50,6 +51,10 @@ class Snapshot:
     start_time: float  # Unix time the daemon started
     proxy: ProxyStats | None = None  # None when the proxy is off
     proxy_switches: int = 0
+    # L24, L25: (model, estimated bytes or None, pinned) per resident of ours.
+    residents: tuple[tuple[str, float | None, bool], ...] = ()
+    budget_bytes: float | None = None  # None: no budget (a remote server without one)
+    budget_used_bytes: float = 0.0
 
 
 class _Histogram:
@@ -79,6 +84,9 @@ class Metrics:
         self.failures = dict.fromkeys(FAILURE_KINDS, 0)
         self.advisories = 0
         self.vanished = 0
+        self.evictions = dict.fromkeys(EVICTION_REASONS, 0)
+        self.refusals = 0
+        self.thrashing = 0
         self.load_seconds = _Histogram(LOAD_BUCKETS)
 
     def observe(self, event: str, fields: Mapping[str, Any]) -> None:
@@ -100,6 +108,13 @@ class Metrics:
             self.advisories += 1
         elif event == "model_vanished":
             self.vanished += 1
+        elif event == "evicted":
+            reason = str(fields.get("reason", "unknown"))
+            self.evictions[reason] = self.evictions.get(reason, 0) + 1
+        elif event == "load_refused":
+            self.refusals += 1
+        elif event == "thrashing":
+            self.thrashing += 1
 
     def render(self, now: Snapshot) -> str:
         out = _Text()
@@ -153,6 +168,7 @@ class Metrics:
             "lmkeeperd_model_vanished_total", "counter", "Our model was unloaded behind our back."
         )
         out.sample("lmkeeperd_model_vanished_total", self.vanished)
+        self._render_residency(out, now)
         out.histogram(
             "lmkeeperd_load_duration_seconds",
             "How long loads took (adopted models excluded).",
@@ -161,6 +177,51 @@ class Metrics:
         if now.proxy is not None:
             self._render_proxy(out, now.proxy, now.proxy_switches)
         return out.text()
+
+    def _render_residency(self, out: _Text, now: Snapshot) -> None:
+        out.family(
+            "lmkeeperd_residents", "gauge", "Models of ours resident (L24), pinned ones too."
+        )
+        out.sample("lmkeeperd_residents", len(now.residents))
+        out.family(
+            "lmkeeperd_resident_estimated_bytes",
+            "gauge",
+            "What each resident model needs by lmkeeperd's estimate, its draft included (L25).",
+        )
+        for model, estimate, pinned in now.residents:
+            if estimate is not None:
+                out.sample(
+                    "lmkeeperd_resident_estimated_bytes",
+                    estimate,
+                    model=model,
+                    pinned=str(pinned).lower(),
+                )
+        out.family(
+            "lmkeeperd_budget_bytes",
+            "gauge",
+            "The memory budget for the residents (no sample: none, the server is remote).",
+        )
+        if now.budget_bytes is not None:
+            out.sample("lmkeeperd_budget_bytes", now.budget_bytes)
+        out.family(
+            "lmkeeperd_budget_used_bytes",
+            "gauge",
+            "What the residents and loads in flight take of the budget by their estimates.",
+        )
+        out.sample("lmkeeperd_budget_used_bytes", now.budget_used_bytes)
+        out.family("lmkeeperd_evictions_total", "counter", "Resident models evicted, by reason.")
+        for reason, n in self.evictions.items():
+            out.sample("lmkeeperd_evictions_total", n, reason=reason)
+        out.family(
+            "lmkeeperd_load_refusals_total", "counter", "Loads LM Studio refused (its guardrails)."
+        )
+        out.sample("lmkeeperd_load_refusals_total", self.refusals)
+        out.family(
+            "lmkeeperd_thrashing_warnings_total",
+            "counter",
+            "Warnings that switches keep alternating between the same models.",
+        )
+        out.sample("lmkeeperd_thrashing_warnings_total", self.thrashing)
 
     @staticmethod
     def _render_proxy(out: _Text, stats: ProxyStats, switches: int) -> None:

@@ -11,6 +11,12 @@ journal (journal.py) before it is sent. A load the journal says may still land
 (an earlier daemon's, or one abandoned at `load_timeout`) is waited for rather
 than sent twice.
 
+L30 (one load at a time): LM Studio cannot cancel a load, so a second one sent
+while one runs would load both at once. The core never asks for that; should
+it ever, the load waits here until the one in flight has returned
+(`load_overlap`, an error: a bug of ours), and is sent then. Make-before-break
+(L26) is a load while the old model stays loaded: nothing here stops it.
+
 L20: an unload with `look_first` asks LM Studio what the instance is doing
 (activity_bridge.py's `look`) and is not sent while it is busy.
 """
@@ -78,6 +84,7 @@ class Operations:
         self._on_load_failed = on_load_failed
         self.memory: MemoryCheck = make_memory_check(config)
         self.last_advisory: dict[str, Any] | None = None
+        self._held_back: list[StartLoad] = []  # L30: loads asked for while one ran
 
     @property
     def requests_in_flight(self) -> bool:
@@ -89,14 +96,32 @@ class Operations:
         self.memory = make_memory_check(new)
 
     def start_load(self, action: StartLoad) -> None:
+        if self._in_flight.loading:
+            # L30: never two loads in flight, whatever the core asks (a bug of ours).
+            log.error(
+                "load_overlap",
+                model=action.model,
+                in_flight=sorted(set(self._in_flight.loading.values())),
+                error="the core asked for a load while another is in flight (L30); "
+                "it is sent when that one returns",
+            )
+            self._held_back.append(action)
+            return
         self._in_flight.loading[action.op] = action.model
         self._in_flight.tasks[action.op] = self._host.spawn(self._load(action))
+
+    def _next_held_back(self) -> None:
+        if self._held_back and not self._in_flight.loading:
+            self.start_load(self._held_back.pop(0))
 
     def start_unload(self, action: StartUnload) -> None:
         self._in_flight.tasks[action.op] = self._host.spawn(self._unload(action))
 
     def _outcome(self, event: Event) -> None:
         self._in_flight.outcomes += 1
+        if isinstance(event, LoadFinished | LoadFailed):
+            # Returned: a load the core asks for in answer (a draft, L15) is not an overlap.
+            self._in_flight.loading.pop(event.op, None)
         self._host.feed(event)
 
     def _load_failed(self, action: StartLoad, event: LoadFailed) -> None:
@@ -172,6 +197,8 @@ class Operations:
             # Cancelled (the stop's bound ran out): the entry stays for the next start.
             self._in_flight.tasks.pop(action.op, None)
             self._in_flight.loading.pop(action.op, None)
+            if not self._host.core.stopped:
+                self._next_held_back()
 
     async def _await_pending(self, action: StartLoad, key: str, entry: Entry) -> str | None:
         """Wait for the load in journal entry `key` to land; its instance, or None at its deadline.

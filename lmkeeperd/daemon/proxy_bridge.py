@@ -44,12 +44,12 @@ class ProxyBridge:
 
     # --- ProxyHooks -----------------------------------------------------------
 
-    def activity(self) -> None:
+    def activity(self, model: str | None = None) -> None:
         self._host.feed(Activity())
 
-    def stream_opened(self) -> int:
+    def stream_opened(self, model: str | None = None) -> int:
         stream = self._host.next_stream()
-        log.debug("stream_opened", stream=stream, conn="proxy")
+        log.debug("stream_opened", stream=stream, conn="proxy", model=model)
         self._host.feed(StreamStarted(stream))
         return stream
 

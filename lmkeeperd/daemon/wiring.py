@@ -6,49 +6,34 @@ daemon runs with, so both read the config the same way.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from collections.abc import Collection
 
-from lmkeeperd.config import Config, is_loopback
+from lmkeeperd.config import Config
 from lmkeeperd.core import Settings
-from lmkeeperd.daemon.memory_advisor import MemoryCheck
+from lmkeeperd.daemon.memory_advisor import (
+    REMOTE_UNKNOWN,
+    MemoryCheck,
+    budget_bytes,
+    server_is_local,
+)
 from lmkeeperd.lmstudio.client import LMStudioClient
 from lmkeeperd.lmstudio.models import ModelInfo
 from lmkeeperd.proxy import ProxySettings, Token
 
-REMOTE_UNKNOWN = "unknown: the server is remote; set [memory] budget"
-"""What a memory verdict says when the server is on another machine and no budget is set."""
 
+def settings_from(
+    config: Config,
+    total_bytes: int | None = None,
+    catalog: Collection[str] | None = None,
+) -> Settings:
+    """The core's settings from `config`.
 
-def server_is_local(config: Config) -> bool:
-    """True when `[server] url` names this machine (a loopback host): its RAM is the server's."""
-    host = urlsplit(config.server.url).hostname or ""
-    return is_loopback(host)
-
-
-def budget_bytes(config: Config, total_bytes: int | None = None) -> int | None:
-    """L25's memory budget: `[memory] budget`, else `budget_fraction` of this machine's memory.
-
-    None when the server is remote and no budget is set (this machine's RAM says nothing
-    of the server's: admission then counts models only), or when the memory cannot be read.
-    `total_bytes` is this machine's effective total; read from the probe when not given.
+    `catalog`: the server's model keys when known; pinned keys it does not list are
+    left out (L23: an unknown key changes nothing; residency_feed.py reports them).
+    `total_bytes`: this machine's memory, for the budget (read when not given).
     """
-    mem = config.memory
-    if mem.budget is not None:
-        return mem.budget
-    if not server_is_local(config):
-        return None
-    if total_bytes is None:
-        from lmkeeperd.memory import PsutilProbe
-
-        try:
-            total_bytes = PsutilProbe().read().effective_total_bytes
-        except Exception:  # no figure: count models only rather than guess
-            return None
-    return int(mem.budget_fraction * total_bytes)
-
-
-def settings_from(config: Config, total_bytes: int | None = None) -> Settings:
     m = config.model
+    pinned = m.pinned if catalog is None else tuple(k for k in m.pinned if k in catalog)
     return Settings(
         auto_load=m.auto_load,
         idle_timeout=m.idle_timeout,
@@ -58,8 +43,20 @@ def settings_from(config: Config, total_bytes: int | None = None) -> Settings:
         unload_on_exit=m.unload_on_exit,
         busy_switch_wait=m.busy_switch_wait,
         max_loaded=m.max_loaded,
-        pinned=m.pinned,
+        pinned=pinned,
     )
+
+
+__all__ = [
+    "REMOTE_UNKNOWN",
+    "budget_bytes",
+    "loaded_map",
+    "make_client",
+    "make_memory_check",
+    "proxy_settings",
+    "server_is_local",
+    "settings_from",
+]
 
 
 def make_client(config: Config) -> LMStudioClient:

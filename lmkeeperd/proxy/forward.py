@@ -84,7 +84,10 @@ class Forwarder:
         body, complete = await client.read_body_upto(
             SELECT_BODY_LIMIT if select else REPLAY_BODY_LIMIT
         )
-        model = model_of(body) if select and complete else None
+        # L24: the model a request names is the one it uses (counted for it), whether or
+        # not it may switch; only select-on-request makes it a selection.
+        named = model_of(body) if inference and complete else None
+        model = named if select else None
         if complete:
             client.watch_hangup(hangup)
         stream: int | None = None
@@ -92,14 +95,14 @@ class Forwarder:
 
         def open_stream() -> None:
             nonlocal stream
-            stream = hooks.stream_opened()
+            stream = hooks.stream_opened(named)
             self.stats.streams_open += 1
 
         def sent() -> None:
             # The request is on its way: what the daemon does with that news (the
             # log line of a state change) overlaps with LM Studio's work on it.
             if not inference:
-                hooks.activity()
+                hooks.activity(named)
             elif stream is None:
                 open_stream()  # its end restarts the idle timer (L9): activity enough
 

@@ -22,12 +22,12 @@ Token = Secret
 class ProxyHooks(Protocol):
     """The daemon's side of the proxy."""
 
-    def activity(self) -> None:
-        """A request went through (lifecycle L10)."""
+    def activity(self, model: str | None = None) -> None:
+        """A request went through (lifecycle L10), for `model` when its body names one (L24)."""
         ...
 
-    def stream_opened(self) -> int:
-        """A request now pins the model (L7-L9); returns the stream's id."""
+    def stream_opened(self, model: str | None = None) -> int:
+        """A request now pins `model` (None: the current model) (L7-L9, L24); its stream id."""
         ...
 
     def stream_closed(self, stream: int) -> None:

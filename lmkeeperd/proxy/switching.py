@@ -63,9 +63,10 @@ class SelectModel:
 
 @dataclass(frozen=True, slots=True)
 class OpenStreams:
-    """Open one stream per waiter still waiting, and hand it its id (`set_result`)."""
+    """Open one stream per waiter still waiting, on `model`, and hand it its id (`set_result`)."""
 
     waiters: tuple[asyncio.Future[int], ...]
+    model: str | None = None  # the model they asked for (L24: their streams count for it)
 
 
 GateWork = SelectModel | OpenStreams
@@ -80,8 +81,8 @@ class SwitchWorld(Protocol):
         """The core's latest selection (to notice one made elsewhere)."""
         ...
 
-    def stream_opened(self) -> int:
-        """Open a stream for a request that goes at once (never called from `changed()`)."""
+    def stream_opened(self, model: str | None = None) -> int:
+        """Open a stream on `model` for a request that goes at once (never from `changed()`)."""
         ...
 
     def stream_closed(self, stream: int) -> None: ...
@@ -113,7 +114,7 @@ class SwitchGate:
     async def stream_for(self, model: str, *, max_wait: float) -> int:
         verdict = self._world.verdict(model)
         if verdict is Verdict.PASS or (verdict is Verdict.READY and self._target is None):
-            return self._world.stream_opened()
+            return self._world.stream_opened(model)
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(model, []).append(waiter)
         self._world.gate_moved()
@@ -209,7 +210,7 @@ class SwitchGate:
         # anything else (a selection, the idle timer) can unload it.
         waiters = tuple(self._waiting.pop(model, []))
         if waiters:
-            self._work.append(OpenStreams(waiters))
+            self._work.append(OpenStreams(waiters, model))
 
     def _reject(self, model: str, message: str) -> None:
         for waiter in self._waiting.pop(model, []):

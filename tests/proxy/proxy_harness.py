@@ -37,6 +37,7 @@ class Hooks:
         self.open: set[int] = set()
         self.events: list[tuple[str, Any]] = []
         self.refuse: SelectionError | None = None
+        self.stream_models: list[str | None] = []  # the model each stream was opened on
         self._changed = asyncio.Event()
 
     def _record(self, name: str, value: Any) -> None:
@@ -50,10 +51,11 @@ class Hooks:
                 self._changed.clear()
                 await self._changed.wait()
 
-    def activity(self) -> None:
-        self._record("activity", None)
+    def activity(self, model: str | None = None) -> None:
+        self._record("activity", model)
 
-    def stream_opened(self) -> int:
+    def stream_opened(self, model: str | None = None) -> int:
+        self.stream_models.append(model)
         stream = next(self.ids)
         self.open.add(stream)
         self._record("opened", stream)

@@ -40,7 +40,7 @@ class World:
     def selected_model(self) -> str | None:
         return self.selected
 
-    def stream_opened(self) -> int:
+    def stream_opened(self, model: str | None = None) -> int:
         stream = self._open()
         self.after_event()
         return stream
