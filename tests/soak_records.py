@@ -79,6 +79,8 @@ class SoakPlan:
     events: int = CI_EVENTS
     seed: int = DEFAULT_SEED
     mean_gap_s: float = 0.002  # the pause between two events is exponential with this mean
+    # Residency on (max_loaded, pinned, budget, guardrail faults) or one model at a time.
+    residency: bool = True
 
 
 @dataclass(slots=True)

@@ -15,21 +15,34 @@ from soak_records import (
     LOAD_PATH,
     LOAD_TIMEOUT_S,
     MAX_LOADED,
-    MODELS_PATH,
     PINNED,
     UNLOAD_PATH,
     Snapshot,
     _instance_key,
 )
 
+from lmkeeperd.emulator import default_catalog
+
 GB = 1e9
 
 
 class ResidencyWatch:
+    def _pinned_at_start(self) -> None:
+        """12. The pinned model is loaded at start (L28)."""
+        if not self.plan.residency:
+            return
+        try:
+            self.emu.wait_until(lambda: PINNED in self.emu.loaded(), timeout=10)
+            self.result.checks["pinned loaded at start"] += 1
+        except TimeoutError:
+            self.violate(f"L28: the pinned model {PINNED} was not loaded within 10 s of start")
+
     # --- after the run ----------------------------------------------------------------------
 
     def _check_residency(self, requests: list[Any]) -> None:
         self._check_one_load(requests)
+        if not self.plan.residency:
+            return
         unloads = [r for r in requests if r.path == UNLOAD_PATH and isinstance(r.body, dict)]
         self._check_pinned(unloads)
         self._check_budget(requests)
@@ -52,8 +65,8 @@ class ResidencyWatch:
                     self.result.checks["overlapping loads (excused)"] += 1
                     continue
                 self.violate(
-                    f"L30: two loads in flight: {first.body} at t={first.t:.3f} and "
-                    f"{second.body} at t={second.t:.3f}"
+                    f"L30: two loads in flight: {first.body} at t={first.t:.3f} (answered "
+                    f"{first.status} at {end:.3f}) and {second.body} at t={second.t:.3f}"
                 )
         self.result.checks["loads (L30)"] += len(loads)
 
@@ -78,8 +91,7 @@ class ResidencyWatch:
                 self.violate(f"L28: the pinned model's instance {instance} was unloaded unasked")
 
     def _sizes(self) -> dict[str, int]:
-        body = self.http.get(MODELS_PATH).json()
-        return {m["key"]: int(m.get("size_bytes") or 0) for m in body.get("models", [])}
+        return {m.key: m.size_bytes for m in default_catalog()}  # the soak's emulator's
 
     def _check_budget(self, requests: list[Any]) -> None:
         """10. lmkeeperd's own loads never exceed the budget (L25, L26): judged on weights
@@ -122,7 +134,8 @@ class ResidencyWatch:
             for k, inst in snapshot.instances.items()
             if k not in self.released and any(c == DAEMON_CTX for _, c in inst)
         }
-        selected = ours - {PINNED}
-        if len(selected) > MAX_LOADED:
-            return f"{len(selected)} resident besides the pinned one, max_loaded {MAX_LOADED}"
+        limit = MAX_LOADED if self.plan.residency else 1
+        selected = ours - {PINNED} if self.plan.residency else ours
+        if len(selected) > limit:
+            return f"{len(selected)} resident besides the pinned one, max_loaded {limit}"
         return None
