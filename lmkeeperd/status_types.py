@@ -117,8 +117,34 @@ class WhyStatus(TypedDict):
     deferred_unloads: int
 
 
+class ResidentStatus(TypedDict):
+    """One model of ours resident on the server (L24-L28), the current one first."""
+
+    model: str
+    instance_id: str | None  # None while its load is in flight
+    state: str  # "loading" | "loaded" | "unloading"
+    pinned: bool
+    current: bool  # the last selected: what `model` and `state` describe
+    last_used_ago_s: float | None  # None: not used since it was loaded
+    idle_eject_in_s: float | None  # None: no idle timer runs (pinned, in use, timeout off)
+    estimate_gb: float | None  # what it needs by lmkeeperd's estimate (draft included)
+    doing: str | None  # LM Studio's state of the instance (L19); None: cannot be read
+    streams: int  # client streams naming it
+
+
+class BudgetStatus(TypedDict):
+    """What the residents take of the memory budget (L25), and the counts (L24)."""
+
+    used_gb: float  # by the residents' estimates, loads in flight included
+    total_gb: float | None  # None: no budget (a remote server without [memory] budget)
+    source: str  # "config" ([memory] budget) | "fraction" (of this machine) | "none"
+    residents: int  # models of ours resident, pinned ones included
+    max_loaded: int  # how many selected models may stay resident (pinned ones beside)
+
+
 class RestoredSelection(TypedDict):
-    """The stored selection the daemon started with (issue 11), and the file it came from."""
+    """The stored selection the daemon started with (a socket selection from before a
+    restart), and the file it came from."""
 
     model: str
     file: str
@@ -154,3 +180,5 @@ class Status(TypedDict):
     activity_source: str  # "lmstudio" | "clients only" (L21)
     activity_reason: str | None  # why "clients only": "older server", "auth refused", ...
     server_activity: ServerActivityStatus | None  # None: LM Studio's view cannot be read
+    resident: list[ResidentStatus]  # L24: every model of ours resident, the current first
+    budget: BudgetStatus

@@ -27,6 +27,7 @@ from lmkeeperd.core import (
     LoadFailed,
     LoadFinished,
     MemoryPressure,
+    ModelEstimates,
     Notify,
     OwnStray,
     ResumeLoad,
@@ -130,10 +131,19 @@ class World:
                 if instance in busy_before - cleared:
                     assert instance in forced and not action.look_first, action
         assert core.loads_in_flight <= 1, "more than one load in flight"
-        # L25: never more residents than max_loaded, the one loading or unloading included.
-        held = len(core.residents) + (core.model is not None)
-        assert held <= core.settings.max_loaded, (core.model, core.residents)
+        self.check_budget(out)
+        # L25, L28: never more residents than max_loaded (pinned ones do not count), the one
+        # loading or unloading included; one more only while a load is in flight (L26's
+        # make-before-break, L25's load beside busy residents) or until the resident past
+        # the limit is no longer in use (L7, L19).
+        pinned = set(core.settings.pinned)
+        held = [m for m in [core.model, *core.residents] if m is not None and m not in pinned]
+        in_use = bool(self.streams) or bool(core.busy_instances)
+        extra = 1 if core.state is State.LOADING or in_use else 0
+        assert len(held) <= core.settings.max_loaded + extra, (core.model, core.residents)
         assert core.model not in core.residents, core.model
+        views = core.residents_view()
+        assert len({v.model for v in views}) == len(views), views  # never two of one model
         if not self.source:  # L21: stale busy flags must never block forever
             assert not core.busy_instances, core.busy_instances
         assert (core.state is State.IDLE) == (core.model is None), (core.state, core.model)
@@ -157,6 +167,21 @@ class World:
             keep = {core.instance_id} | ({core.draft[1]} if core.draft else set())
             keep |= set(core.residents.values())  # L24: residents beside it (max_loaded > 1)
             assert set(owned) <= keep, owned
+
+    def check_budget(self, out: list[Action]) -> None:
+        """L25: a load lmkeeperd starts leaves the sum over the budget only when nothing
+        idle was left to evict (the rest in use, pinned, or loads that may still land)."""
+        core = self.core
+        budget, pinned = core.settings.budget_gb, core.settings.pinned
+        starts = [a for a in out if isinstance(a, StartLoad) and not a.draft]
+        if budget is None or not any(a.model not in pinned for a in starts):
+            return
+        if core.budget_used_gb() <= budget + 1e-9:
+            return
+        in_use = bool(self.streams) or bool(core.busy_instances)
+        for view in core.residents_view():
+            if not view.current and view.state == "loaded":
+                assert view.pinned or view.busy or in_use, (view, core.budget_used_gb())
 
     def perform(self, out: list[Action]) -> None:
         for action in out:
@@ -332,6 +357,16 @@ def run_step(world: World, kind: str, arg: object) -> None:
         world.land_abandoned(int(str(arg)))
     elif kind == "reconcile":
         world.reconcile_strays()
+    elif kind == "refuse" and world.loads:  # LM Studio's guardrail said no (L27)
+        op = sorted(world.loads)[int(str(arg)) % len(world.loads)]
+        world.loads.pop(op)
+        world.adopt.pop(op)
+        world.send(LoadFailed(op, "insufficient system resources", refused=True))
+    elif kind == "stream_model":  # a stream naming its model (L24)
+        stream, model = arg  # type: ignore[misc]
+        world.send(StreamStarted(int(stream), str(model)))
+    elif kind == "estimates":
+        world.send(ModelEstimates(dict(zip(MODELS, arg, strict=False))))  # type: ignore[call-overload]
 
 
 # LM Studio's own activity (L19-L22) in a smaller alphabet, so that busy instances,

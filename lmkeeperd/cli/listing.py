@@ -34,13 +34,14 @@ def models(config: str | None = None, as_json: bool = False) -> int:
     if not rows:
         print("the server lists no models")
         return OK
-    table = [("MODEL", "SIZE", "QUANT", "LOADED", "MEMORY")]
+    table = [("MODEL", "SIZE", "QUANT", "RESIDENT", "LOADED", "MEMORY")]
     for row in rows:
         table.append(
             (
                 str(row.get("key")),
                 "-" if row.get("size_gb") is None else f"{row['size_gb']} GB",
                 str(row.get("quantization") or "-"),
+                resident_mark(row.get("resident")),
                 _instances(row.get("instances") or []),
                 _verdict(row.get("memory") or {}),
             )
@@ -49,6 +50,20 @@ def models(config: str | None = None, as_json: bool = False) -> int:
     for r in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)) + "  " + r[-1])
     return OK
+
+
+def resident_mark(resident: Any) -> str:
+    """L24: "current", "resident" or "pinned" (with the state while loading or unloading)."""
+    if not isinstance(resident, dict):
+        return "-"
+    marks = []
+    if resident.get("current"):
+        marks.append("current")
+    if resident.get("pinned"):
+        marks.append("pinned")
+    text = ", ".join(marks) or "resident"
+    state = resident.get("state")
+    return text if state in (None, "loaded") else f"{text} ({state})"
 
 
 def _instances(instances: list[Mapping[str, Any]]) -> str:

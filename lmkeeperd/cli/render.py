@@ -104,6 +104,41 @@ def _activity_row(status: Status) -> str | None:
     return text
 
 
+def _budget_row(budget: Mapping[str, Any]) -> str:
+    used = budget.get("used_gb")
+    total = budget.get("total_gb")
+    count = f"{budget.get('residents', '?')} resident, max_loaded {budget.get('max_loaded', '?')}"
+    if total is None:
+        return f"{_or_dash(used)} GB estimated, no budget (counting models only); {count}"
+    return f"{_or_dash(used)} GB of {total} GB used; {count}"
+
+
+def render_residents(residents: list[Any]) -> str:
+    """L24: one line per resident model, the current one marked with `*`."""
+    header = ("", "model", "state", "pinned", "last used", "idle eject", "GB", "doing", "streams")
+    lines = [header]
+    for r in residents:
+        ago = r.get("last_used_ago_s")
+        lines.append(
+            (
+                "*" if r.get("current") else "",
+                str(r.get("model")),
+                str(r.get("state")),
+                "yes" if r.get("pinned") else "",
+                "-" if ago is None else f"{_fmt_seconds(ago)} ago",
+                "never" if r.get("idle_eject_in_s") is None else _fmt_seconds(r["idle_eject_in_s"]),
+                _or_dash(r.get("estimate_gb")),
+                _or_dash(r.get("doing")),
+                str(r.get("streams", 0)),
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    )
+
+
 def render(status: Status) -> str:
     """A short, readable table of the daemon's status."""
     server = status.get("server") or {}
@@ -148,6 +183,9 @@ def render(status: Status) -> str:
                 f"budget {memory.get('budget_gb', '?')} GB",
             )
         )
+    budget = status.get("budget")
+    if isinstance(budget, Mapping):
+        rows.append(("budget", _budget_row(budget)))
     proxy = status.get("proxy")
     if isinstance(proxy, Mapping):
         rows.append(("proxy", _proxy_row(proxy)))
@@ -173,4 +211,8 @@ def render(status: Status) -> str:
         )
     )
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    residents = status.get("resident")
+    if isinstance(residents, list) and len(residents) > 1:
+        text += "\n\nresident models:\n" + render_residents(residents)
+    return text

@@ -12,6 +12,7 @@ from lmkeeperd.core.actions import (
     StartUnload,
 )
 from lmkeeperd.core.events import (
+    SWITCH_MODES,
     Activity,
     ActivitySource,
     EngineChanged,
@@ -19,6 +20,7 @@ from lmkeeperd.core.events import (
     LoadFailed,
     LoadFinished,
     MemoryPressure,
+    ModelEstimates,
     OwnStray,
     Select,
     ServerActivity,
@@ -34,7 +36,7 @@ from lmkeeperd.core.events import (
     UnloadFailed,
     UnloadFinished,
 )
-from lmkeeperd.core.explain import Explanation
+from lmkeeperd.core.explain import Explanation, ResidentView
 from lmkeeperd.core.machine import Lifecycle, LifecycleError
 from lmkeeperd.core.phases import State
 from lmkeeperd.core.placement import Limits, Placement, Seat, place
@@ -56,6 +58,7 @@ from lmkeeperd.core.view import LMSTUDIO, CoreView
 
 __all__ = [
     "LMSTUDIO",
+    "SWITCH_MODES",
     "Action",
     "Activity",
     "ActivitySource",
@@ -76,9 +79,11 @@ __all__ = [
     "LoadPlan",
     "MemoryPressure",
     "Missing",
+    "ModelEstimates",
     "Notify",
     "OwnStray",
     "Placement",
+    "ResidentView",
     "ResumeLoad",
     "Seat",
     "Select",

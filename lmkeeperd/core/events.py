@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+SWITCH_MODES = ("auto", "make-before-break", "break-before-make")
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -30,8 +32,20 @@ class Settings:
     # and the models never evicted and never idled out.
     max_loaded: int = 1
     pinned: tuple[str, ...] = ()
+    # L26: "auto" | "make-before-break" | "break-before-make". "auto" makes before it
+    # breaks only when a budget is known and the old and the new model fit it together.
+    switch: str = "auto"
+    # L25: GB the residents may take together; None: no budget known, admission counts
+    # models only.
+    budget_gb: float | None = None
 
     def __post_init__(self) -> None:
+        if self.switch not in SWITCH_MODES:
+            modes = ", ".join(repr(m) for m in SWITCH_MODES)
+            raise ValueError(f"switch must be one of {modes}, got {self.switch!r}")
+        budget = self.budget_gb
+        if budget is not None and not (budget > 0 and math.isfinite(budget)):
+            raise ValueError(f"budget_gb must be a finite number of GB > 0, got {budget}")
         if not self.busy_switch_wait >= 0:  # also refuses NaN
             raise ValueError(f"busy_switch_wait must be >= 0 seconds, got {self.busy_switch_wait}")
         if self.max_loaded < 1:
@@ -62,9 +76,11 @@ class Select:
 
 @dataclass(frozen=True, slots=True)
 class StreamStarted:
-    """A client began streaming from the model; `stream` is unique per daemon run."""
+    """A client began streaming from `model` (None: the current model); `stream` is
+    unique per daemon run. The stream counts as that model's use (L24)."""
 
     stream: int
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +92,9 @@ class StreamEnded:
 
 @dataclass(frozen=True, slots=True)
 class Activity:
-    """A client just used the model (L10)."""
+    """A client just used `model` (None: the current model): its last use is now (L10, L24)."""
+
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +152,15 @@ class LoadFailed:
 
     `abandoned` when the driver gave up waiting (load_timeout, or a stop) on a load
     the server may still finish: the driver reports that instance later as an
-    OwnStray (L22).
+    OwnStray (L22). `refused` when LM Studio's guardrail refused the load for lack of
+    resources (L27): lmkeeperd evicts an idle resident and tries again.
     """
 
     op: int
     error: str
     unreachable: bool = False
     abandoned: bool = False
+    refused: bool = False  # LM Studio's guardrail refused it for lack of resources (L27)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +200,21 @@ class ServerSnapshot:
 
     loaded: Mapping[str, tuple[str, ...]]
     after_outage: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEstimates:
+    """GB each model needs on the server (its draft included), computed by the driver (L25).
+
+    Merged into what the core knows; a model with no estimate counts 0 in the budget.
+    """
+
+    estimates: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        for model, gb in self.estimates.items():
+            if not (gb >= 0 and math.isfinite(gb)):
+                raise ValueError(f"estimate of {model!r} must be a finite number of GB >= 0")
 
 
 # --- what LM Studio itself sees (L19-L22) ------------------------------------
@@ -242,4 +277,5 @@ Event = (
     | ServerActivity
     | ActivitySource
     | OwnStray
+    | ModelEstimates
 )

@@ -40,3 +40,26 @@ class Explanation:
     server_busy: str | None
     activity_source: str
     deferred_unloads: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResidentView:
+    """One resident model as `CoreView.residents_view()` shows it (L24-L28).
+
+    `state`: "loading" | "loaded" | "unloading"; `current`: the last selected (what
+    `status` shows as `model`); `last_used` and `idle_deadline` are the core's
+    monotonic clock (`idle_deadline` None: no idle timer runs, e.g. pinned or in use);
+    `estimate_gb` what the driver estimated (None: unknown, counts 0 in the budget);
+    `streams` client streams naming it; `busy` LM Studio says it is busy (L19).
+    """
+
+    model: str
+    instance_id: str | None
+    state: str
+    pinned: bool
+    current: bool
+    last_used: float | None
+    idle_deadline: float | None
+    estimate_gb: float | None
+    streams: int
+    busy: bool

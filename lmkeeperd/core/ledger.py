@@ -35,6 +35,7 @@ class Op:
     draft: bool = False
     superseded: bool = False  # a load nobody waits for any more (L5)
     abandoned: bool = False  # the driver gave up on this load; it may still land (L22, L30)
+    pinned: bool = False  # a pinned model loaded beside the current one (L28)
     config: dict[str, Any] = field(default_factory=dict)  # what a load asked for (L14)
     instance_id: str = ""
     reason: str = ""

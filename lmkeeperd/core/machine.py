@@ -94,6 +94,7 @@ from lmkeeperd.core.events import (
     LoadFailed,
     LoadFinished,
     MemoryPressure,
+    ModelEstimates,
     OwnStray,
     Select,
     ServerActivity,
@@ -111,8 +112,8 @@ from lmkeeperd.core.events import (
 )
 from lmkeeperd.core.ledger import LOOK_FIRST_REASONS, UNLOAD_CAUSES, Deferred, Op
 from lmkeeperd.core.phases import State, Trigger
+from lmkeeperd.core.pinned import PinnedRules
 from lmkeeperd.core.records import Busy
-from lmkeeperd.core.residency import ResidencyRules
 from lmkeeperd.core.view import LMSTUDIO
 
 # Re-exported: the core's users import it from here (lmkeeperd.core). errors.py is a leaf
@@ -122,7 +123,7 @@ from lmkeeperd.errors import LifecycleError as LifecycleError
 _OUTCOMES = (LoadFinished, LoadFailed, UnloadFinished, UnloadFailed, UnloadDeferred)
 
 
-class Lifecycle(ResidencyRules):
+class Lifecycle(PinnedRules):
     """The pure lifecycle core. See the module docstring for how it works."""
 
     # --- the one entry point ------------------------------------------------
@@ -143,12 +144,14 @@ class Lifecycle(ResidencyRules):
         match event:
             case Select():
                 self._select(event, now, out)
-            case StreamStarted(stream=stream):
-                self._stream_started(stream, out)
+            case StreamStarted(stream=stream, model=model):
+                self._stream_started(stream, model, now, out)
             case StreamEnded(stream=stream):
                 self._stream_ended(stream, now, out)
-            case Activity():
-                if self._hands_on() and self._main.phase is State.LOADED:
+            case Activity(model=model):
+                if self._used_by_client(model, now):
+                    pass  # L24: a resident beside the current one was used
+                elif self._hands_on() and self._main.phase is State.LOADED:
                     self._restart_idle(now)
             case EngineChanged(name=name):
                 self._engine_changed(name, now, out)
@@ -162,12 +165,16 @@ class Lifecycle(ResidencyRules):
                     self._unload_main("memory_pressure", now, out)
             case ServerSnapshot():
                 self._snapshot(event, now, out)
+                self._pins_on_snapshot(event, now, out)  # L28
+            case ModelEstimates(estimates=estimates):
+                self._estimates.update(estimates)  # L25
             case ServerActivity():
                 self._server_activity(event, now, out)
             case ActivitySource():
                 self._activity_source(event, now, out)
-            case OwnStray():
-                self._own_stray(event, now, out)
+            case OwnStray(model=model, instance_id=instance):
+                if not self._pin_stray(model.strip(), instance, now, out):  # L28
+                    self._own_stray(event, now, out)
             case Shutdown():
                 self._shutdown(now, out)
             case Tick():
@@ -198,10 +205,11 @@ class Lifecycle(ResidencyRules):
             self._swallow(intent.debounce_target or intent.queued, key, out)
             intent.cancel_debounce()
             intent.queued = None
+            intent.wanted = key  # a switch it replaced had made another model wanted
             if self._main.phase is State.LOADED:
                 self._restart_idle(now)
             return
-        if self._main.phase is State.STREAMING:
+        if self._main.phase is State.STREAMING and not self._make_before_break(key):
             self._swallow(intent.debounce_target or intent.queued, key, out)
             intent.cancel_debounce()
             intent.queued = key  # L7: only the latest is kept
@@ -270,6 +278,8 @@ class Lifecycle(ResidencyRules):
         way is as good as a new one, and done sooner; only one with other load settings is not.
         """
         ops = self._ledger.ops
+        if self._ledger.unloading(model):
+            return False  # it may adopt the instance on its way out: load anew after (L30)
         for op_id in sorted(ops, reverse=True):
             op = ops[op_id]
             if op.kind == "load" and op.superseded and not op.draft and op.model == model:
@@ -357,10 +367,13 @@ class Lifecycle(ResidencyRules):
 
     # --- streams, activity, idle --------------------------------------------
 
-    def _stream_started(self, stream: int, out: list[Action]) -> None:
+    def _stream_started(
+        self, stream: int, model: str | None, now: float, out: list[Action]
+    ) -> None:
         if not self._hands_on() or stream in self._usage.streams:
             return
-        self._usage.streams[stream] = self._main.model
+        self._usage.streams[stream] = model or self._main.model  # L24: that model's use
+        self._used_by_client(model, now)
         self._main.stop_idle()  # L9
         if self._main.phase is State.LOADED:
             self._move("in_use", out, "stream started")
@@ -368,7 +381,7 @@ class Lifecycle(ResidencyRules):
     def _stream_ended(self, stream: int, now: float, out: list[Action]) -> None:
         if stream not in self._usage.streams:
             return
-        del self._usage.streams[stream]
+        self._used_by_client(self._usage.streams.pop(stream), now, ended=True)
         if not self._usage.streams:
             self._main.last_use = now  # our own last activity (L9), should LM Studio be busy
             self._release(now, now, out, "stream ended")
@@ -387,10 +400,15 @@ class Lifecycle(ResidencyRules):
             self._begin_switch(queued, now, out)
         else:
             self._restart_idle(start)  # L9
+        self._trim(now, out)  # L26: an old model kept while in use goes now
 
     def _flush_deferred(self, now: float, out: list[Action]) -> None:
         deferred, self._ledger.deferred = self._ledger.deferred, []
+        main = self._main
         for d in deferred:
+            if main.phase is State.LOADING and d.model == main.model and d.reason == "stray":
+                self._ledger.deferred.append(d)  # the load may adopt it (L22): after it lands
+                continue
             self._unload_background(d.model, d.instance_id, d.reason, now, out, d.requests)
 
     def _restart_idle(self, now: float) -> None:
@@ -433,6 +451,7 @@ class Lifecycle(ResidencyRules):
         self._supersede_load(out)
         # An unload in flight finishes in the background; its outcome only notifies.
         self._usage.streams.clear()
+        self._drop_pins(out)
         self._flush_deferred(now, out)  # strays we made are still ours to clean up
         self._main.forget()
         self._main.draft = None
@@ -454,6 +473,7 @@ class Lifecycle(ResidencyRules):
         self._intent.drop_pending()
         main.stop_idle()
         self._supersede_load(out)
+        self._drop_pins(out)
         if main.phase is State.LOADING:
             main.model = None
             self._move("dropped", out, "exit")
@@ -515,6 +535,9 @@ class Lifecycle(ResidencyRules):
             "draft": op.draft,
         }
         out.append(Notify("load_finished", fields))
+        if op.pinned:
+            self._pin_landed(op, event, now, out)  # L28
+            return
         if op.draft:
             self._main.draft_op = None
             if not event.adopted:  # a draft somebody else loaded is not ours to unload
@@ -553,6 +576,7 @@ class Lifecycle(ResidencyRules):
         """L30: a load landed or failed; what waited for it goes on, once none is in flight."""
         if self._ledger.load_in_flight() is not None or self._stopped:
             return
+        self._flush_deferred(now, out)  # a stray the load did not adopt (L22)
         main, intent = self._main, self._intent
         if intent.queued is not None and main.phase in (State.IDLE, State.LOADED):
             queued, intent.queued = intent.queued, None
@@ -560,15 +584,27 @@ class Lifecycle(ResidencyRules):
         elif main.serving and main.draft_due:
             main.draft_due = False
             self._start_draft(now, out)
+        self._load_pins(now, out)  # L28, one at a time (L30)
+        self._trim(now, out)  # L26: the old model goes once the new one landed
 
     def _load_failed(self, event: LoadFailed, op: Op, out: list[Action]) -> None:
         if event.abandoned:
             self._ledger.landing.append(op)  # it may still land (L22, L30)
         if op.superseded:
             return
+        main = self._main
+        if event.refused:
+            out.append(Notify("load_refused", {"model": op.model, "message": event.error}))
+        refused = event.refused and not op.draft and not op.pinned
+        if refused and self._refused(op.model, event.error, self._now, out):  # L27: evict, retry
+            main.forget()
+            self._move("load_failed", out, f"load refused: {event.error}")
+            return
         out.append(
             Notify("load_failed", {"model": op.model, "error": event.error, "draft": op.draft})
         )
+        if op.pinned:
+            return
         if op.draft:
             self._main.draft_op = None
             return
@@ -591,6 +627,7 @@ class Lifecycle(ResidencyRules):
             )
             self._last_error = f"unload of {op.model} failed: {error}"
         out.extend(self._ledger.answer(op_id, op, error))
+        self._evicted_for_refusal(op_id, True, now, out)  # L27
         if self._main.phase is not State.UNLOADING or op_id != self._main.op:
             return
         # L4/L11: whether or not the unload worked, the model is no longer ours.
@@ -619,8 +656,9 @@ class Lifecycle(ResidencyRules):
         out.extend(self._ledger.answer(event.op, op, self._busy_error(op.model, op.instance_id)))
         main, intent = self._main, self._intent
         if main.phase is not State.UNLOADING or event.op != main.op:
-            if op.reason != "command":  # a command was answered; a draft/stray waits for idle
+            if op.reason != "command" or not op.requests:  # a draft/stray waits for idle
                 self._ledger.deferred.append(Deferred(op.model, op.instance_id, op.reason))
+                self._evicted_for_refusal(event.op, False, now, out)  # L27
             elif op.resident is not None and op.model not in (main.model, *self._others):
                 self._others[op.model] = op.resident  # in use: it stays a resident (L24)
             return

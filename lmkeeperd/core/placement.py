@@ -11,8 +11,8 @@ busy for LM Studio, not loading or unloading, not pinned, not itself wanted).
 If none is idle the wanted model waits (`blocked`) until one is, unless the
 caller forces it (after `busy_switch_wait`), and then it loads without evicting
 a busy model. A model that does not fit even alone is loaded anyway: the
-budget decides evictions, never whether to load. Today the core runs it with
-`max_loaded` 1 and no budget: one resident at a time.
+budget decides evictions, never whether to load. Pinned models are never evicted
+and do not count against `max_loaded`; they count in the budget (L28).
 """
 
 from __future__ import annotations
@@ -64,9 +64,12 @@ class _Room:
         seats = self.seats + self.landing
         return sum(s.estimate if s.estimate is not None else self.size(s.model) for s in seats)
 
-    def over(self, need: float, limits: Limits) -> bool:
-        """Would a model of `need` GB exceed `max_loaded` or the budget beside these seats?"""
-        if len(self.seats) + 1 > limits.max_loaded:
+    def over(self, model: str, need: float, limits: Limits) -> bool:
+        """Would `model` (`need` GB) exceed `max_loaded` or the budget beside these seats?
+
+        Pinned models do not count against `max_loaded` (L28); they count in the budget."""
+        counted = sum(1 for s in self.seats if s.model not in limits.pinned)
+        if counted + (model not in limits.pinned) > limits.max_loaded:
             return True
         return limits.budget is not None and self.used() + need > limits.budget
 
@@ -98,7 +101,7 @@ def place(
         need = room.size(model)
 
         victims: list[Seat] = []
-        while room.over(need, limits):
+        while room.over(model, need, limits):
             idle = [s for s in room.seats if s.idle and s.model not in keep]
             if not idle:
                 break
@@ -107,7 +110,7 @@ def place(
         # Residents that would make room once idle: the load waits for them (L25), and
         # nothing is evicted for a model that does not load yet.
         waiting = [s for s in room.seats if not s.idle and s.model not in keep]
-        if room.over(need, limits) and waiting and not force:
+        if room.over(model, need, limits) and waiting and not force:
             room.seats.extend(victims)
             blocked.append(model)
             continue

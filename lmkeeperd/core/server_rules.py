@@ -79,6 +79,10 @@ class ServerRules(LifecycleView):
         listed = {i for v in self._server.values() for i in v}
         usage, main, intent = self._usage, self._main, self._intent
         usage.busy = {i: b for i, b in usage.busy.items() if i in listed}
+        # An unload waiting for an instance no longer listed has nothing left to unload.
+        self._ledger.deferred = [
+            d for d in self._ledger.deferred if d.instance_id in listed or d.requests
+        ]
         if main.draft is not None and main.draft[1] not in self._server.get(main.draft[0], ()):
             main.draft = None
         for model, other in list(self._others.items()):  # L18 for residents beside it

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from lmkeeperd.core.events import Settings
-from lmkeeperd.core.explain import Explanation
+from lmkeeperd.core.explain import Explanation, ResidentView
 from lmkeeperd.core.ledger import Ledger
 from lmkeeperd.core.phases import State
 from lmkeeperd.core.records import Intent, Resident, Usage, plural
+from lmkeeperd.core.thrash import ThrashWatch
 
 LMSTUDIO = "lmstudio"
 
@@ -63,6 +64,8 @@ class CoreView(Protocol):
     @property
     def residents(self) -> dict[str, str]: ...
     def owned_instances(self) -> dict[str, str]: ...
+    def residents_view(self) -> tuple[ResidentView, ...]: ...
+    def budget_used_gb(self) -> float: ...
     def idle_eject_in(self, now: float) -> float | None: ...
     def next_deadline(self) -> float | None: ...
     def explain(self, now: float) -> Explanation: ...
@@ -84,6 +87,15 @@ class LifecycleView:
         self._now = 0.0
         self._cause: tuple[str, float] | None = None  # last transition's cause and time
         self._last_error: str | None = None
+        # L25-L28 (residency.py): what the driver estimated each model needs (GB), since
+        # when a switch waits for room, a refused load waiting for its eviction (model,
+        # unload op, LM Studio's message), pinned models still to load, the thrash watch.
+        self._estimates: dict[str, float] = {}
+        self._room_wait_from: float | None = None
+        self._refusal: tuple[str, int, str] | None = None
+        self._pins_due: list[str] = []
+        self._pins_started = False
+        self._thrash = ThrashWatch()
 
     # --- read-only view (status) --------------------------------------------
 
@@ -195,13 +207,59 @@ class LifecycleView:
         """Models of ours loaded beside the current one (L24): model -> instance id."""
         return {m: r.instance for m, r in self._others.items() if r.instance}
 
+    def residents_view(self) -> tuple[ResidentView, ...]:
+        """Every resident of ours (L24-L28): the current model first, then those beside it,
+        then pinned models still loading."""
+        main, usage = self._main, self._usage
+        pinned = self._settings.pinned
+        views: list[ResidentView] = []
+
+        def view(r: Resident, model: str, state: str, current: bool) -> ResidentView:
+            return ResidentView(
+                model=model,
+                instance_id=r.instance,
+                state=state,
+                pinned=model in pinned,
+                current=current,
+                last_used=r.last_use,
+                idle_deadline=r.idle_at,
+                estimate_gb=self._estimates.get(model),
+                streams=sum(1 for m in usage.streams.values() if m == model),
+                busy=r.instance is not None and r.instance in usage.busy,
+            )
+
+        if main.model is not None:
+            phase = main.phase
+            state = "loaded" if main.serving else phase.value
+            views.append(view(main, main.model, state, True))
+        for model, other in self._others.items():
+            views.append(view(other, model, "loaded", False))
+        for op in self._ledger.ops.values():
+            if op.kind == "load" and op.pinned and not op.superseded:
+                views.append(view(Resident(model=op.model), op.model, "loading", False))
+        return tuple(views)
+
+    def budget_used_gb(self) -> float:
+        """L25, L30: GB the residents take by their estimates, loads in flight (also those
+        nobody waits for) and abandoned loads that may still land included."""
+        main, ledger = self._main, self._ledger
+        models = [main.model] if main.model is not None else []
+        models += list(self._others)
+        models += [
+            op.model
+            for op_id, op in ledger.ops.items()
+            if op.kind == "load" and not op.draft and op_id != main.op
+        ]
+        models += [op.model for op in ledger.landing]
+        return sum(self._estimates.get(m, 0.0) for m in models)
+
     def idle_eject_in(self, now: float) -> float | None:
         at = self._main.idle_at
         return None if at is None else max(0.0, at - now)
 
     def next_deadline(self) -> float | None:
         """The monotonic time of the next timer (debounce, idle, forced switch), or None."""
-        times = [self._intent.debounce_at, self._main.idle_at, self._force_at()]
+        times = [self._intent.debounce_at, self._main.idle_at, self._force_at(), self._room_at()]
         times += [r.idle_at for r in self._others.values()]
         due = [t for t in times if t is not None]
         return min(due) if due else None
@@ -232,6 +290,14 @@ class LifecycleView:
     def _waiting_for(self) -> tuple[str | None, float | None]:
         if self._intent.debounce_at is not None:
             return "debounce", self._intent.debounce_at
+        if self._refusal is not None:
+            model, _, message = self._refusal
+            return f"an eviction to retry the load of {model} (LM Studio refused: {message})", None
+        room = self._room_at()
+        if room is not None:
+            busy = [m for m, r in self._others.items() if self._usage.in_use(r.instance)]
+            names = ", ".join(busy) or "a resident"
+            return f"{names} to be idle to make room for {self._intent.queued}", room
         phase = self._main.phase
         landing = self._ledger.load_in_flight()
         if landing is not None and self._intent.queued is not None and not self._main.serving:
@@ -249,6 +315,13 @@ class LifecycleView:
     def _in_use(self) -> bool:
         """L7/L19: a client stream is open, or LM Studio says our instance is busy."""
         return self._usage.in_use(self._main.instance)
+
+    def _room_at(self) -> float | None:
+        """L25: when a switch waiting for room loads beside the busy residents anyway."""
+        since, wait = self._room_wait_from, self._settings.busy_switch_wait
+        if since is None or wait <= 0 or self._intent.queued is None:
+            return None
+        return since + wait
 
     def _force_at(self) -> float | None:
         wait = self._settings.busy_switch_wait

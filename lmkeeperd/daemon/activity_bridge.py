@@ -263,6 +263,13 @@ class ActivityBridge:
             "last_used_ago_s": None if used is None else round(max(0.0, now - used), 1),
         }
 
+    def doing(self, instance_id: str) -> str | None:
+        """LM Studio's state of `instance_id` ("idle", "generating", ...); None: not read."""
+        if not self.available:
+            return None
+        state = self._states.get(instance_id)
+        return state.status if state is not None else None
+
     @property
     def reason(self) -> str | None:
         """Why LM Studio's activity cannot be read (None while it can, or before the probe)."""

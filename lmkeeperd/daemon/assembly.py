@@ -6,12 +6,13 @@ it is built. The order follows what each needs:
 
     Liveness, InFlight, Journal, PendingCheck   plain state, shared
     Driver(build=...)                           the Host; calls `build` with itself:
-      ServerView     ← journal, liveness, in_flight, pending.listed
+      ServerView     ← journal, liveness, in_flight, pending/pins/estimates.listed
+      Estimates, PinnedCheck (residency_feed.py: L25 estimates, pinned keys, L23)
       ActivityBridge ← liveness
       ProxyBridge    ← view
       Operations     ← view, journal, in_flight, activity.look, bridge.load_failed
       PressureWatch  ← ops.memory
-      SelectionChecker ← view, pending
+      SelectionChecker ← view, pending, estimates.ensure
       StatusReporter ← view, ops, bridge, activity, the control server
       ControlHandler ← view, ops, checker, reporter.live
       ControlServer  ← handler
@@ -25,7 +26,7 @@ in the user's state folder (paths.state_dir).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from lmkeeperd.daemon.operations import Operations
 from lmkeeperd.daemon.pressure import PressureWatch
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.reload import Reloader
+from lmkeeperd.daemon.residency_feed import Estimates, PinnedCheck
 from lmkeeperd.daemon.sdnotify import Notifier
 from lmkeeperd.daemon.selection_check import PendingCheck, SelectionChecker
 from lmkeeperd.daemon.server_view import ServerView
@@ -59,6 +61,8 @@ class _Built:
     view: ServerView | None = None
     checker: SelectionChecker | None = None
     reporter: StatusReporter | None = None
+    pins: PinnedCheck | None = None
+    estimates: Estimates | None = None
 
 
 def assemble(
@@ -85,13 +89,22 @@ def assemble(
 
     def build(host: Host) -> Roles:
         pending = PendingCheck(host, state_file=state_file)
+        pins = PinnedCheck(host)
+        ops_box: list[Operations] = []
+        estimates = Estimates(host, memory=lambda: ops_box[0].memory)
+
+        def listed(catalog: Collection[str]) -> None:
+            pending.listed(catalog)
+            pins.listed(catalog)
+            estimates.listed(view.models)
+
         view = ServerView(
             host,
             config,
             journal=journal,
             liveness=liveness,
             in_flight=in_flight,
-            on_listing=pending.listed,
+            on_listing=listed,
         )
         activity = ActivityBridge(host, config, liveness=liveness, clock=clock)
         bridge = ProxyBridge(host, view)
@@ -104,8 +117,15 @@ def assemble(
             look=activity.look,
             on_load_failed=bridge.load_failed,
         )
+        ops_box.append(ops)
         pressure = PressureWatch(host, memory=lambda: ops.memory)
-        checker = SelectionChecker(host, view, pending, state_file=state_file)
+        checker = SelectionChecker(
+            host,
+            view,
+            pending,
+            state_file=state_file,
+            estimate=lambda key: estimates.ensure(key, view.models),
+        )
         control_box: list[ControlServer] = []
         reporter = StatusReporter(
             host,
@@ -128,6 +148,7 @@ def assemble(
         )
         control_box.append(control)
         built.view, built.checker, built.reporter = view, checker, reporter
+        built.pins, built.estimates = pins, estimates
         return Roles(
             ops=ops,
             bridge=bridge,
@@ -141,6 +162,7 @@ def assemble(
     driver = Driver(config, clock=clock, notifier=notifier, build=build)
     roles = driver.roles
     assert built.view is not None and built.checker is not None and built.reporter is not None
+    assert built.pins is not None and built.estimates is not None
     reloader = Reloader(
         driver,
         config_path=config_path,
@@ -151,6 +173,8 @@ def assemble(
         activity=roles.activity,
         bridge=roles.bridge,
         checker=built.checker,
+        pins=built.pins,
+        estimates=built.estimates,
     )
     parts = Parts(
         driver=driver,

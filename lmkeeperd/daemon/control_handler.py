@@ -5,9 +5,11 @@ and calls `handle`; this module decides what a request means for the core:
 
 - `select`: checked against the server's catalog first (L23,
   selection_check.py), then stored for the next start and `Select`;
-- `activity`, `engine`: `Activity`, `EngineChanged`;
-- `stream_start` / `stream_end`: streams, each owned by the connection that
-  opened it, so a client that goes away ends its streams (L8);
+- `activity`, `engine`: `Activity` (for the model it names, else the current
+  one, L24), `EngineChanged`;
+- `stream_start` / `stream_end`: streams (on the model `stream_start` names,
+  L24), each owned by the connection that opened it, so a client that goes
+  away ends its streams (L8);
 - `unload`: a fresh server listing when a model is named, then an
   `UnloadCommand` whose reply waits for the core's `CommandDone`;
 - `status`: the snapshot, LM Studio asked live (status_snapshot.py, L29);
@@ -118,9 +120,9 @@ class ControlHandler:
                     if memory["verdict"] == memory_verdict.MAY_NOT_FIT:
                         reply["memory"] = memory
                 return reply
-            case proto.Activity():
-                host.feed(Activity())
-            case proto.StreamStart():
+            case proto.Activity(model=model):
+                host.feed(Activity(model))
+            case proto.StreamStart(model=model):
                 if len(self._conn_streams.get(conn.id, ())) >= MAX_STREAMS_PER_CONNECTION:
                     return {
                         "ok": False,
@@ -131,9 +133,9 @@ class ControlHandler:
                 stream = host.next_stream()
                 self._conn_streams.setdefault(conn.id, []).append(stream)
                 self._stream_owner[stream] = conn.id
-                host.feed(StreamStarted(stream))
+                host.feed(StreamStarted(stream, model))
                 # After the feed: a deadline that fell due before the stream fires first in it.
-                log.debug("stream_opened", stream=stream, conn=conn.id)
+                log.debug("stream_opened", stream=stream, conn=conn.id, model=model)
                 return {"ok": True, "stream": stream}
             case proto.StreamEnd(stream=stream):
                 return self._end_stream(conn, stream)

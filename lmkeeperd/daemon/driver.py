@@ -75,6 +75,8 @@ _WARNING_EVENTS = frozenset(
         "selection_unknown",
         "activity_blind",  # L21: generations we cannot see may be cut by idle eject
         "switch_forced",  # L20: a generation only LM Studio saw was cut by a switch
+        "load_refused",  # L27: LM Studio's guardrails refused a load
+        "thrashing",  # L24: switches keep alternating; max_loaded or the budget would help
     }
 )
 _STREAM_FLIP = frozenset({"loaded", "streaming"})
@@ -112,7 +114,8 @@ class Driver:
         self._config = config
         self._clock = clock
         self._notifier = notifier
-        self._core = Lifecycle(settings_from(config))
+        # Nothing pinned until the catalog is read (residency_feed.py, L23).
+        self._core = Lifecycle(settings_from(config, catalog=frozenset()))
         self._wake = asyncio.Event()
         self.stop_requested = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -207,13 +210,13 @@ class Driver:
                         # passing use; the control socket and the config say what to keep.
                         selection.received(model, "proxy")
                         self._handle(Select(model))
-                    case OpenStreams(waiters=waiters):
+                    case OpenStreams(waiters=waiters, model=model):
                         for waiter in waiters:
                             if waiter.done():
                                 continue  # its request gave up
                             stream = self.next_stream()
-                            log.debug("stream_opened", stream=stream, conn="proxy")
-                            self._handle(StreamStarted(stream))
+                            log.debug("stream_opened", stream=stream, conn="proxy", model=model)
+                            self._handle(StreamStarted(stream, model))
                             waiter.set_result(stream)
 
     def _perform(self, action: Action) -> None:

@@ -176,6 +176,9 @@ class Daemon:
             await self.checker.select_quietly(model, source=source, store=None)
         finally:
             self.view.collecting = True
+            # L22, L24: what the journal says is ours is collected now (adopted as residents
+            # or unloaded), not at the next reconcile, minutes away while the channel is open.
+            self.view.recheck_now()
 
     async def _watch_config(self) -> None:
         watcher = watch_file(self.config_path)

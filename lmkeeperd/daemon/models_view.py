@@ -6,6 +6,8 @@ A fresh listing of the server (it also refreshes the core's view, as a named
 - `instances`: each loaded instance and who loaded it: "lmkeeperd" (an instance
   the core started and tracks), "adopted" (ours now, loaded by someone else
   before), or "other" (someone else's: lmkeeperd leaves it alone);
+- `resident` (L24): null, or `{"state", "pinned", "current"}` for a model of
+  ours resident on the server;
 - `memory`: the estimate at the configured context (`[model.load]
   context_length`, else the model's default) against the memory budget now:
   "fits", "may not fit" (with the context that would fit, if any) or "unknown",
@@ -37,6 +39,10 @@ async def models_reply(
     main = core.instance_id
     adopted = core.adopted
     verdicts = await asyncio.to_thread(memory_verdict.verdicts, memory, models, fraction)
+    resident = {
+        r.model: {"state": r.state, "pinned": r.pinned, "current": r.current}
+        for r in core.residents_view()
+    }
     rows = []
     for info in models:
         instances = [
@@ -60,6 +66,7 @@ async def models_reply(
                 "quantization": None if info.quantization is None else info.quantization.name,
                 "format": info.format,
                 "instances": instances,
+                "resident": resident.get(info.key),
                 "memory": verdicts[info.key],
             }
         )

@@ -52,7 +52,13 @@ from lmkeeperd.daemon.journal import Entry, Journal
 from lmkeeperd.daemon.memory_advisor import MemoryCheck
 from lmkeeperd.daemon.server_view import ServerView
 from lmkeeperd.daemon.wiring import make_memory_check
-from lmkeeperd.errors import LmkeeperError, LoadTimedOut, ModelNotFound, ServerUnreachable
+from lmkeeperd.errors import (
+    LmkeeperError,
+    LoadRefused,
+    LoadTimedOut,
+    ModelNotFound,
+    ServerUnreachable,
+)
 from lmkeeperd.lmstudio.models import ModelInfo
 from lmkeeperd.lmstudio.transport import printable
 
@@ -187,7 +193,9 @@ class Operations:
         except LmkeeperError as e:
             if key is not None:
                 self.journal.settle(key)  # refused: nothing will land
-            self._load_failed(action, LoadFailed(action.op, printable(str(e))))
+            # L27: LM Studio's guardrails said no; the core may make room and retry.
+            refused = isinstance(e, LoadRefused)
+            self._load_failed(action, LoadFailed(action.op, printable(str(e)), refused=refused))
         except Exception as e:  # never let a bug in here stop the daemon
             if key is not None:
                 self.journal.release(key)  # unknown: the reconcile will see

@@ -45,12 +45,12 @@ class ProxyBridge:
     # --- ProxyHooks -----------------------------------------------------------
 
     def activity(self, model: str | None = None) -> None:
-        self._host.feed(Activity())
+        self._host.feed(Activity(model))
 
     def stream_opened(self, model: str | None = None) -> int:
         stream = self._host.next_stream()
         log.debug("stream_opened", stream=stream, conn="proxy", model=model)
-        self._host.feed(StreamStarted(stream))
+        self._host.feed(StreamStarted(stream, model))
         return stream
 
     def stream_closed(self, stream: int) -> None:
@@ -62,7 +62,14 @@ class ProxyBridge:
     # --- SwitchWorld ----------------------------------------------------------
 
     def verdict(self, model: str) -> Verdict:
-        return proxy_verdict(self._host.core, model, self._view.model_type(model))
+        core = self._host.core
+        if model != core.model and any(
+            r.model == model and r.state == "loaded" for r in core.residents_view()
+        ):
+            # L24: a resident model answers as it is: straight through, no switch, its
+            # stream counted for it (`stream_opened(model)`).
+            return Verdict.PASS
+        return proxy_verdict(core, model, self._view.model_type(model))
 
     def selected_model(self) -> str | None:
         return self._host.core.selected
@@ -98,6 +105,14 @@ class ProxyBridge:
                 start_time=self._started_wall,
                 proxy=self._proxy.stats if self._proxy is not None else None,
                 proxy_switches=self._gate.selections,
+                residents=tuple(
+                    (r.model, None if r.estimate_gb is None else r.estimate_gb * 1e9, r.pinned)
+                    for r in core.residents_view()
+                ),
+                budget_bytes=(
+                    None if core.settings.budget_gb is None else core.settings.budget_gb * 1e9
+                ),
+                budget_used_bytes=core.budget_used_gb() * 1e9,
             )
         )
 

@@ -16,17 +16,16 @@ import structlog
 
 import lmkeeperd.daemon.selection as selection
 from lmkeeperd import logs
-from lmkeeperd.core import SettingsChanged
 from lmkeeperd.daemon.activity_bridge import ActivityBridge
 from lmkeeperd.daemon.config_file import ConfigReader
 from lmkeeperd.daemon.driver import Driver
 from lmkeeperd.daemon.operations import Operations
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
+from lmkeeperd.daemon.residency_feed import Estimates, PinnedCheck
 from lmkeeperd.daemon.sdnotify import Notifier
 from lmkeeperd.daemon.selection_check import SelectionChecker
 from lmkeeperd.daemon.server_view import ServerView
 from lmkeeperd.daemon.why import ConfigProblem
-from lmkeeperd.daemon.wiring import settings_from
 
 log = structlog.get_logger()
 
@@ -46,6 +45,8 @@ class Reloader:
         activity: ActivityBridge,
         bridge: ProxyBridge,
         checker: SelectionChecker,
+        pins: PinnedCheck,
+        estimates: Estimates,
     ) -> None:
         self._driver = driver
         self._config_path = config_path
@@ -56,6 +57,8 @@ class Reloader:
         self._activity = activity
         self._bridge = bridge
         self._checker = checker
+        self._pins = pins
+        self._estimates = estimates
         self.reader = ConfigReader(
             config_path,
             driver.announce,
@@ -93,7 +96,13 @@ class Reloader:
             if before != after:
                 log.warning("config_needs_restart", key=key)
         self._bridge.configure(old, new)
-        driver.feed(SettingsChanged(settings_from(new)))
+        if new.model != old.model or new.memory != old.memory:
+            self._estimates.forget()  # context, draft or models folder may have changed
+            self._pins.reconfigured()
+            self._estimates.listed(self._view.models)
+        # Pinned to what the catalog lists (L23); unknown pinned keys are reported when
+        # the next listing comes (residency_feed.py).
+        driver.feed(self._pins.settings_for(new))
         driver.announce("config_reloaded", {"path": str(path), "source": source})
         if new.model.selected != old.model.selected and new.model.selected.strip():
             # A changed `selected` is a selection, and the newest one: it replaces what an

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +109,17 @@ class SelectionChecker:
     """Checks selections against the catalog (see the module docstring)."""
 
     def __init__(
-        self, host: Host, view: ServerView, pending: PendingCheck, *, state_file: Path
+        self,
+        host: Host,
+        view: ServerView,
+        pending: PendingCheck,
+        *,
+        state_file: Path,
+        estimate: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._host = host
+        # L25: the selected model's estimate reaches the core before the selection does.
+        self._estimate = estimate
         self._view = view
         self._pending = pending
         self._state_file = state_file
@@ -148,6 +156,11 @@ class SelectionChecker:
             refused(self._host, verdict, source)
             return {"ok": False, "error": verdict.message, "nearest": list(verdict.nearest)}
         if isinstance(verdict, KnownKey):
+            if self._estimate is not None:
+                await self._estimate(key)
+                if generation != self._latest:
+                    log.debug("selection_superseded", model=key, source=source)
+                    return {"ok": True, "superseded": True}
             # The core first: the load starts while the selection is written for the next
             # start (an fsync, about 0.7 ms), which the reply still waits for.
             self._host.feed(Select(key, keep_alive, default_idle))

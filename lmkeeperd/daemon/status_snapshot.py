@@ -27,7 +27,61 @@ from lmkeeperd.daemon.operations import Operations
 from lmkeeperd.daemon.proxy_bridge import ProxyBridge
 from lmkeeperd.daemon.server_view import ServerView
 from lmkeeperd.daemon.why import ConfigProblem, explain_status
-from lmkeeperd.status_types import AdvisoryStatus, ConfigErrorStatus, RestoredSelection, Status
+from lmkeeperd.status_types import (
+    AdvisoryStatus,
+    BudgetStatus,
+    ConfigErrorStatus,
+    ResidentStatus,
+    RestoredSelection,
+    Status,
+)
+
+
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(max(0.0, value), digits)
+
+
+def residents_status(
+    core: CoreView, now: float, activity: ActivityBridge | None
+) -> list[ResidentStatus]:
+    """L24: every resident of ours, the current one first (the core's `residents_view`)."""
+    rows: list[ResidentStatus] = []
+    for r in core.residents_view():
+        rows.append(
+            {
+                "model": r.model,
+                "instance_id": r.instance_id,
+                "state": r.state,
+                "pinned": r.pinned,
+                "current": r.current,
+                "last_used_ago_s": None if r.last_used is None else _rounded(now - r.last_used),
+                "idle_eject_in_s": (
+                    None if r.idle_deadline is None else _rounded(r.idle_deadline - now)
+                ),
+                "estimate_gb": None if r.estimate_gb is None else round(r.estimate_gb, 2),
+                "doing": (
+                    activity.doing(r.instance_id)
+                    if activity is not None and r.instance_id is not None
+                    else None
+                ),
+                "streams": r.streams,
+            }
+        )
+    return rows
+
+
+def budget_status(core: CoreView, residents: int, *, configured: bool) -> BudgetStatus:
+    """L25: what the residents take of the budget; `configured`: `[memory] budget` is set."""
+    settings = core.settings
+    total = settings.budget_gb
+    source = "none" if total is None else "config" if configured else "fraction"
+    return {
+        "used_gb": round(core.budget_used_gb(), 2),
+        "total_gb": None if total is None else round(total, 2),
+        "source": source,
+        "residents": residents,
+        "max_loaded": settings.max_loaded,
+    }
 
 
 def build_status(
@@ -44,10 +98,12 @@ def build_status(
     control: ControlServer | None,
     restored: RestoredSelection | None = None,
     activity: ActivityBridge | None = None,
+    budget_configured: bool = False,
 ) -> Status:
     """`now` and `started` are readings of the driver's monotonic clock."""
     idle = core.idle_eject_in(now)
     draft = core.draft
+    resident = residents_status(core, now, activity)
     listed_ago = None if view.listed_at is None else time.monotonic() - view.listed_at
     # Two intervals: one reconcile may be late under load without the view being wrong.
     stale = view.reachable is not True or listed_ago is None or listed_ago > 2 * reconcile_interval
@@ -88,6 +144,8 @@ def build_status(
         "activity_source": core.activity_source,
         "activity_reason": activity.reason if activity else None,
         "server_activity": activity.server_activity(now) if activity else None,
+        "resident": resident,
+        "budget": budget_status(core, len(resident), configured=budget_configured),
     }
 
 
@@ -147,4 +205,5 @@ class StatusReporter:
             control=self._control(),
             restored=self._restored,
             activity=self._activity,
+            budget_configured=self._host.config.memory.budget is not None,
         )

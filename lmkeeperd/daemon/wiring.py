@@ -34,6 +34,7 @@ def settings_from(
     """
     m = config.model
     pinned = m.pinned if catalog is None else tuple(k for k in m.pinned if k in catalog)
+    budget = budget_bytes(config, total_bytes)
     return Settings(
         auto_load=m.auto_load,
         idle_timeout=m.idle_timeout,
@@ -44,6 +45,8 @@ def settings_from(
         busy_switch_wait=m.busy_switch_wait,
         max_loaded=m.max_loaded,
         pinned=pinned,
+        switch=m.switch,
+        budget_gb=None if budget is None else budget / 1e9,
     )
 
 

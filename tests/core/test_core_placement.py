@@ -43,9 +43,17 @@ def test_L25_busy_pinned_and_wanted_residents_are_never_evicted() -> None:
         Seat("also-wanted", 3, idle=True),
         Seat("idle", 9, idle=True),
     ]
-    limits = Limits(max_loaded=4, pinned=frozenset({"pinned"}))
+    limits = Limits(max_loaded=3, pinned=frozenset({"pinned"}))  # pinned do not count
     plan = place(["also-wanted", "new"], seats, limits)
     assert plan == Placement(load=("new",), evict=("idle",))
+
+
+def test_L28_pinned_models_do_not_count_against_max_loaded_but_count_in_the_budget() -> None:
+    seats = [Seat("pin", 1, idle=True, estimate=10), Seat("a", 2, idle=True, estimate=4)]
+    limits = Limits(max_loaded=2, pinned=frozenset({"pin"}))
+    assert place(["b"], seats, limits) == Placement(load=("b",))
+    limits = Limits(max_loaded=2, budget=16, pinned=frozenset({"pin"}))
+    assert place(["b"], seats, limits, {"b": 4}) == Placement(load=("b",), evict=("a",))
 
 
 def test_L25_the_budget_evicts_until_the_new_model_fits() -> None:

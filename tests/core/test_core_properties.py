@@ -180,4 +180,85 @@ def test_L24_L25_L28_invariants_hold_with_several_residents(
     left = {i for v in world.server.values() for i in v} & world.ours
     keep = {core.instance_id} | set(core.residents.values())
     assert left - keep <= world.forgotten, left - keep - world.forgotten
-    assert len(keep) <= 2 and core.model == final
+    counted = {m for m in [core.model, *core.residents] if m not in core.settings.pinned}
+    assert len(counted) <= 2 and core.model == final  # pinned do not count (L28)
+
+
+# The memory budget, make-before-break, refusals, pinned loads and streams naming their
+# model (L24-L28, L30), with settings drawn too.
+admission_step = st.one_of(
+    st.tuples(st.just("select"), st.sampled_from(MODELS)),
+    st.tuples(st.just("select"), st.sampled_from(MODELS)),
+    st.tuples(st.just("time"), st.sampled_from([0.31, 0.31, BUSY_WAIT, IDLE])),
+    st.tuples(st.just("load_ok"), st.integers(0, 3)),
+    st.tuples(st.just("load_ok"), st.integers(0, 3)),
+    st.tuples(st.just("load_ok"), st.integers(0, 3)),
+    st.tuples(st.just("refuse"), st.integers(0, 3)),
+    st.tuples(st.just("unload_ok"), st.integers(0, 3)),
+    st.tuples(st.just("unload_ok"), st.integers(0, 3)),
+    st.tuples(st.just("stream_model"), st.tuples(st.integers(0, 1), st.sampled_from(MODELS))),
+    st.tuples(st.just("stream_end"), st.integers(0, 1)),
+    st.tuples(st.just("busy"), st.integers(0, 5)),
+    st.tuples(st.just("not_busy"), st.integers(0, 5)),
+    st.tuples(st.just("abandon"), st.integers(0, 3)),
+    st.tuples(st.just("land"), st.integers(0, 3)),
+    st.tuples(st.just("snapshot"), st.booleans()),
+    st.tuples(st.just("behind_unload"), st.sampled_from(MODELS)),
+    st.tuples(
+        st.just("estimates"),
+        st.lists(st.sampled_from([0.0, 4.0, 8.0, 30.0]), min_size=4, max_size=4),
+    ),
+    st.tuples(st.just("engine"), st.sampled_from(["lmstudio", "lmstudio", "ollama"])),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(admission_step, min_size=20, max_size=60),
+    final=st.sampled_from(MODELS),
+    max_loaded=st.integers(1, 3),
+    switch=st.sampled_from(["auto", "make-before-break", "break-before-make"]),
+    budget=st.sampled_from([None, 8.0, 16.0, 24.0]),
+    pinned=st.sampled_from([(), ("c",)]),
+)
+def test_L25_to_L28_invariants_hold_with_budgets_refusals_and_pinned_models(
+    steps: list[tuple[str, object]],
+    final: str,
+    max_loaded: int,
+    switch: str,
+    budget: float | None,
+    pinned: tuple[str, ...],
+) -> None:
+    settings_ = Settings(
+        switch_debounce=0,
+        idle_timeout=IDLE,
+        busy_switch_wait=BUSY_WAIT,
+        max_loaded=max_loaded,
+        switch=switch,
+        budget_gb=budget,
+        pinned=pinned,
+    )
+    world = World(Lifecycle(settings_))
+    for kind, arg in steps:
+        run_step(world, kind, arg)  # World.check asserts the invariants after every event
+    for stream in range(6):
+        world.send(StreamEnded(stream))
+    while world.busy:
+        world.set_busy(0, on=False)
+    world.set_source(True)
+    world.send(EngineChanged("lmstudio"))
+    world.send(ServerSnapshot({k: tuple(v) for k, v in world.server.items() if v}))
+    world.send(Select(final))
+    world.settle()
+    core = world.core
+    assert core.state is State.LOADED and core.model == final
+    assert core.instance_id in world.server.get(final, [])
+    while world.abandoned:
+        world.land_abandoned(0)
+    world.reconcile_strays()
+    world.settle()
+    left = {i for v in world.server.values() for i in v} & world.ours
+    keep = {core.instance_id} | set(core.residents.values())
+    assert left - keep <= world.forgotten, left - keep - world.forgotten
+    counted = {m for m in [core.model, *core.residents] if m not in pinned}
+    assert len(counted) <= max_loaded  # nothing in flight, nothing in use: within limits

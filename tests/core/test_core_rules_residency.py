@@ -65,7 +65,7 @@ def test_L25_the_least_recently_used_idle_resident_makes_room() -> None:
 
 
 def test_L25_when_the_current_model_is_the_one_to_go_it_is_unloaded_first() -> None:
-    h = two(pinned=(A,))
+    h = Harness(switch_debounce=0, pinned=(A,))  # pinned do not count: B fills max_loaded 1
     h.loaded(A, at=0)
     h.loaded(B, at=1)  # A, pinned, stays whatever its last use
     out = h.send(Select(C), at=2)
@@ -78,7 +78,7 @@ def test_L25_when_the_current_model_is_the_one_to_go_it_is_unloaded_first() -> N
 
 
 def test_L25_a_busy_resident_makes_the_switch_wait_until_it_is_idle() -> None:
-    h = two(pinned=(B,))
+    h = Harness(switch_debounce=0, pinned=(B,))  # A fills max_loaded 1; B does not count
     h.loaded(A, at=0)
     h.loaded(B, at=1)  # B current and pinned: never evicted
     h.send(ServerActivity(A, True, "generating", 0, 2), at=2)  # A busy for LM Studio
@@ -125,7 +125,7 @@ def test_L28_a_resident_in_use_is_not_idled_out() -> None:
 
 
 def test_L28_pinned_models_never_idle_out_and_are_never_evicted() -> None:
-    h = two(idle_timeout=10, pinned=(A,))
+    h = Harness(switch_debounce=0, idle_timeout=10, pinned=(A,))
     h.loaded(A, at=0)
     assert h.core.idle_eject_in(0) is None and h.unloads(h.tick(100)) == []
     h.loaded(B, at=101)
