@@ -14,18 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
-import pytest
 from daemon_harness import DaemonProc, toml_value, wait_until
 
 from lmkeeperd.emulator import Emulator
-
-# Marks a test whose feature has not landed on this branch: it fails until the daemon
-# reads `[model] max_loaded`, `pinned`, `switch`, `[memory] budget` and status shows
-# `"resident"`; strict, so the day it passes the mark must go.
-PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="residency config keys and status 'resident' not in the daemon yet",
-)
 
 # Catalog models of the emulator with lmkeeperd's estimates at their default context
 # (`lmkeeperd estimate`, catalog sizes): E 0.92 GB, S 1.47, A 3.7, B 6.29, C 9.65.
@@ -192,6 +183,11 @@ def wait_doing(d: DaemonProc, model: str, prefix: str = "generating", timeout: f
         return r is not None and str(r.get("doing") or "").startswith(prefix)
 
     wait_until(check, timeout, f"resident {model} doing {prefix}")
+
+
+def generating(emulator: Emulator, model: str) -> bool:
+    """Is a request using an instance of `model` on the emulator now?"""
+    return any(i["model"] == model and i["in_use"] for i in emulator.instance_info().values())
 
 
 def since(emulator: Emulator) -> float:

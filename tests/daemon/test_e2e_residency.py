@@ -16,7 +16,6 @@ import pytest
 from daemon_harness import DaemonProc, loads_of, unloads_of, wait_until
 from residency_harness import (
     LOAD,
-    PENDING,
     UNLOAD,
     A,
     B,
@@ -24,10 +23,10 @@ from residency_harness import (
     DirectGeneration,
     E,
     after,
+    generating,
     instances_per_model,
     residency,
     resident,
-    residents,
     select,
     since,
     wait_doing,
@@ -41,7 +40,6 @@ pytestmark = pytest.mark.e2e
 Factory = Callable[..., DaemonProc]
 
 
-@PENDING
 def test_L24_two_residents_and_reselection_loads_nothing(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
@@ -65,7 +63,6 @@ def test_L24_two_residents_and_reselection_loads_nothing(
     assert a["last_used_ago_s"] <= b["last_used_ago_s"], (a, b)
 
 
-@PENDING
 def test_L25_least_recently_used_idle_resident_is_evicted_at_max_loaded(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
@@ -77,13 +74,21 @@ def test_L25_least_recently_used_idle_resident_is_evicted_at_max_loaded(
     select(d, C)
     wait_residents(d, [A, C])
     assert loads_of(emulator) == [A, B, C]
+    # With room in the budget the switch makes before it breaks (L26): B goes after C landed.
+    wait_until(lambda: unloads_of(emulator) == [B], 10, "B unloaded")
     assert unloads_of(emulator) == [B], "the least recently used idle one goes, and only it"
     assert instances_per_model(emulator) == {A: 1, C: 1}
     evicted = d.wait_event("evicted", model=B)
     assert evicted["reason"] == "max_loaded" and evicted["for"] == C, evicted
 
 
-@PENDING
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a resident beside the current one generating for a direct client is seen "
+    "as idle (status 'doing': 'idle'); selecting C evicts it ('evicted' reason max_loaded), "
+    "its unload is deferred ('unload_deferred': generating) and sent when the generation "
+    "ends, while the idle B stays",
+)
 def test_L25_L19_a_model_generating_for_a_direct_client_is_never_evicted(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
@@ -93,17 +98,19 @@ def test_L25_L19_a_model_generating_for_a_direct_client_is_never_evicted(
     d.wait_status(activity_source="lmstudio", timeout=15)
     emulator.set_stream(0.1, 100)  # 10 s
     generation = DirectGeneration(emulator, A)
-    wait_doing(d, A)
+    emulator.wait_until(lambda: generating(emulator, A), timeout=10)
     select(d, C)
     wait_residents(d, [A, C])
-    assert unloads_of(emulator) == [B], "the idle one is evicted, never the generating one"
+    wait_until(
+        lambda: unloads_of(emulator) == [B], 10, "the idle one is evicted, never the generating one"
+    )
     assert not generation.done, "the generation ended before the eviction: proves nothing"
     assert instances_per_model(emulator) == {A: 1, C: 1}
+    wait_doing(d, A)  # and status says so
     generation.join()
     assert generation.done
 
 
-@PENDING
 def test_L28_pinned_model_loaded_at_start_kept_past_idle_and_after_a_restart(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
@@ -131,7 +138,12 @@ def test_L28_pinned_model_loaded_at_start_kept_past_idle_and_after_a_restart(
     assert instances_per_model(emulator) == {E: 1}
 
 
-@PENDING
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: core/machine.py _stream_started stops the current model's idle timer "
+    "(main.stop_idle, moves it in_use) for a stream naming another resident, and "
+    "core/residency.py _used counts any open stream as every resident's use: B never idles out",
+)
 def test_L28_each_resident_has_its_own_idle_timer(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
@@ -162,7 +174,6 @@ def test_L28_each_resident_has_its_own_idle_timer(
     assert unload_a.t - ended_at >= idle - 0.3, "A's timer ran from its own last use"
 
 
-@PENDING
 def test_L22_L28_kill_9_with_two_residents_leaves_no_duplicate(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
@@ -173,13 +184,34 @@ def test_L22_L28_kill_9_with_two_residents_leaves_no_duplicate(
     d.signal(signal.SIGKILL)
     d.wait_exit()
     d.start()
-    # The restart adopts both residents it journaled; nothing is loaded twice.
-    adopted = wait_residents(d, [A, B])
-    assert loads_of(emulator) == [A, B], "a resident was loaded again after the restart"
-    assert instances_per_model(emulator) == {A: 1, B: 1}
-    assert all(r["idle_eject_in_s"] is None or r["idle_eject_in_s"] > 60 for r in adopted)
-    # Still one instance of each after selecting both again.
+    d.wait_status(state="loaded", model=B, timeout=15)
+    assert all(n == 1 for n in instances_per_model(emulator).values()), emulator.loaded()
+    # Both selected again: still one instance of each, and both resident.
     select(d, A)
     select(d, B)
-    assert loads_of(emulator) == [A, B] and instances_per_model(emulator) == {A: 1, B: 1}
-    assert len(residents(d)) == 2
+    wait_residents(d, [A, B])
+    assert instances_per_model(emulator) == {A: 1, B: 1}
+    assert B not in loads_of(emulator)[2:], "the current model was loaded again"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: core/server_rules.py _own_stray adopts a journaled instance only when it is "
+    "the wanted model; after a kill -9 the other journaled resident (A) is unloaded as a "
+    "'stray' (stray_found, unload reason stray) though max_loaded 2 has room for it",
+)
+def test_L28_restart_after_kill_9_adopts_the_journaled_residents(
+    daemon_factory: Factory, emulator: Emulator
+) -> None:
+    d = residency(daemon_factory, 2)
+    select(d, A)
+    select(d, B)
+    wait_residents(d, [A, B])
+    d.signal(signal.SIGKILL)
+    d.wait_exit()
+    d.start()
+    adopted = wait_residents(d, [A, B])
+    assert unloads_of(emulator) == [] and loads_of(emulator) == [A, B]
+    assert instances_per_model(emulator) == {A: 1, B: 1}
+    # Their idle timers start anew (idle_timeout 30 min).
+    assert all(r["idle_eject_in_s"] is None or r["idle_eject_in_s"] > 60 for r in adopted)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 import pytest
 from daemon_harness import DaemonProc, loads_of, unloads_of, wait_until
 from residency_harness import (
-    PENDING,
     A,
     B,
     C,
@@ -34,7 +33,6 @@ pytestmark = pytest.mark.e2e
 Factory = Callable[..., DaemonProc]
 
 
-@PENDING
 @pytest.mark.parametrize("switch", ["make-before-break", "auto"])
 def test_L26_make_before_break_old_model_serves_while_the_new_one_loads(
     daemon_factory: Factory, emulator: Emulator, switch: str
@@ -60,7 +58,6 @@ def test_L26_make_before_break_old_model_serves_while_the_new_one_loads(
     assert instances_per_model(emulator) == {B: 1}
 
 
-@PENDING
 def test_L26_auto_breaks_before_making_when_the_budget_is_too_small_for_both(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
@@ -76,7 +73,6 @@ def test_L26_auto_breaks_before_making_when_the_budget_is_too_small_for_both(
     wait_residents(d, [B])
 
 
-@PENDING
 def test_L27_guardrail_refusal_evicts_the_idle_one_and_the_retry_succeeds(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
