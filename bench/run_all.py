@@ -287,11 +287,25 @@ def report(
         "```",
         "",
     ]
+    out += _residency_section()
     if PROXY_REPORT.exists():  # its own section, headed by its author
         out += [PROXY_REPORT.read_text(encoding="utf-8").strip(), ""]
     else:
         out += ["## Proxy", "", "No figures yet: docs/performance-proxy.md does not exist.", ""]
     return "\n".join(out) + "\n"
+
+
+def _residency_section() -> list[str]:
+    """The "## Residency" section of the report now, carried over as it stands (its
+    figures come from `bench/bench_residency.py` runs and say their own command)."""
+    if not REPORT.exists():
+        return []
+    text = REPORT.read_text(encoding="utf-8")
+    start = text.find("\n## Residency")
+    if start < 0:
+        return []
+    end = text.find("\n## ", start + 1)
+    return [text[start + 1 : end if end >= 0 else len(text)].strip(), ""]
 
 
 def _soak_section() -> list[str]:

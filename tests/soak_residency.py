@@ -73,13 +73,24 @@ class ResidencyWatch:
     def _check_pinned(self, unloads: list[Any]) -> None:
         """9. A pinned model is never unloaded unasked (L28): only by an `unload` command
         (naming it, or the current model), or as a second instance (L22)."""
+        by_command = {
+            str(e.get("instance_id"))
+            for e in self.daemon.log_events()
+            if e.get("event") == "unload_started" and e.get("reason") == "command"
+        }
         for request in unloads:
             instance = str(request.body.get("instance_id"))
-            if _instance_key(instance) != PINNED:
-                continue
+            if _instance_key(instance) != PINNED or request.status == 404:
+                continue  # another model's, or it found no such instance: nothing went
             self.result.checks["pinned unloads"] += 1
+            # A command's unload may reach the server after its reply: the daemon's log
+            # (which only excuses) says when an unload was the command's.
             asked = any(
-                c.model in (PINNED, None) and c.sent <= request.t <= c.replied
+                c.model in (PINNED, None)
+                and c.sent <= request.t
+                and (
+                    request.t <= c.replied or (request.t - c.sent < 5.0 and instance in by_command)
+                )
                 for c in self.commands
             )
             doubled = any(
