@@ -99,7 +99,10 @@ class ResidencyWatch:
                 if request.t - 2.0 <= s.after <= request.t
             )
             if not (asked or doubled or PINNED in self.released):
-                self.violate(f"L28: the pinned model's instance {instance} was unloaded unasked")
+                self.violate(
+                    f"L28: the pinned model's instance {instance} was unloaded unasked "
+                    f"(arrived t={request.t:.3f}, answered {request.status})"
+                )
 
     def _sizes(self) -> dict[str, int]:
         return {m.key: m.size_bytes for m in default_catalog()}  # the soak's emulator's
