@@ -133,13 +133,15 @@ class World:
         assert core.loads_in_flight <= 1, "more than one load in flight"
         self.check_budget(out)
         # L25, L28: never more residents than max_loaded (pinned ones do not count), the one
-        # loading or unloading included; one more only while a load is in flight (L26's
-        # make-before-break, L25's load beside busy residents) or until the resident past
-        # the limit is no longer in use (L7, L19).
+        # loading or unloading included; one more only while the current model's load or
+        # unload is in flight (L26's make-before-break, L25's load beside busy residents, a
+        # switch that unloads first) or until the resident past the limit is no longer in
+        # use (L7, L19).
         pinned = set(core.settings.pinned)
         held = [m for m in [core.model, *core.residents] if m is not None and m not in pinned]
         in_use = bool(self.streams) or bool(core.busy_instances)
-        extra = 1 if core.state is State.LOADING or in_use else 0
+        in_flight = core.state in (State.LOADING, State.UNLOADING)
+        extra = 1 if in_flight or in_use else 0
         assert len(held) <= core.settings.max_loaded + extra, (core.model, core.residents)
         assert core.model not in core.residents, core.model
         views = core.residents_view()

@@ -56,7 +56,7 @@ def report(
 ) -> dict[str, Any]:
     """The estimate as one JSON-ready object (what --json prints)."""
     from lmkeeperd.daemon.memory_advisor import MemoryCheck
-    from lmkeeperd.memory import advisory_event, budget, check
+    from lmkeeperd.memory import advisory_event, check
 
     info = next((m for m in models if m.key == key), None)
     if info is None:
@@ -73,7 +73,7 @@ def report(
     current = _daemon_model(config)
     freed_model = next((m for m in models if m.key == current and m.key != key), None)
     freed = freed_model.size_bytes or 0 if freed_model else 0
-    b = budget(checker.probe.read(), config.memory.budget_fraction, freed)
+    b = checker.budget(freed)  # `[memory] budget` when set, else the fraction (L25)
     advisory = check(info, est, b)
     per_token = est.kv_cache_bytes / est.context_length if est.context_length else 0.0
     return {
@@ -95,6 +95,7 @@ def report(
             "available_gb": to_gb(b.available_bytes),
             "total_gb": to_gb(b.effective_total_bytes),
             "fraction": b.fraction,
+            "configured": config.memory.budget is not None,  # [memory] budget, not the fraction
             "freed_gb": to_gb(b.freed_bytes),
             "freed_model": freed_model.key if freed_model and freed else None,
         },
@@ -112,8 +113,13 @@ def render(r: dict[str, Any]) -> str:
         f"  KV cache   {e['kv_cache_gb']:8.2f} GB   ({e['kv_bytes_per_token']} bytes/token)",
         f"  overhead   {e['overhead_gb']:8.2f} GB",
         f"  total      {e['total_gb']:8.2f} GB   confidence {e['confidence']} ({e['source']})",
-        f"budget       {b['budget_gb']:8.2f} GB   ({b['fraction']:.0%} of {b['total_gb']} GB; "
-        f"{b['available_gb']} GB available"
+        f"budget       {b['budget_gb']:8.2f} GB   "
+        + (
+            f"([memory] budget; this machine has {b['total_gb']} GB; "
+            if b.get("configured")
+            else f"({b['fraction']:.0%} of {b['total_gb']} GB; "
+        )
+        + f"{b['available_gb']} GB available"
         + (
             f", counting {b['freed_gb']} GB freed by unloading {b['freed_model']}"
             if b["freed_model"]

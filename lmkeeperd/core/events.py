@@ -28,8 +28,8 @@ class Settings:
     # L20: how long a switch queued behind LM Studio's own activity (no client stream)
     # waits before it is forced; 0 waits forever.
     busy_switch_wait: float = 120.0
-    # L24, L25, L28: how many models may be resident at once (1: one at a time, as L4 says),
-    # and the models never evicted and never idled out.
+    # L24, L25, L28: how many models may be resident at once (1: one at a time, as L4 says;
+    # pinned models do not count), and the models never evicted and never idled out.
     max_loaded: int = 1
     pinned: tuple[str, ...] = ()
     # L26: "auto" | "make-before-break" | "break-before-make". "auto" makes before it

@@ -55,10 +55,12 @@ Rules (ids from lifecycle-spec.md):
 - The idle timer runs only in `loaded` (L9-L11), with the selection's own
   keep-alive when it has one.
 - Another engine makes the core hands-off until LM Studio comes back (L13).
-- With `max_loaded` above 1, models stay resident beside the current one:
-  selecting one loads nothing (L24), room is made by evicting the least
-  recently used idle resident (L25), each has its own idle timer and pinned
-  ones never go (L28): residency.py. With 1 (the default) a switch is L4's.
+- Several residents (residency.py, pinned.py): selecting one loads nothing
+  (L24); room is made by `max_loaded` and the budget, evicting the least
+  recently used idle resident (L25); make-before-break when chosen (L26); a
+  refused load evicts and retries (L27); each resident has its own idle timer
+  and pinned ones never go (L28). With `max_loaded` 1, nothing pinned and no
+  budget (the defaults) a switch is L4's.
 - Server snapshots (L17, L18): a model that vanished from the server is
   forgotten; after an outage the model we wanted is loaded again, since a
   server restart forgets every model.
@@ -565,6 +567,7 @@ class Lifecycle(PinnedRules):
             self._restart_idle(now)
         if self._intent.queued is None:  # no draft for a model a switch unloads next
             self._start_draft(now, out)
+        self._trim(now, out)  # L26: a model kept while this one loaded goes now
 
     def _start_draft(self, now: float, out: list[Action]) -> None:
         """L15: the draft model goes with the main one."""
@@ -577,6 +580,7 @@ class Lifecycle(PinnedRules):
         if self._ledger.load_in_flight() is not None or self._stopped:
             return
         self._flush_deferred(now, out)  # a stray the load did not adopt (L22)
+        self._trim(now, out)  # L26: the old model goes once the new one landed
         main, intent = self._main, self._intent
         if intent.queued is not None and main.phase in (State.IDLE, State.LOADED):
             queued, intent.queued = intent.queued, None
@@ -585,7 +589,6 @@ class Lifecycle(PinnedRules):
             main.draft_due = False
             self._start_draft(now, out)
         self._load_pins(now, out)  # L28, one at a time (L30)
-        self._trim(now, out)  # L26: the old model goes once the new one landed
 
     def _load_failed(self, event: LoadFailed, op: Op, out: list[Action]) -> None:
         if event.abandoned:

@@ -97,8 +97,10 @@ class PinnedRules(ResidencyRules):
         return True
 
     def _drop_pins(self, out: list[Action]) -> None:
-        """Another engine or exit: pinned loads in flight are waited for no more (L5)."""
+        """Another engine or exit: pinned loads in flight are waited for no more (L5). Back
+        on LM Studio, the next snapshot loads (or adopts) them again, as at start."""
         self._pins_due = []
+        self._pins_started = False
         for op_id, op in self._ledger.ops.items():
             if op.kind == "load" and op.pinned and not op.superseded:
                 op.superseded = True

@@ -229,8 +229,8 @@ class ResidencyRules(CommandRules):
         """L25, L26: once nothing loads, residents past `max_loaded` or the budget go, the
         least recently used idle one first (a make-before-break's old model, a resident a
         forced load went beside). Busy ones stay until they are idle."""
-        if not self._others or self._ledger.load_in_flight() is not None or self._stopped:
-            return
+        if not self._others or self._main.phase is State.LOADING or self._stopped:
+            return  # L26: the old model goes once the new one landed
         limits, main = self._limits(), self._main
         while True:
             seats = self._seats()

@@ -10,6 +10,8 @@ from core_harness import Harness
 
 from lmkeeperd.core import (
     Activity,
+    EngineChanged,
+    LoadFinished,
     ModelEstimates,
     Select,
     ServerActivity,
@@ -293,3 +295,17 @@ def test_settings_refuse_an_unknown_switch_mode_and_a_bad_budget() -> None:
         Settings(budget_gb=0)
     with pytest.raises(ValueError, match="estimate of 'x'"):
         ModelEstimates({"x": -1})
+
+
+def test_L28_pinned_models_are_taken_up_again_when_lmkeeperd_comes_back_to_lm_studio() -> None:
+    h = Harness(switch_debounce=0, pinned=(A,))
+    (pin,) = h.loads(h.send(ServerSnapshot({}, after_outage=True), at=0))
+    h.load_ok(pin)
+    h.send(EngineChanged("ollama"), at=1)  # L13: forgotten, left on the server
+    assert h.core.residents == {} and h.loads(h.send(ServerSnapshot({A: (A,)}), at=2)) == []
+    h.send(EngineChanged("lmstudio"), at=3)
+    out = h.send(ServerSnapshot({A: (A,)}), at=4)
+    (again,) = h.loads(out)  # the driver adopts the instance already there
+    assert again.model == A
+    h.send(LoadFinished(again.op, A, adopted=True), at=5)
+    assert h.core.residents == {A: A}

@@ -127,7 +127,7 @@ def test_L19_direct_generation_keeps_its_model_then_idle_eject(
 def test_L20_switch_waits_for_a_direct_generation(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(model={"idle_timeout": "0"})
+    d = daemon_factory(model={"idle_timeout": "0", "switch": "break-before-make"})
     load(d, A)
     emulator.set_stream(0.1, 40)
     generation = DirectGeneration(emulator, A)
@@ -146,7 +146,9 @@ def test_L20_switch_waits_for_a_direct_generation(
 def test_L20_switch_is_forced_after_busy_switch_wait(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(model={"idle_timeout": "0", "busy_switch_wait": "1s"})
+    d = daemon_factory(
+        model={"idle_timeout": "0", "busy_switch_wait": "1s", "switch": "break-before-make"}
+    )
     load(d, A)
     emulator.set_stream(0.1, 300)  # 30 s: far longer than the wait
     generation = DirectGeneration(emulator, A)

@@ -46,7 +46,11 @@ def test_L3_burst_of_selections_gives_one_load_of_the_last(
     assert loads_of(emulator) == [B]
 
 
-def test_L7_switch_waits_for_stream_end(daemon: DaemonProc, emulator: Emulator) -> None:
+def test_L7_switch_waits_for_stream_end(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    # L4's switch (L26's make-before-break would load B beside A while A streams).
+    daemon = daemon_factory(model={"switch": "break-before-make"})
     daemon.request({"op": "select", "model": A})
     daemon.wait_status(state="loaded", model=A)
     with daemon.client() as c:

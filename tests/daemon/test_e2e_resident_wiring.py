@@ -240,3 +240,27 @@ def test_a_reload_applies_max_loaded(
     status = loaded_residents(d, B, A)
     assert status["budget"]["max_loaded"] == 2
     assert unloads_of(emulator) == []  # A stayed: two selected models may be resident now
+
+
+def test_L27_a_guardrail_refusal_reaches_the_core_evicts_and_is_counted(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    d = daemon_factory(model={"max_loaded": 2}, metrics={"listen": "127.0.0.1:0"})
+    select_loaded(d, A)
+    emulator.set_guardrail(max_models=1)  # LM Studio refuses a second model
+    with d.subscribe() as sub:
+        assert d.request({"op": "select", "model": B})["ok"]
+        refused = sub.wait_for("load_refused", model=B)
+        evicted = sub.wait_for("evicted", model=A)
+    assert refused["message"]
+    assert evicted["reason"] == "refused by LM Studio" and evicted["for"] == B
+    d.wait_status(model=B, state="loaded", timeout=15)
+    loaded_residents(d, B)
+    assert d.events("load_refused", model=B)[0]["level"] == "warning"
+    import httpx
+
+    metrics = httpx.get(
+        "http://" + d.status()["metrics"]["listen"] + "/lmkeeperd/metrics", trust_env=False
+    ).text
+    assert "lmkeeperd_load_refusals_total 1" in metrics
+    assert 'lmkeeperd_evictions_total{reason="refused by LM Studio"} 1' in metrics

@@ -68,7 +68,9 @@ def test_L23_an_unknown_key_at_start_loads_nothing(
 def test_L23_with_the_server_away_a_selection_is_accepted_and_checked_on_its_return(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(server={"reconcile_interval": "200ms"})  # outages seen, returns too
+    d = daemon_factory(
+        server={"reconcile_interval": "200ms"}, model={"switch": "break-before-make"}
+    )  # outages seen, returns too
     assert d.cli("select", A).returncode == 0
     d.wait_status(state="loaded", model=A)
     emulator.go_down()

@@ -244,7 +244,7 @@ def test_L14_load_settings_from_the_config_go_with_every_load(
 def test_L15_the_draft_model_follows_the_main_model(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
-    d = daemon_factory(model={"draft_model": C})
+    d = daemon_factory(model={"draft_model": C, "switch": "break-before-make"})
     d.request({"op": "select", "model": A})
     wait_until(lambda: (s := d.status())["model"] == A and s["draft"] == C, what="A and C")
     assert set(emulator.loaded()) == {A, C}

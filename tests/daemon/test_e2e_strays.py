@@ -163,7 +163,7 @@ def test_hung_unloads_and_switches_never_leave_our_models_behind(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
     foreign = emulator.load_behind(FOREIGN)
-    d = daemon_factory(server={"request_timeout": "1s"})
+    d = daemon_factory(server={"request_timeout": "1s"}, model={"switch": "break-before-make"})
     d.request({"op": "select", "model": A})
     d.wait_status(state="loaded", model=A)
     emulator.hang_unloads(True)

@@ -38,3 +38,13 @@ def test_a_remote_server_with_a_budget_gets_verdicts() -> None:
     config = parse_config('[server]\nurl = "http://10.0.0.7:1234"\n[memory]\nbudget = "24GB"\n')
     remote = MemoryCheck(config, PROBE)
     assert verdicts(remote, [BIG], 0.8)["big/model"]["verdict"] == "fits"
+
+
+def test_estimate_uses_the_configured_budget() -> None:
+    from lmkeeperd.cli import estimate
+
+    config = parse_config('[memory]\nbudget = "10GB"\n[control]\nsocket = "/tmp/lk-none.sock"\n')
+    result = estimate.report(config, [BIG], "big/model", None)
+    assert result["budget"]["budget_gb"] == 10.0 and result["budget"]["configured"] is True
+    assert result["fits"] is False
+    assert "[memory] budget" in estimate.render(result)

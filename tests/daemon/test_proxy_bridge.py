@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import loads_of
-from inprocess_harness import inprocess_daemon, load, run
+from inprocess_harness import config_for, inprocess_daemon, load, run
 from structlog.testing import capture_logs
 
 from lmkeeperd.core import State, Verdict
@@ -30,7 +30,9 @@ def test_a_request_for_another_model_switches_then_gets_its_stream_in_order(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     async def main() -> None:
-        async with inprocess_daemon(emulator, tmp_path) as d:
+        async with inprocess_daemon(
+            emulator, tmp_path, config_for(emulator, switch="break-before-make")
+        ) as d:
             await load(d, A)
             assert d.bridge.verdict(B) is Verdict.SWITCH and d.bridge.verdict(A) is Verdict.READY
             with capture_logs() as logs:

@@ -20,7 +20,7 @@ STATUS_KEYS = {
     "server", "memory", "last_error", "last_advisory", "pid", "version", "uptime_s",
     "adopted", "draft", "config", "subscribers", "dropped_events", "proxy", "metrics",
     "running", "why", "keep_alive_s", "config_error", "restored_selection", "activity_source",
-    "activity_reason", "server_activity",
+    "activity_reason", "server_activity", "resident", "budget",
 }  # fmt: skip
 
 

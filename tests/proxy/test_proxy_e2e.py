@@ -100,7 +100,8 @@ def test_L7_L9_L11_a_long_stream_holds_off_idle_eject_and_a_switch(
     daemon_factory: Callable[..., DaemonProc], emulator: Emulator
 ) -> None:
     d = daemon_factory(
-        proxy={"listen": "127.0.0.1:0"}, model={"idle_timeout": "1s", "switch_debounce": 0}
+        proxy={"listen": "127.0.0.1:0"},
+        model={"idle_timeout": "1s", "switch_debounce": 0, "switch": "break-before-make"},
     )
     d.request({"op": "select", "model": A})
     d.wait_status(state="loaded", model=A)
@@ -153,7 +154,8 @@ def test_select_on_request_waits_for_streams_switches_once_and_forwards(
 ) -> None:
     emulator.set_jit(True)  # LM Studio's JIT would load behind our back: it must never need to
     d = daemon_factory(
-        proxy={"listen": "127.0.0.1:0", "select_on_request": True}, model={"switch_debounce": 0}
+        proxy={"listen": "127.0.0.1:0", "select_on_request": True},
+        model={"switch_debounce": 0, "switch": "break-before-make"},
     )
     wait_until(lambda: d.status()["server"]["reachable"], what="the server's model list")
     url = proxy_url(d)
