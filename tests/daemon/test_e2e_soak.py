@@ -570,9 +570,9 @@ def _judge(residency: bool) -> None:
 
 @pytest.mark.xfail(
     strict=False,  # the bug shows in some runs only: a strict mark would fail the others
-    reason="bug: a load of the pinned model made for a selection and superseded while in "
-    "flight is unloaded when it lands (unload_started reason 'superseded', L30 collection): "
-    "the pinned model goes unasked (L28), and the daemon can lose track of its instance",
+    reason="bugs, in some runs: the pinned model's superseded load is unloaded when it lands "
+    "(reason 'superseded', L28); lmkeeperd's instances over the budget with nothing in "
+    "flight (L25); a second load sent while one is in flight (L30)",
 )
 def test_chaos_soak_keeps_every_invariant() -> None:
     """max_loaded 3, a pinned model, a budget, guardrail refusals (invariants 1-11)."""
