@@ -34,6 +34,7 @@ import bench_flood
 import bench_fuzz
 import bench_idle
 import bench_idle_eject
+import bench_residency
 import bench_roundtrip
 import bench_select_latency
 import bench_soak
@@ -53,6 +54,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     "soak": bench_soak,
     "fuzz": bench_fuzz,
     "flood": bench_flood,
+    "residency": bench_residency,
 }
 REPORT = ROOT / "docs" / "performance.md"
 # The last full run's results, so that the report's text can be rewritten without a new run.
@@ -72,6 +74,7 @@ COMMANDS = {
     "soak": "bench/bench_soak.py",
     "fuzz": "bench/bench_fuzz.py",
     "flood": "bench/bench_flood.py",
+    "residency": "bench/bench_residency.py",
 }
 
 # How the design reaches each target, or why it does not yet. Kept next to the code that
@@ -198,6 +201,14 @@ silent connections cannot hold every slot and `lmkeeperd status` still gets one.
 heads must arrive within 10 s. Running out of descriptors on accept is one `accept_failed`
 event per burst with a count (a loop exception handler replaces asyncio's traceback per
 accept), which keeps the log's growth to a few hundred bytes.""",
+    "residency": """\
+With `max_loaded` above 1 a selected model stays resident beside the others (L24): selecting
+it again is a change in the core only, answered without a request to LM Studio, so a switch
+between two models that fit together costs what a `status` round trip costs, not a load.
+Make-before-break (L26) loads the new model before unloading the old one, so the old one
+answers until the new one does; break-before-make leaves a gap as long as the load. The
+thrash scenario counts what `max_loaded = 2` saves: two loads in all instead of one per
+alternation. See "Residency" below for the last run's figures and commands.""",
 }
 
 
@@ -276,11 +287,25 @@ def report(
         "```",
         "",
     ]
+    out += _residency_section()
     if PROXY_REPORT.exists():  # its own section, headed by its author
         out += [PROXY_REPORT.read_text(encoding="utf-8").strip(), ""]
     else:
         out += ["## Proxy", "", "No figures yet: docs/performance-proxy.md does not exist.", ""]
     return "\n".join(out) + "\n"
+
+
+def _residency_section() -> list[str]:
+    """The "## Residency" section of the report now, carried over as it stands (its
+    figures come from `bench/bench_residency.py` runs and say their own command)."""
+    if not REPORT.exists():
+        return []
+    text = REPORT.read_text(encoding="utf-8")
+    start = text.find("\n## Residency")
+    if start < 0:
+        return []
+    end = text.find("\n## ", start + 1)
+    return [text[start + 1 : end if end >= 0 else len(text)].strip(), ""]
 
 
 def _soak_section() -> list[str]:

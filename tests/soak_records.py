@@ -25,6 +25,11 @@ SELECTABLE = (
 )
 FOREIGN = ("qwen/qwen3-32b", "deepseek/deepseek-v3-0324", "text-embedding-nomic-embed-text-v1.5")
 UNKNOWN = "nobody/no-such-model"
+# Residency (L24-L28, L30): up to MAX_LOADED selected models stay resident beside PINNED
+# (selectable too), all within BUDGET (GB = 10^9 bytes; lmkeeperd's `[memory] budget`).
+MAX_LOADED = 3
+PINNED = "qwen/qwen2.5-0.5b-instruct"
+BUDGET_GB = 10.0
 DAEMON_CTX = 2048
 BEHIND_CTX = 1111
 UNLOAD_PATH = "/api/v1/models/unload"
@@ -63,6 +68,7 @@ WEIGHTS: dict[str, float] = {
     "fault_load_timeout": 0.5,
     "fault_crash": 0.25,
     "quiet_point": 0.3,
+    "fault_guardrail": 0.8,  # LM Studio's load guardrail on for a while (L27)
 }
 LOAD_TIMEOUT_S = 0.6  # the soak's `load_timeout`: the load-timeout fault's delays outlast it
 QUIET_TIMEOUT_S = 20.0
@@ -73,6 +79,8 @@ class SoakPlan:
     events: int = CI_EVENTS
     seed: int = DEFAULT_SEED
     mean_gap_s: float = 0.002  # the pause between two events is exponential with this mean
+    # Residency on (max_loaded, pinned, budget, guardrail faults) or one model at a time.
+    residency: bool = True
 
 
 @dataclass(slots=True)
@@ -82,6 +90,7 @@ class StreamRecord:
     acked: float
     protects: bool
     generation: int = 0  # which daemon process (crashes restart it; stream ids start over)
+    model: str | None = None  # the model it names (L24): only that model's unload is barred
     until: float = float("inf")  # when protection ended (see invariant 1)
 
 

@@ -107,6 +107,8 @@ class SoakWatch:
         self.emu.hang_unloads(False)
         self.hang_until = 0
         self.emu.set_load_delay(0.0)
+        self.emu.set_guardrail()
+        self.guard_until = 0
         self.emu.wait_until(lambda: self.emu.phase == "up", timeout=10)
         for future in self.command_futures:
             future.result(timeout=60)
@@ -138,12 +140,15 @@ class SoakWatch:
                 and not self._in_flight_on_server()
             )
             snapshot = self._snapshot()
-            orphans = None if snapshot is None else self._orphans(status["model"], snapshot)
+            orphans = None if snapshot is None else self._orphans(status, snapshot)
             last = f"status {status}, orphans {orphans}"
             if quiet and orphans == []:
                 steady += 1
                 if steady >= 3:
                     self.result.checks["L22 quiet points"] += 1
+                    assert snapshot is not None
+                    if (crowded := self._too_many(snapshot)) is not None:
+                        self.violate(f"L25: at a quiet point {crowded}: {last}")
                     return
             else:
                 steady = 0
@@ -177,28 +182,29 @@ class SoakWatch:
                 agreed += 1
                 if agreed >= 3:  # steady over more than one reconcile
                     self.result.checks["final agreement"] += 1
-                    self._check_orphans(model)
+                    self._check_orphans(status)
                     return
             else:
                 agreed = 0
             time.sleep(0.2)
         self.violate(f"the daemon's status never matched the server once quiet: {last}")
 
-    def _orphans(self, model: str | None, snapshot: Snapshot) -> list[str]:
-        """Daemon-loaded instances L22 does not allow: all but one of the daemon's model."""
+    def _orphans(self, status: dict[str, Any], snapshot: Snapshot) -> list[str]:
+        """Daemon-loaded instances L22 does not allow: all but one of each resident's."""
+        allowed = self._residents_allowed(status)
         orphans: list[str] = []
         for key, instances in snapshot.instances.items():
             ours = [i for i, context in instances if context == DAEMON_CTX]
-            if key == model:
-                ours = ours[1:]  # the daemon's current model
+            if key in allowed:
+                ours = ours[1:]  # a resident (L24): one instance
             if key not in self.released:
                 orphans.extend(ours)
         return orphans
 
-    def _check_orphans(self, model: str | None) -> None:
+    def _check_orphans(self, status: dict[str, Any]) -> None:
         snapshot = self._snapshot()
         assert snapshot is not None
-        orphans = self._orphans(model, snapshot)
+        orphans = self._orphans(status, snapshot)
         if orphans:
             self.violate(f"daemon-loaded instances left on the server: {orphans}")
         self.result.checks["orphan check"] += 1
@@ -225,6 +231,7 @@ class SoakWatch:
         requests = self.emu.requests()
         unloads = [r for r in requests if r.path == UNLOAD_PATH and isinstance(r.body, dict)]
         self._check_streams(unloads, opened, decisions)
+        self._check_residency(requests)
         self._check_foreign(unloads)
         self._check_duplicates(unloads, decisions)
 
@@ -249,8 +256,8 @@ class SoakWatch:
             for record in protecting:
                 if record.acked >= request.t:
                     break
-                if request.t >= record.until:
-                    continue
+                if request.t >= record.until or record.model != _instance_key(instance):
+                    continue  # ended, or another model's stream (an idle resident may go, L25)
                 registered = opened.get((record.generation, record.stream))
                 if decision is not None and registered is not None and decision[0] < registered:
                     self.result.checks["unload in flight before a stream (excused)"] += 1
