@@ -12,7 +12,7 @@ a pinned model is kept as that resident rather than loaded anew (L22).
 from __future__ import annotations
 
 from lmkeeperd.core.actions import Action, CancelLoad, Notify, StartLoad
-from lmkeeperd.core.events import LoadFinished, ServerSnapshot
+from lmkeeperd.core.events import LoadFinished, ServerSnapshot, Settings
 from lmkeeperd.core.ledger import Op
 from lmkeeperd.core.phases import State
 from lmkeeperd.core.records import Resident
@@ -95,6 +95,32 @@ class PinnedRules(ResidencyRules):
         self._ledger.landed(model)
         self._pin(model, instance, False, now, out)
         return True
+
+    def _pins_changed(self, old: Settings, now: float, out: list[Action]) -> None:
+        """L28: a config reload changed `pinned`. Keys it adds are loaded now, one at a time
+        (L30), after any selection waiting (even one ejected by hand: the reload asks again);
+        keys it removes become ordinary residents, their idle timers counted from their last
+        use, and may be evicted at once when past the limits (L25)."""
+        before, after = set(old.pinned), set(self._settings.pinned)
+        if before == after:
+            return
+        for model in before ^ after:  # a resident's timer: pinned never idles out
+            other = self._others.get(model)
+            if other is not None:
+                self._rearm(other, other.last_use if other.last_use is not None else now)
+        self._pins_due = [p for p in self._pins_due if p in after]
+        if self._pins_started:
+            added = [p for p in self._settings.pinned if p not in before]
+            self._pins_due += [p for p in added if p not in self._pins_due]
+        if before - after:
+            self._trim(now, out)
+        self._load_pins_waiting(now, out)
+
+    def _load_pins_waiting(self, now: float, out: list[Action]) -> None:
+        """Pinned models due load once no selection waits (debounce, queue, next; L30)."""
+        intent = self._intent
+        if self._pins_due and intent.pending is None and self._main.phase is not State.UNLOADING:
+            self._load_pins(now, out)
 
     def _drop_pins(self, out: list[Action]) -> None:
         """Another engine or exit: pinned loads in flight are waited for no more (L5). Back
