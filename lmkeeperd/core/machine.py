@@ -666,6 +666,8 @@ class Lifecycle(PinnedRules):
                 self._evicted_for_refusal(event.op, False, now, out)  # L27
             elif op.resident is not None and op.model not in (main.model, *self._others):
                 self._others[op.model] = op.resident  # in use: it stays a resident (L24)
+            elif op.resident is not None:  # its model is held again: never two (L22)
+                self._ledger.deferred.append(Deferred(op.model, op.instance_id, "stray"))
             return
         # The main model stays ours and in use. A switch waits queued behind it (and may be
         # forced after busy_switch_wait); an idle or pressure eject, or a command, is dropped.

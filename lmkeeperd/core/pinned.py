@@ -43,7 +43,7 @@ class PinnedRules(ResidencyRules):
             return
         while self._pins_due:
             model = self._pins_due.pop(0)
-            if self._holds(model):
+            if self._holds(model) or self._unloading_by_hand(model):
                 continue
             stray = next((d for d in self._ledger.deferred if d.model == model), None)
             if stray is not None:  # a stray of ours still there: kept, not loaded again
@@ -54,6 +54,11 @@ class PinnedRules(ResidencyRules):
             out.append(StartLoad(op, model, config, avoid=self._ledger.unloading(model)))
             out.append(Notify("load_started", {"model": model, "draft": False, "pinned": True}))
             return
+
+    def _unloading_by_hand(self, model: str) -> bool:
+        """An unload command of `model` is in flight: followed like an eject by hand (L18)."""
+        ops = self._ledger.ops.values()
+        return any(o.kind == "unload" and o.model == model and o.reason == "command" for o in ops)
 
     def _pin_landed(self, op: Op, event: LoadFinished, now: float, out: list[Action]) -> None:
         """A pinned model loaded: a resident beside the current one that never idles out."""

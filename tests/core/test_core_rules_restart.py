@@ -21,6 +21,8 @@ from lmkeeperd.core import (
     SettingsChanged,
     StreamEnded,
     StreamStarted,
+    UnloadCommand,
+    UnloadDeferred,
 )
 
 A, B, C = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "google/gemma-3-12b"
@@ -200,3 +202,32 @@ def test_L28_an_unpinned_resident_past_max_loaded_is_evicted_at_once() -> None:
         {"model": A, "instance_id": A, "reason": "max_loaded", "for": B}
     ]
     assert h.core.model == B and h.core.residents == {}
+
+
+# --- never two instances when an unload command meets a load of the same model --------
+
+
+def test_L22_an_unload_command_found_busy_after_its_model_was_selected_again_is_a_stray() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.loaded(A, at=0)
+    h.loaded(B, at=1)  # A stays beside B
+    (unload,) = h.unloads(h.send(UnloadCommand(1, A), at=2))
+    (load,) = h.loads(h.send(Select(A), at=3))  # the unload may still fail: load anew
+    h.send(UnloadDeferred(unload.op, "generating", 1), at=4)
+    assert h.core.deferred_unloads == ((A, A, "stray"),)  # tracked, not forgotten
+    h.send(ServerActivity(A, busy=False), at=5)
+    out = h.load_ok(load, "A-2")
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [(A, "stray")]
+    assert h.core.instance_id == "A-2"
+
+
+def test_L28_a_pinned_model_being_unloaded_by_hand_is_not_loaded_again_meanwhile() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2, pinned=(C,))
+    h.loaded(C, at=0)  # selected first, then pinned at the first look
+    (load_a,) = h.loads(h.send(Select(A), at=1))
+    h.send(ServerSnapshot({C: (C,)}, after_outage=True), at=1)  # C due behind A's load
+    (unload,) = h.unloads(h.send(UnloadCommand(1, C), at=2))
+    assert h.loads(h.load_ok(load_a)) == []  # followed like an eject by hand (L18)
+    h.send(UnloadDeferred(unload.op, "generating", 1), at=3)  # busy: it stays
+    assert h.core.residents == {C: C}
+    assert [v.model for v in h.core.residents_view()].count(C) == 1
