@@ -36,6 +36,11 @@ def restarted(**settings: object) -> Harness:
     return h
 
 
+def _i(model: str) -> str:
+    """The instance the journal reports for `model`."""
+    return "A-j" if model == A else "B-j"
+
+
 # --- L22, L28: the residents journaled before a kill -9 --------------------------------
 
 
@@ -56,10 +61,6 @@ def test_L28_a_restart_keeps_a_journaled_resident_beside_the_restored_selection(
     assert h.loads(out) == [] and h.unloads(out) == []
     (view_a,) = [v for v in h.core.residents_view() if v.model == A]
     assert view_a.idle_deadline == pytest.approx(100 + (0.1 if first == A else 0.2))
-
-
-def _i(model: str) -> str:
-    return "A-j" if model == A else "B-j"
 
 
 @pytest.mark.parametrize("first", [A, B])
