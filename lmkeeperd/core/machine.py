@@ -181,6 +181,7 @@ class Lifecycle(PinnedRules):
                 self._shutdown(now, out)
             case Tick():
                 pass
+        self._load_pins_waiting(now, out)  # L28: after a selection that loaded nothing
         self._track_busy_wait(now)
         return out
 
@@ -461,12 +462,13 @@ class Lifecycle(PinnedRules):
         self._move("hands_off", out, f"engine changed to {engine}")
 
     def _settings_changed(self, settings: Settings, now: float, out: list[Action]) -> None:
-        self._settings = settings
+        old, self._settings = self._settings, settings
         if self._main.phase is State.LOADED:
             # A new idle timeout counts from the last activity, not from the edit.
             last = self._main.last_use
             self._restart_idle(last if last is not None else now)
         self._warn_if_blind(out)
+        self._pins_changed(old, now, out)  # L28 (pinned.py)
 
     # --- shutdown (L16) -----------------------------------------------------
 
@@ -664,6 +666,8 @@ class Lifecycle(PinnedRules):
                 self._evicted_for_refusal(event.op, False, now, out)  # L27
             elif op.resident is not None and op.model not in (main.model, *self._others):
                 self._others[op.model] = op.resident  # in use: it stays a resident (L24)
+            elif op.resident is not None:  # its model is held again: never two (L22)
+                self._ledger.deferred.append(Deferred(op.model, op.instance_id, "stray"))
             return
         # The main model stays ours and in use. A switch waits queued behind it (and may be
         # forced after busy_switch_wait); an idle or pressure eject, or a command, is dropped.

@@ -12,7 +12,7 @@ a pinned model is kept as that resident rather than loaded anew (L22).
 from __future__ import annotations
 
 from lmkeeperd.core.actions import Action, CancelLoad, Notify, StartLoad
-from lmkeeperd.core.events import LoadFinished, ServerSnapshot
+from lmkeeperd.core.events import LoadFinished, ServerSnapshot, Settings
 from lmkeeperd.core.ledger import Op
 from lmkeeperd.core.phases import State
 from lmkeeperd.core.records import Resident
@@ -43,7 +43,7 @@ class PinnedRules(ResidencyRules):
             return
         while self._pins_due:
             model = self._pins_due.pop(0)
-            if self._holds(model):
+            if self._holds(model) or self._unloading_by_hand(model):
                 continue
             stray = next((d for d in self._ledger.deferred if d.model == model), None)
             if stray is not None:  # a stray of ours still there: kept, not loaded again
@@ -54,6 +54,11 @@ class PinnedRules(ResidencyRules):
             out.append(StartLoad(op, model, config, avoid=self._ledger.unloading(model)))
             out.append(Notify("load_started", {"model": model, "draft": False, "pinned": True}))
             return
+
+    def _unloading_by_hand(self, model: str) -> bool:
+        """An unload command of `model` is in flight: followed like an eject by hand (L18)."""
+        ops = self._ledger.ops.values()
+        return any(o.kind == "unload" and o.model == model and o.reason == "command" for o in ops)
 
     def _pin_landed(self, op: Op, event: LoadFinished, now: float, out: list[Action]) -> None:
         """A pinned model loaded: a resident beside the current one that never idles out."""
@@ -95,6 +100,32 @@ class PinnedRules(ResidencyRules):
         self._ledger.landed(model)
         self._pin(model, instance, False, now, out)
         return True
+
+    def _pins_changed(self, old: Settings, now: float, out: list[Action]) -> None:
+        """L28: a config reload changed `pinned`. Keys it adds are loaded now, one at a time
+        (L30), after any selection waiting (even one ejected by hand: the reload asks again);
+        keys it removes become ordinary residents, their idle timers counted from their last
+        use, and may be evicted at once when past the limits (L25)."""
+        before, after = set(old.pinned), set(self._settings.pinned)
+        if before == after:
+            return
+        for model in before ^ after:  # a resident's timer: pinned never idles out
+            other = self._others.get(model)
+            if other is not None:
+                self._rearm(other, other.last_use if other.last_use is not None else now)
+        self._pins_due = [p for p in self._pins_due if p in after]
+        if self._pins_started:
+            added = [p for p in self._settings.pinned if p not in before]
+            self._pins_due += [p for p in added if p not in self._pins_due]
+        if before - after:
+            self._trim(now, out)
+        self._load_pins_waiting(now, out)
+
+    def _load_pins_waiting(self, now: float, out: list[Action]) -> None:
+        """Pinned models due load once no selection waits (debounce, queue, next; L30)."""
+        intent = self._intent
+        if self._pins_due and intent.pending is None and self._main.phase is not State.UNLOADING:
+            self._load_pins(now, out)
 
     def _drop_pins(self, out: list[Action]) -> None:
         """Another engine or exit: pinned loads in flight are waited for no more (L5). Back

@@ -25,6 +25,8 @@ inherits these.
 
 from __future__ import annotations
 
+import math
+
 from lmkeeperd.core.actions import Action, Notify
 from lmkeeperd.core.commands import CommandRules
 from lmkeeperd.core.phases import State
@@ -305,6 +307,48 @@ class ResidencyRules(CommandRules):
         for model, other in others.items():
             if reason is not None and other.instance is not None:
                 self._unload_background(model, other.instance, reason, now, out)
+
+    # --- strays of ours kept as residents (L22, L28) --------------------------
+
+    def _adopt_resident(self, model: str, instance: str, now: float, out: list[Action]) -> bool:
+        """L22, L28: a stray of ours (a resident before a restart) stays as a resident when
+        placement says it fits beside what we hold and the current model's place (what a
+        pending selection will load, or one place kept free: with `max_loaded` 1 a stray is
+        never kept beside nothing), with no eviction; its idle timer starts anew from `now`,
+        its last use just before the current model's (the first to go, L25). Never a second
+        instance of a model held or loading; a busy stray, or one that does not fit, is
+        L22's."""
+        main, intent = self._main, self._intent
+        if not self._hands_on() or instance in self._usage.busy or self._usage.streams:
+            return False
+        if model == self._settings.draft_model.strip() or model in self._others:
+            return False
+        ops = self._ledger.ops.values()
+        if main.model == model or any(o.kind == "load" and o.model == model for o in ops):
+            return False
+        seats = self._seats()
+        if main.model is not None and main.phase is State.LOADING:
+            seats.append(Seat(main.model, now, idle=False))
+        held = {s.model for s in seats}
+        pending = (intent.debounce_target, intent.queued, intent.next, intent.wanted)
+        ahead = [m for m in dict.fromkeys(pending) if m is not None and m not in held]
+        if not ahead and not any(s.model == main.model for s in seats):
+            ahead = [""]  # the current model's place stays its own
+        # What a selection will load sits in use: over the limits, `model` waits (blocked).
+        seats += [Seat(m, now, idle=False) for m in ahead if m != model]
+        limits, landing = self._limits(), self._landing()
+        plan = place([model], seats, limits, self._estimates, landing=landing)
+        if plan.evict or plan.blocked or model not in plan.load:
+            return False
+        self._ledger.keep(instance)
+        back = Resident(model=model, instance=instance, phase=State.LOADED)
+        self._others[model] = back
+        self._rearm(back, now)
+        if main.serving and main.last_use is not None and main.last_use <= now:
+            back.last_use = math.nextafter(main.last_use, -math.inf)  # evicted before it (L25)
+        fields = {"model": model, "instance_id": instance, "resident": True}
+        out.append(Notify("stray_adopted", fields))
+        return True
 
     # --- refused loads (L27) -------------------------------------------------
 

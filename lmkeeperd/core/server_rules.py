@@ -70,6 +70,9 @@ class ServerRules(LifecycleView):
     def _move(self, trigger: Trigger, out: list[Action], cause: str) -> None:
         raise NotImplementedError
 
+    def _adopt_resident(self, model: str, instance: str, now: float, out: list[Action]) -> bool:
+        raise NotImplementedError  # residency.py
+
     # --- the server's view (L17, L18, L22) ----------------------------------
 
     def _snapshot(self, snap: ServerSnapshot, now: float, out: list[Action]) -> None:
@@ -136,6 +139,8 @@ class ServerRules(LifecycleView):
             intent.wanted = main.model = model
             out.append(Notify("stray_adopted", {"model": model, "instance_id": instance}))
             self._took(model, instance, False, now, out, "stray adopted")
+            return
+        if self._adopt_resident(model, instance, now, out):  # L22, L28 (residency.py)
             return
         out.append(Notify("stray_found", {"model": model, "instance_id": instance}))
         self._unload_background(model, instance, "stray", now, out)
