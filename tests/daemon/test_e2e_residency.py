@@ -194,12 +194,6 @@ def test_L22_L28_kill_9_with_two_residents_leaves_no_duplicate(
     assert B not in loads_of(emulator)[2:], "the current model was loaded again"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: core/server_rules.py _own_stray adopts a journaled instance only when it is "
-    "the wanted model; after a kill -9 the other journaled resident (A) is unloaded as a "
-    "'stray' (stray_found, unload reason stray) though max_loaded 2 has room for it",
-)
 def test_L28_restart_after_kill_9_adopts_the_journaled_residents(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
