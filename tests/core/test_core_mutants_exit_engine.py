@@ -12,11 +12,14 @@ from lmkeeperd.core import (
     ActivitySource,
     EngineChanged,
     Select,
+    ServerActivity,
+    ServerSnapshot,
     Settings,
     SettingsChanged,
     Shutdown,
     State,
     StreamStarted,
+    UnloadDeferred,
 )
 
 A, B, D = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "draft/tiny-0.5b"
@@ -86,7 +89,6 @@ def test_L13_engine_change_is_announced_with_the_engine_named() -> None:
 
 def test_L13_engine_change_forgets_the_wanted_model_for_outages() -> None:
     # After another engine, an outage's snapshot must not bring back what we had.
-    from lmkeeperd.core import ServerSnapshot
 
     h = Harness(switch_debounce=0)
     h.loaded(A)
@@ -104,3 +106,18 @@ def test_L21_settings_that_turn_idle_eject_on_warn_of_the_blind_spot() -> None:
     out = h.send(SettingsChanged(Settings(switch_debounce=0, idle_timeout=60)), at=2)
     (warning,) = h.events("activity_blind", out)
     assert warning["reason"] is None and "idle eject" in warning["advice"]
+
+
+def test_L11_settings_change_starts_the_idle_timer_from_now_when_no_use_is_known() -> None:
+    # A switch deferred by LM Studio (L20) stops the idle timer; with auto_load turned off
+    # the queued switch is dropped when the server goes idle, and the model stays loaded
+    # with no last use known. The next settings change counts the timeout from its time.
+    h = Harness(switch_debounce=0, idle_timeout=100, busy_switch_wait=0)
+    h.loaded(A)
+    (switch,) = h.unloads(h.send(Select(B), at=1))
+    h.send(UnloadDeferred(switch.op, "generating"), at=2)
+    h.send(SettingsChanged(Settings(switch_debounce=0, idle_timeout=100, auto_load=False)), at=3)
+    h.send(ServerActivity(A, False), at=4)
+    assert h.core.state is State.LOADED and h.core.next_deadline() is None
+    h.send(SettingsChanged(Settings(switch_debounce=0, idle_timeout=50)), at=10)
+    assert h.core.next_deadline() == 60
