@@ -1,0 +1,26 @@
+"""LM Studio's view and activity (L17-L22): what the core says about it.
+
+Written against surviving mutants of server_rules.py (docs/testing.md, "Mutation testing
+of the core"): each test checks a Notify field or an action the mutant changed."""
+
+from __future__ import annotations
+
+from core_harness import Harness
+
+from lmkeeperd.core import Select, ServerActivity
+
+A, B = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b"
+
+
+def test_L20_forced_switch_says_how_long_it_waited_to_the_millisecond() -> None:
+    h = Harness(switch_debounce=0, busy_switch_wait=120)
+    h.loaded(A)
+    h.send(ServerActivity(A, True, "generating", 2), at=5)
+    h.send(Select(B), at=10)
+    (forced,) = h.events("switch_forced", h.tick(130.12345))
+    assert forced == {
+        "model": A,
+        "instance_id": A,
+        "doing": "generating, 2 queued",
+        "waited_s": 120.123,
+    }
