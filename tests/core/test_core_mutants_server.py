@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from core_harness import Harness
 
-from lmkeeperd.core import Select, ServerActivity
+from lmkeeperd.core import Select, ServerActivity, ServerSnapshot
 
-A, B = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b"
+A, B, D = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "draft/tiny-0.5b"
 
 
 def test_L20_forced_switch_says_how_long_it_waited_to_the_millisecond() -> None:
@@ -24,3 +24,13 @@ def test_L20_forced_switch_says_how_long_it_waited_to_the_millisecond() -> None:
         "doing": "generating, 2 queued",
         "waited_s": 120.123,
     }
+
+
+def test_L18_L15_a_draft_gone_from_the_server_is_forgotten_a_listed_one_kept() -> None:
+    h = Harness(switch_debounce=0, draft_model=D)
+    h.loaded(A)
+    h.load_ok(h.loads()[-1], "d-1")
+    h.send(ServerSnapshot({A: (A,), D: ("d-1",)}), at=1)
+    assert h.core.draft == (D, "d-1")
+    out = h.send(ServerSnapshot({A: (A,), D: ("d-2",)}), at=2)  # d-1 unloaded by hand
+    assert h.core.draft is None and h.unloads(out) == [] and h.core.model == A
