@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from core_harness import Harness
 
-from lmkeeperd.core import OwnStray, Select, Shutdown, StreamStarted
+from lmkeeperd.core import (
+    OwnStray,
+    Select,
+    ServerActivity,
+    ServerSnapshot,
+    Shutdown,
+    StreamStarted,
+)
 
 A, B, D = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "draft/tiny-0.5b"
 
@@ -75,3 +82,23 @@ def test_L24_L15_a_resident_selected_again_keeps_the_draft_load_in_flight() -> N
     h.send(Select(A), at=2)  # A promoted again
     assert h.core.model == A
     assert [c.op for c in h.cancels(h.send(Shutdown(), at=3))] == [draft.op]
+
+
+def test_L24_L17_a_resident_selected_again_is_restored_after_an_outage() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.loaded(A)
+    h.load_ok(h.loads(h.send(Select(B), at=1))[0])
+    h.send(Select(A), at=2)  # A current again (L24)
+    assert h.core.model == A
+    out = h.send(ServerSnapshot({}, after_outage=True), at=3)  # the server restarted
+    assert [load.model for load in h.loads(out)] == [A]
+
+
+def test_L24_L19_a_busy_resident_selected_again_is_in_use_at_once() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.loaded(A)
+    h.load_ok(h.loads(h.send(Select(B), at=1))[0])
+    h.send(ServerActivity(A, True, "generating"), at=2)  # a client of LM Studio uses A
+    h.send(Select(A), at=3)
+    why = h.core.explain(4)
+    assert (why.state, why.model, why.cause) == ("streaming", A, "resident selected")
