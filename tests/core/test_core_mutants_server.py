@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from core_harness import Harness
 
-from lmkeeperd.core import Select, ServerActivity, ServerSnapshot
+from lmkeeperd.core import Select, ServerActivity, ServerSnapshot, StreamStarted
 
 A, B, D = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "draft/tiny-0.5b"
 
@@ -34,3 +34,34 @@ def test_L18_L15_a_draft_gone_from_the_server_is_forgotten_a_listed_one_kept() -
     assert h.core.draft == (D, "d-1")
     out = h.send(ServerSnapshot({A: (A,)}), at=2)  # D unloaded by hand
     assert h.core.draft is None and h.unloads(out) == [] and h.core.model == A
+
+
+def test_L18_a_resident_gone_from_the_server_is_announced_and_forgotten() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.loaded(A)
+    h.load_ok(h.loads(h.send(Select(B), at=1))[0])  # A stays resident beside B
+    out = h.send(ServerSnapshot({B: (B,)}), at=2)
+    assert h.events("model_vanished", out) == [{"model": A}]
+    assert h.core.residents == {} and h.core.model == B and h.unloads(out) == []
+
+
+def test_L18_L15_the_current_model_vanishing_gives_up_its_draft_load() -> None:
+    h = Harness(switch_debounce=0, draft_model=D)
+    h.loaded(A)
+    draft = h.loads()[-1]  # D's load in flight
+    out = h.send(ServerSnapshot({}), at=2)
+    assert h.events("model_vanished", out) == [{"model": A}]
+    assert [c.op for c in h.cancels(out)] == [draft.op]
+    why = h.core.explain(3)
+    assert (why.state, why.cause, why.cause_at) == ("idle", "model vanished", 2)
+
+
+def test_L18_L7_a_switch_queued_behind_a_stream_starts_when_the_model_vanishes() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    h.send(StreamStarted(1), at=1)
+    h.send(Select(B), at=2)  # queued behind the stream (L7)
+    out = h.send(ServerSnapshot({}), at=5)  # A unloaded by hand
+    assert [load.model for load in h.loads(out)] == [B]
+    why = h.core.explain(6)
+    assert (why.in_flight, why.in_flight_since) == ("load", 5)
