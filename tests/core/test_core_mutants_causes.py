@@ -1,0 +1,55 @@
+"""Causes `why` shows and what an engine change still cleans up (L4, L5, L11, L13, L22).
+
+Written against mutants of machine.py and records.py that only a replayed property-test
+failure killed (docs/testing.md, "Mutation testing of the core"): no other test checked
+these effects."""
+
+from __future__ import annotations
+
+from core_harness import Harness
+
+from lmkeeperd.core import (
+    EngineChanged,
+    OwnStray,
+    Select,
+    StreamStarted,
+    UnloadCommand,
+    UnloadFailed,
+)
+
+A, B = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b"
+
+
+def test_L11_a_failed_idle_eject_says_idle_eject_and_the_error() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    h.loaded(A)
+    (eject,) = h.unloads(h.tick(10))
+    h.send(UnloadFailed(eject.op, "boom"), at=11)
+    why = h.core.explain(12)
+    assert (why.state, why.model, why.cause) == ("idle", None, "idle eject (boom)")
+
+
+def test_L18_an_unloaded_model_leaves_no_adopted_flag_behind() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    (unload,) = h.unloads(h.send(UnloadCommand(1), at=1))
+    h.unload_ok(unload)
+    assert h.core.model is None and h.core.adopted is False
+
+
+def test_L5_selecting_again_a_superseded_load_says_resumed_load() -> None:
+    h = Harness(switch_debounce=0)
+    h.send(Select(A), at=0)
+    h.send(UnloadCommand(1), at=1)  # the load is superseded (L5)
+    h.send(Select(A), at=2)
+    why = h.core.explain(3)
+    assert (why.state, why.cause, why.in_flight) == ("loading", "resumed load", "load")
+
+
+def test_L13_L22_an_engine_change_still_unloads_a_stray_that_waited_for_streams() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    h.send(StreamStarted(1), at=1)
+    h.send(OwnStray(B, "B-old"), at=2)  # deferred: a stream is open (L7)
+    out = h.send(EngineChanged("ollama"), at=3)  # streams are forgotten with the engine
+    assert [(u.model, u.instance_id, u.reason) for u in h.unloads(out)] == [(B, "B-old", "stray")]

@@ -1,0 +1,53 @@
+"""The unload command's answers (L18, L20) and an adopted stray's announcement (L22).
+
+Written against surviving mutants of ledger.py and server_rules.py (docs/testing.md,
+"Mutation testing of the core"): each test checks the text a person reads."""
+
+from __future__ import annotations
+
+from core_harness import Harness
+
+from lmkeeperd.core import (
+    OwnStray,
+    Select,
+    ServerSnapshot,
+    UnloadCommand,
+    UnloadDeferred,
+    UnloadFailed,
+)
+
+A, B = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b"
+
+
+def test_L18_a_failed_unload_command_names_the_model_before_the_error() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    (unload,) = h.unloads(h.send(UnloadCommand(3), at=1))
+    (done,) = h.done(h.send(UnloadFailed(unload.op, "HTTP 500"), at=2))
+    assert (done.request, done.error) == (3, f"{A}: HTTP 500")
+
+
+def test_L20_a_deferred_unload_command_says_why_without_repeating_the_model() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    (unload,) = h.unloads(h.send(UnloadCommand(3), at=1))
+    (done,) = h.done(h.send(UnloadDeferred(unload.op, "generating"), at=2))
+    assert done.error is not None and done.error.startswith(f"{A} is in use on the server")
+
+
+def test_L18_a_command_on_two_instances_reports_both_failures() -> None:
+    h = Harness(switch_debounce=0)
+    h.send(ServerSnapshot({B: ("b-1", "b-2")}), at=0)
+    out = h.send(UnloadCommand(4, B), at=1)
+    first, second = h.unloads(out)
+    assert h.done(h.send(UnloadFailed(first.op, "e1"), at=2)) == []
+    (done,) = h.done(h.send(UnloadFailed(second.op, "e2"), at=3))
+    assert done.error == f"{B}: e1; {B}: e2"
+
+
+def test_L22_an_adopted_stray_is_announced_with_its_instance() -> None:
+    h = Harness(switch_debounce=0.3)
+    h.send(Select(A), at=0)  # still in its debounce
+    out = h.send(OwnStray(A, "A-9"), at=0.1)
+    assert h.events("stray_adopted", out) == [{"model": A, "instance_id": "A-9"}]
+    assert h.core.instance_id == "A-9"
