@@ -82,13 +82,6 @@ def test_L25_least_recently_used_idle_resident_is_evicted_at_max_loaded(
     assert evicted["reason"] == "max_loaded" and evicted["for"] == C, evicted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a resident beside the current one generating for a direct client is seen "
-    "as idle (status 'doing': 'idle'); selecting C evicts it ('evicted' reason max_loaded), "
-    "its unload is deferred ('unload_deferred': generating) and sent when the generation "
-    "ends, while the idle B stays",
-)
 def test_L25_L19_a_model_generating_for_a_direct_client_is_never_evicted(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
