@@ -113,6 +113,22 @@ def test_L28_each_resident_has_its_own_idle_timer() -> None:
     assert [(u.model, u.reason) for u in h.unloads(h.tick(15))] == [(B, "idle")]
 
 
+def test_L28_a_stream_naming_one_resident_leaves_the_others_timers_running() -> None:
+    h = two(idle_timeout=10)
+    h.loaded(A, at=0)
+    h.loaded(B, at=1)  # B, current, idles out at 11
+    h.send(StreamStarted(1, A), at=2)  # A's use, not B's
+    assert h.core.state is State.LOADED and h.core.idle_eject_in(2) == pytest.approx(9)
+    out = h.tick(11)
+    assert [(u.model, u.reason) for u in h.unloads(out)] == [(B, "idle")]
+    (unload,) = h.unloads(out)
+    h.unload_ok(unload)
+    assert h.unloads(h.tick(50)) == [] and h.core.residents == {A: A}  # its stream is open
+    assert h.unloads(h.send(StreamEnded(1), at=60)) == []
+    assert h.unloads(h.tick(69.9)) == []  # A's own timer runs from its last use, 60
+    assert [(u.model, u.reason) for u in h.unloads(h.tick(70))] == [(A, "idle")]
+
+
 def test_L28_a_resident_in_use_is_not_idled_out() -> None:
     h = two(idle_timeout=10, pinned=(B,))  # B, current, never idles out
     h.loaded(A, at=0)

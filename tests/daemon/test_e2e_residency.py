@@ -131,12 +131,6 @@ def test_L28_pinned_model_loaded_at_start_kept_past_idle_and_after_a_restart(
     assert instances_per_model(emulator) == {E: 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: core/machine.py _stream_started stops the current model's idle timer "
-    "(main.stop_idle, moves it in_use) for a stream naming another resident, and "
-    "core/residency.py _used counts any open stream as every resident's use: B never idles out",
-)
 def test_L28_each_resident_has_its_own_idle_timer(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
