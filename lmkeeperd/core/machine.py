@@ -532,7 +532,8 @@ class Lifecycle(PinnedRules):
 
     def _load_finished(self, event: LoadFinished, op: Op, now: float, out: list[Action]) -> None:
         if op.superseded:
-            if not event.adopted:  # L5: the server finished a load nobody wants
+            # L5: the server finished a load nobody wants (L28: a pinned model's is kept)
+            if not event.adopted and not self._keep_pin(op.model, event.instance_id, now, out):
                 self._unload_background(op.model, event.instance_id, "superseded", now, out)
             return
         fields = {

@@ -10,6 +10,7 @@ from core_harness import Harness
 
 from lmkeeperd.core import (
     Activity,
+    EngineChanged,
     Select,
     ServerActivity,
     Settings,
@@ -153,6 +154,16 @@ def test_L28_pinned_models_never_idle_out_and_are_never_evicted() -> None:
     out = h.tick(500)
     assert [(u.model, u.reason) for u in h.unloads(out)] == [(C, "idle")]
     assert h.core.residents == {A: A}
+
+
+def test_L28_a_pinned_models_superseded_selection_load_lands_as_the_pinned_resident() -> None:
+    h = two(pinned=(A,))
+    (load,) = h.loads(h.send(Select(A), at=0))  # a selection's load of the pinned model
+    h.send(EngineChanged("ollama"), at=1)  # L13: waited for no more (superseded)
+    h.send(EngineChanged("lmstudio"), at=2)
+    out = h.load_ok(load)  # it lands: never unloaded unasked
+    assert h.unloads(out) == [] and h.events("pinned_loaded", out) == [{"model": A}]
+    assert h.core.residents == {A: A} and h.core.idle_eject_in(3) is None
 
 
 def test_L24_a_resident_unloaded_by_name_leaves_the_residents() -> None:
