@@ -72,7 +72,9 @@ class World:
     forgotten: set[str] = field(default_factory=set)  # ours, forgotten on leaving LM Studio (L13)
     # The world's own record of the client streams open to LM Studio (L7, L8, L13): the
     # invariants are checked against it, never against the core's count alone.
-    streams: set[int] = field(default_factory=set)
+    # Each stream counts as one model's use (L28): the resident it names, else the current
+    # model (None: none yet, every model's use).
+    streams: dict[int, str | None] = field(default_factory=dict)
     engine: str = "lmstudio"
     counter: int = 0
     request: int = 0
@@ -93,15 +95,20 @@ class World:
         """What the spec says is open: streams to LM Studio, until they end (L8). Streams
         while another engine is in use are not LM Studio's, and leaving it forgets all (L13)."""
         if isinstance(event, StreamStarted) and self.engine == "lmstudio":
-            self.streams.add(event.stream)
+            named = event.model if event.model in self.core.residents else self.core.model
+            self.streams.setdefault(event.stream, named)
         elif isinstance(event, StreamEnded):
-            self.streams.discard(event.stream)
+            self.streams.pop(event.stream, None)
         elif isinstance(event, EngineChanged):
             name = event.name.strip().lower()
             if name and name != self.engine:
                 if self.engine == "lmstudio":
                     self.streams.clear()
                 self.engine = name
+
+    def uses(self, model: str | None) -> bool:
+        """L7, L28: a stream naming `model` (or named by none) is open."""
+        return any(m is None or m == model for m in self.streams.values())
 
     def check(self, event: Event, out: list[Action], busy_before: set[str]) -> None:
         core = self.core
@@ -124,7 +131,7 @@ class World:
             cleared.add(event.instance_id)
         for action in out:
             if isinstance(action, StartUnload):
-                assert not self.streams, f"unload emitted while streams {self.streams} are open"
+                assert not self.uses(action.model), f"unload under streams {self.streams}"
                 instance = action.instance_id
                 # L19/L20: never an unload of an instance known busy, unless a forced switch.
                 assert instance not in core.busy_instances, f"unload of busy {instance}"
@@ -151,7 +158,7 @@ class World:
         assert (core.state is State.IDLE) == (core.model is None), (core.state, core.model)
         if core.state in (State.LOADED, State.STREAMING):
             assert core.instance_id is not None
-            in_use = bool(self.streams) or core.server_busy is not None
+            in_use = self.uses(core.model) or core.server_busy is not None
             assert (core.state is State.STREAMING) == in_use, (core.state, core.server_busy)
         quiet = (
             not self.loads

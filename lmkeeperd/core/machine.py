@@ -375,19 +375,24 @@ class Lifecycle(PinnedRules):
     ) -> None:
         if not self._hands_on() or stream in self._usage.streams:
             return
-        self._usage.streams[stream] = model or self._main.model  # L24: that model's use
-        self._used_by_client(model, now)
-        self._main.stop_idle()  # L9
+        if self._used_by_client(model, now, stream=stream):
+            return  # L28: another resident's use; the current model's timer runs on
+        # The current model's use (L9); a stream naming no resident counts as it (L7).
+        self._usage.streams[stream] = self._main.model
+        self._main.stop_idle()
         if self._main.phase is State.LOADED:
             self._move("in_use", out, "stream started")
 
     def _stream_ended(self, stream: int, now: float, out: list[Action]) -> None:
         if stream not in self._usage.streams:
             return
-        self._used_by_client(self._usage.streams.pop(stream), now, ended=True)
-        if not self._usage.streams:
+        model = self._usage.streams.pop(stream)
+        self._used_by_client(model, now, ended=True)
+        if self._usage.uses(model):
+            return  # L28: that model is still in use
+        if model is None or model == self._main.model:
             self._main.last_use = now  # our own last activity (L9), should LM Studio be busy
-            self._release(now, now, out, "stream ended")
+        self._release(now, now, out, "stream ended")
 
     def _release(self, now: float, start: float, out: list[Action], cause: str) -> None:
         """Something stopped being in use: run what waited for it (L7, L9, L19)."""
@@ -529,7 +534,8 @@ class Lifecycle(PinnedRules):
 
     def _load_finished(self, event: LoadFinished, op: Op, now: float, out: list[Action]) -> None:
         if op.superseded:
-            if not event.adopted:  # L5: the server finished a load nobody wants
+            # L5: the server finished a load nobody wants (L28: a pinned model's is kept)
+            if not event.adopted and not self._keep_pin(op.model, event.instance_id, now, out):
                 self._unload_background(op.model, event.instance_id, "superseded", now, out)
             return
         fields = {

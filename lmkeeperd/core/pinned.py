@@ -72,6 +72,16 @@ class PinnedRules(ResidencyRules):
             return
         self._pin(op.model, event.instance_id, event.adopted, now, out)
 
+    def _keep_pin(self, model: str, instance: str, now: float, out: list[Action]) -> bool:
+        """L28: a load of a pinned model made for a selection, superseded in flight, lands
+        as the pinned resident (never unloaded unasked), unless it is held already."""
+        if model not in self._settings.pinned or self._holds(model) or not self._hands_on():
+            return False
+        if model in self._pins_due:
+            self._pins_due.remove(model)
+        self._pin(model, instance, False, now, out)
+        return True
+
     def _pin(self, model: str, instance: str, adopted: bool, now: float, out: list[Action]) -> None:
         """`instance` of pinned `model` is a resident now: it never idles out (L28)."""
         pin = Resident(model=model, instance=instance, phase=State.LOADED, adopted=adopted)

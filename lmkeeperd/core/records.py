@@ -141,9 +141,15 @@ class Usage:
     source: bool | None = None  # LM Studio's activity readable? None: not told yet
     blind_warned: bool = False
 
-    def in_use(self, instance: str | None) -> bool:
-        """L7/L19: a client stream is open, or LM Studio says `instance` is busy."""
-        return bool(self.streams) or (instance is not None and instance in self.busy)
+    def in_use(self, instance: str | None, model: str | None) -> bool:
+        """L7/L19/L28: a client stream naming `model` is open, or LM Studio says
+        `instance` is busy."""
+        return self.uses(model) or (instance is not None and instance in self.busy)
+
+    def uses(self, model: str | None) -> bool:
+        """L28: a client stream naming `model` is open (one named by no model counts
+        as every model's use)."""
+        return any(m is None or m == model for m in self.streams.values())
 
     def describe(self, instance: str | None) -> str | None:
         busy = self.busy.get(instance) if instance else None

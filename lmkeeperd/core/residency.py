@@ -18,9 +18,11 @@ timer; pinned models never idle out, are never evicted, do not count against
 `max_loaded`, are loaded at start and after an outage, and one ejected by hand
 is followed (not loaded again until the next start or outage) (L28).
 
-Streams are counted across clients (L8) and L7 holds for every resident: while
-any stream is open nothing is evicted or idled out. `Lifecycle` (machine.py)
-inherits these.
+Streams are counted across clients (L8), each as one model's use (L28): the
+resident it names, else the current model (`Usage.uses`). A stream on one
+resident stops only that one's timer: the current model still idles out beside
+it. Evictions and other background unloads still wait for every stream to end
+(L7). `Lifecycle` (machine.py) inherits these.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ class ResidencyRules(CommandRules):
         return seats
 
     def _used(self, other: Resident) -> bool:
-        """L7, L19: a resident beside the current one is in use."""
-        return bool(self._usage.streams) or other.instance in self._usage.busy
+        """L7, L19, L28: a resident is in use: a stream naming it, or LM Studio busy."""
+        return self._usage.in_use(other.instance, other.model)
 
     def _make_before_break(self, target: str) -> bool:
         """L26: load `target` before the old model goes? "auto": only when a budget is
@@ -265,14 +267,18 @@ class ResidencyRules(CommandRules):
         pinned = other.model in self._settings.pinned
         other.restart_idle(start, 0.0 if pinned else self._settings.idle_timeout)
 
-    def _used_by_client(self, model: str | None, now: float, *, ended: bool = False) -> bool:
-        """L24, L28: a stream or activity naming a resident beside the current one is its
-        use: its timer stops while a stream is open and counts from `now` after."""
+    def _used_by_client(
+        self, model: str | None, now: float, *, ended: bool = False, stream: int | None = None
+    ) -> bool:
+        """L24, L28: a stream (`stream`, counted here as `model`'s) or activity naming a
+        resident beside the current one is its use: its timer stops while a stream is open
+        and counts from `now` after."""
         other = self._others.get(model) if model is not None else None
         if other is None:
             return False
-        streams = self._usage.streams.values()
-        if not ended and any(m == model for m in streams):
+        if stream is not None:
+            self._usage.streams[stream] = model
+        if not ended and self._usage.uses(model):
             other.last_use, other.idle_at = now, None
         else:
             self._rearm(other, now)

@@ -295,7 +295,7 @@ class LifecycleView:
             return f"an eviction to retry the load of {model} (LM Studio refused: {message})", None
         room = self._room_at()
         if room is not None:
-            busy = [m for m, r in self._others.items() if self._usage.in_use(r.instance)]
+            busy = [m for m, r in self._others.items() if self._usage.in_use(r.instance, m)]
             names = ", ".join(busy) or "a resident"
             return f"{names} to be idle to make room for {self._intent.queued}", room
         phase = self._main.phase
@@ -313,8 +313,9 @@ class LifecycleView:
         return None, None
 
     def _in_use(self) -> bool:
-        """L7/L19: a client stream is open, or LM Studio says our instance is busy."""
-        return self._usage.in_use(self._main.instance)
+        """L7/L19: a client stream naming the current model is open (L28: a stream on
+        another resident is that one's use), or LM Studio says our instance is busy."""
+        return self._usage.in_use(self._main.instance, self._main.model)
 
     def _room_at(self) -> float | None:
         """L25: when a switch waiting for room loads beside the busy residents anyway."""

@@ -201,6 +201,30 @@ class ActivityBridge:
         self._looked_at = now
         await self._look_all(instance, STATUS_LOOK_S)
 
+    async def look_before_select(self, model: str) -> None:
+        """L29: a selection may need room, so the residents it could evict are looked at
+        first (one round trip, at most LOOK_TIMEOUT_S): every idle-looking, non-pinned
+        instance of ours but `model`'s. What is found busy reaches the core before the
+        selection does, so placement (L25) never picks a model generating for a client of
+        LM Studio's own; L20's look before the unload stays the last guard."""
+        core = self._host.core
+        if not self.available or model in core.residents or model == core.model:
+            return
+        pinned, busy = core.settings.pinned, core.busy_instances
+        residents = dict(core.residents)
+        if core.model is not None and core.instance_id is not None:
+            residents[core.model] = core.instance_id
+        candidates = [
+            instance
+            for owner, instance in residents.items()
+            if owner not in pinned and instance not in busy
+        ]
+        if not candidates:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LOOK_TIMEOUT_S):
+                await asyncio.gather(*(self._watcher.look(i) for i in candidates))
+
     async def _look_all(self, instance: str, within: float) -> None:
         """The state and `lastUsedTime` at once, on the open channel; fed as they arrive."""
         with contextlib.suppress(TimeoutError):

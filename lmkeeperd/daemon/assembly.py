@@ -125,6 +125,7 @@ def assemble(
             pending,
             state_file=state_file,
             estimate=lambda key: estimates.ensure(key, view.models),
+            look=activity.look_before_select,
         )
         control_box: list[ControlServer] = []
         reporter = StatusReporter(

@@ -116,10 +116,13 @@ class SelectionChecker:
         *,
         state_file: Path,
         estimate: Callable[[str], Awaitable[None]] | None = None,
+        look: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._host = host
         # L25: the selected model's estimate reaches the core before the selection does.
         self._estimate = estimate
+        # L29: the residents a selection could evict are looked at before it is placed.
+        self._look = look
         self._view = view
         self._pending = pending
         self._state_file = state_file
@@ -158,6 +161,11 @@ class SelectionChecker:
         if isinstance(verdict, KnownKey):
             if self._estimate is not None:
                 await self._estimate(key)
+                if generation != self._latest:
+                    log.debug("selection_superseded", model=key, source=source)
+                    return {"ok": True, "superseded": True}
+            if self._look is not None:
+                await self._look(key)
                 if generation != self._latest:
                     log.debug("selection_superseded", model=key, source=source)
                     return {"ok": True, "superseded": True}

@@ -10,6 +10,7 @@ from core_harness import Harness
 
 from lmkeeperd.core import (
     Activity,
+    EngineChanged,
     Select,
     ServerActivity,
     Settings,
@@ -113,6 +114,22 @@ def test_L28_each_resident_has_its_own_idle_timer() -> None:
     assert [(u.model, u.reason) for u in h.unloads(h.tick(15))] == [(B, "idle")]
 
 
+def test_L28_a_stream_naming_one_resident_leaves_the_others_timers_running() -> None:
+    h = two(idle_timeout=10)
+    h.loaded(A, at=0)
+    h.loaded(B, at=1)  # B, current, idles out at 11
+    h.send(StreamStarted(1, A), at=2)  # A's use, not B's
+    assert h.core.state is State.LOADED and h.core.idle_eject_in(2) == pytest.approx(9)
+    out = h.tick(11)
+    assert [(u.model, u.reason) for u in h.unloads(out)] == [(B, "idle")]
+    (unload,) = h.unloads(out)
+    h.unload_ok(unload)
+    assert h.unloads(h.tick(50)) == [] and h.core.residents == {A: A}  # its stream is open
+    assert h.unloads(h.send(StreamEnded(1), at=60)) == []
+    assert h.unloads(h.tick(69.9)) == []  # A's own timer runs from its last use, 60
+    assert [(u.model, u.reason) for u in h.unloads(h.tick(70))] == [(A, "idle")]
+
+
 def test_L28_a_resident_in_use_is_not_idled_out() -> None:
     h = two(idle_timeout=10, pinned=(B,))  # B, current, never idles out
     h.loaded(A, at=0)
@@ -137,6 +154,16 @@ def test_L28_pinned_models_never_idle_out_and_are_never_evicted() -> None:
     out = h.tick(500)
     assert [(u.model, u.reason) for u in h.unloads(out)] == [(C, "idle")]
     assert h.core.residents == {A: A}
+
+
+def test_L28_a_pinned_models_superseded_selection_load_lands_as_the_pinned_resident() -> None:
+    h = two(pinned=(A,))
+    (load,) = h.loads(h.send(Select(A), at=0))  # a selection's load of the pinned model
+    h.send(EngineChanged("ollama"), at=1)  # L13: waited for no more (superseded)
+    h.send(EngineChanged("lmstudio"), at=2)
+    out = h.load_ok(load)  # it lands: never unloaded unasked
+    assert h.unloads(out) == [] and h.events("pinned_loaded", out) == [{"model": A}]
+    assert h.core.residents == {A: A} and h.core.idle_eject_in(3) is None
 
 
 def test_L24_a_resident_unloaded_by_name_leaves_the_residents() -> None:

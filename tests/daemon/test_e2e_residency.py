@@ -82,13 +82,6 @@ def test_L25_least_recently_used_idle_resident_is_evicted_at_max_loaded(
     assert evicted["reason"] == "max_loaded" and evicted["for"] == C, evicted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a resident beside the current one generating for a direct client is seen "
-    "as idle (status 'doing': 'idle'); selecting C evicts it ('evicted' reason max_loaded), "
-    "its unload is deferred ('unload_deferred': generating) and sent when the generation "
-    "ends, while the idle B stays",
-)
 def test_L25_L19_a_model_generating_for_a_direct_client_is_never_evicted(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:
@@ -138,12 +131,6 @@ def test_L28_pinned_model_loaded_at_start_kept_past_idle_and_after_a_restart(
     assert instances_per_model(emulator) == {E: 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: core/machine.py _stream_started stops the current model's idle timer "
-    "(main.stop_idle, moves it in_use) for a stream naming another resident, and "
-    "core/residency.py _used counts any open stream as every resident's use: B never idles out",
-)
 def test_L28_each_resident_has_its_own_idle_timer(
     daemon_factory: Factory, emulator: Emulator
 ) -> None:

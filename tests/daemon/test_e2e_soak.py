@@ -568,12 +568,6 @@ def _judge(residency: bool) -> None:
         assert result.checks["budget snapshots"] > 0, summary
 
 
-@pytest.mark.xfail(
-    strict=False,  # the bug shows in some runs only: a strict mark would fail the others
-    reason="bugs, in some runs: the pinned model's superseded load is unloaded when it lands "
-    "(reason 'superseded', L28); lmkeeperd's instances over the budget with nothing in "
-    "flight (L25); a second load sent while one is in flight (L30)",
-)
 def test_chaos_soak_keeps_every_invariant() -> None:
     """max_loaded 3, a pinned model, a budget, guardrail refusals (invariants 1-11)."""
     _judge(residency=True)
