@@ -116,7 +116,10 @@ def run_mutmut(script: Path, patterns: list[str], max_children: int | None) -> f
     print("running:", " ".join(command), f"(its output: {RUN_LOG.relative_to(ROOT)})", flush=True)
     started = time.monotonic()
     with RUN_LOG.open("w", encoding="utf-8") as log:
-        done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+        env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation"}  # tests/conftest.py
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+        )
     elapsed = time.monotonic() - started
     if done.returncode != 0:
         tail = RUN_LOG.read_text(encoding="utf-8", errors="replace")[-3000:]

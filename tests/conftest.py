@@ -31,6 +31,9 @@ settings.register_profile("ci")
 settings.register_profile(
     "bench", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+# Mutation runs (bench/mutation.py): the same examples for every mutant and no example
+# database, so a failure found against one mutant is never replayed as a "kill" of the next.
+settings.register_profile("mutation", database=None, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

@@ -288,7 +288,7 @@ class Lifecycle(PinnedRules):
             if op.kind == "load" and op.superseded and not op.draft and op.model == model:
                 if op.config != config:
                     continue
-                op.superseded = False
+                op.superseded = op.pinned = False  # the current model's load now (L24, L28)
                 out.append(ResumeLoad(op_id))
                 out.append(Notify("load_started", {"model": model, "draft": False}))
                 self._main.take(model, op_id)
