@@ -8,13 +8,13 @@ what lmkeeperd says it holds. Every wait is a condition with a deadline.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 from daemon_harness import DaemonProc, toml_value, wait_until
+from direct_generation import CHAT
 
 from lmkeeperd.emulator import Emulator
 
@@ -25,7 +25,6 @@ S = "qwen/qwen2.5-0.5b-instruct"
 A = "qwen/qwen3-4b-2507"
 B = "meta-llama/llama-3.1-8b-instruct"
 C = "google/gemma-3-12b"
-CHAT = "/v1/chat/completions"
 LOAD = "/api/v1/models/load"
 UNLOAD = "/api/v1/models/unload"
 # A budget far above every model used here: only max_loaded limits (and the tests do not
@@ -142,37 +141,6 @@ def chat(emulator: Emulator, model: str, timeout: float = 10) -> int:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(timeout=timeout, trust_env=False) as http:
         return http.post(emulator.url + CHAT, json=body).status_code
-
-
-class DirectGeneration:
-    """One streamed chat request straight to the emulator, on its own thread (L19)."""
-
-    def __init__(self, emulator: Emulator, model: str) -> None:
-        self._url = emulator.url + CHAT
-        self._model = model
-        self.done = False
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="direct-generation", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        body = {"model": self._model, "messages": [{"role": "user", "content": "hi"}]}
-        try:
-            with (
-                httpx.Client(timeout=120, trust_env=False) as http,
-                http.stream("POST", self._url, json={**body, "stream": True}) as answer,
-            ):
-                for line in answer.iter_lines():
-                    if line == "data: [DONE]":
-                        self.done = True
-        except BaseException as e:  # reported by join()
-            self.error = e
-
-    def join(self, timeout: float = 120) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "the direct generation did not end"
-        if self.error is not None:
-            raise AssertionError(f"the direct generation failed: {self.error!r}") from self.error
 
 
 def wait_doing(d: DaemonProc, model: str, prefix: str = "generating", timeout: float = 15) -> None:

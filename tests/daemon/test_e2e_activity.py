@@ -7,13 +7,12 @@ wait is a condition with a deadline.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from daemon_harness import DaemonProc, unloads_of, wait_until
+from direct_generation import CHAT, DirectGeneration
 
 from lmkeeperd.cli.render import render
 from lmkeeperd.emulator import Emulator
@@ -22,42 +21,6 @@ pytestmark = pytest.mark.e2e
 
 A = "qwen/qwen3-4b-2507"
 B = "meta-llama/llama-3.1-8b-instruct"
-CHAT = "/v1/chat/completions"
-
-
-class DirectGeneration:
-    """One streamed chat request straight to the emulator, on its own thread."""
-
-    def __init__(self, emulator: Emulator, model: str) -> None:
-        self._url = emulator.url + CHAT
-        self._model = model
-        self.chunks = 0
-        self.done = False  # saw [DONE]
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="direct-generation", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        body = {"model": self._model, "messages": [{"role": "user", "content": "hi"}]}
-        try:
-            with (
-                httpx.Client(timeout=60, trust_env=False) as http,
-                http.stream("POST", self._url, json={**body, "stream": True}) as answer,
-            ):
-                for line in answer.iter_lines():
-                    if line == "data: [DONE]":
-                        self.done = True
-                    elif line.startswith("data: "):
-                        self.chunks += 1
-        except BaseException as e:  # reported by join()
-            self.error = e
-
-    def join(self, timeout: float = 60) -> None:
-        """Wait for the generation to end; its thread's error fails the test here."""
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "the direct generation did not end"
-        if self.error is not None:
-            raise AssertionError(f"the direct generation failed: {self.error!r}") from self.error
 
 
 def chat_record(emulator: Emulator) -> Any:

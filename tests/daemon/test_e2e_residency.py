@@ -14,13 +14,13 @@ from collections.abc import Callable
 
 import pytest
 from daemon_harness import DaemonProc, loads_of, unloads_of, wait_until
+from direct_generation import DirectGeneration
 from residency_harness import (
     LOAD,
     UNLOAD,
     A,
     B,
     C,
-    DirectGeneration,
     E,
     after,
     generating,
