@@ -158,28 +158,7 @@ def test_L24_L25_L28_invariants_hold_with_several_residents(
         max_loaded=2,
         pinned=("c",) if pinned else (),
     )
-    world = World(Lifecycle(settings_))
-    for kind, arg in steps:
-        run_step(world, kind, arg)  # World.check asserts the invariants after every event
-    for stream in range(6):
-        world.send(StreamEnded(stream))
-    while world.busy:
-        world.set_busy(0, on=False)
-    world.set_source(True)
-    world.send(EngineChanged("lmstudio"))
-    world.send(ServerSnapshot({k: tuple(v) for k, v in world.server.items() if v}))
-    world.send(Select(final))
-    world.settle()
-    core = world.core
-    assert core.state is State.LOADED and core.model == final
-    assert core.instance_id in world.server.get(final, [])
-    while world.abandoned:
-        world.land_abandoned(0)
-    world.reconcile_strays()
-    world.settle()
-    left = {i for v in world.server.values() for i in v} & world.ours
-    keep = {core.instance_id} | set(core.residents.values())
-    assert left - keep <= world.forgotten, left - keep - world.forgotten
+    core = _play_then_quiet(World(Lifecycle(settings_)), steps, final)
     counted = {m for m in [core.model, *core.residents] if m not in core.settings.pinned}
     assert len(counted) <= 2 and core.model == final  # pinned do not count (L28)
 
@@ -238,9 +217,17 @@ def test_L25_to_L28_invariants_hold_with_budgets_refusals_and_pinned_models(
         budget_gb=budget,
         pinned=pinned,
     )
-    world = World(Lifecycle(settings_))
+    core = _play_then_quiet(World(Lifecycle(settings_)), steps, final)
+    counted = {m for m in [core.model, *core.residents] if m not in pinned}
+    assert len(counted) <= max_loaded  # nothing in flight, nothing in use: within limits
+
+
+def _play_then_quiet(world: World, steps: list[tuple[str, object]], final: str) -> Lifecycle:
+    """Play `steps` (World.check asserts the invariants after every event), end every use,
+    select `final` and let everything land: it is loaded, and nothing of ours is left
+    behind but what the core holds (L22)."""
     for kind, arg in steps:
-        run_step(world, kind, arg)  # World.check asserts the invariants after every event
+        run_step(world, kind, arg)
     for stream in range(6):
         world.send(StreamEnded(stream))
     while world.busy:
@@ -260,5 +247,4 @@ def test_L25_to_L28_invariants_hold_with_budgets_refusals_and_pinned_models(
     left = {i for v in world.server.values() for i in v} & world.ours
     keep = {core.instance_id} | set(core.residents.values())
     assert left - keep <= world.forgotten, left - keep - world.forgotten
-    counted = {m for m in [core.model, *core.residents] if m not in pinned}
-    assert len(counted) <= max_loaded  # nothing in flight, nothing in use: within limits
+    return core
