@@ -71,6 +71,7 @@ WEIGHTS: dict[str, float] = {
     "fault_guardrail": 0.8,  # LM Studio's load guardrail on for a while (L27)
 }
 LOAD_TIMEOUT_S = 0.6  # the soak's `load_timeout`: the load-timeout fault's delays outlast it
+OUTAGE_MAX_S = 0.3  # the longest server restart (everything forgotten when it is back)
 QUIET_TIMEOUT_S = 20.0
 
 

@@ -15,6 +15,7 @@ from soak_records import (
     LOAD_PATH,
     LOAD_TIMEOUT_S,
     MAX_LOADED,
+    OUTAGE_MAX_S,
     PINNED,
     UNLOAD_PATH,
     Snapshot,
@@ -110,9 +111,10 @@ class ResidencyWatch:
     def _check_budget(self, requests: list[Any]) -> None:
         """10. lmkeeperd's own loads never exceed the budget (L25, L26): judged on weights
         alone (the catalog's sizes, less than any estimate), so it can only under-accuse;
-        only when no load or unload is in flight, and not where one model of its own is
-        over the budget by itself (loaded anyway with the advisory, L25)."""
-        sizes = self._sizes()
+        only when no load or unload is in flight and the server is up, and not where one
+        model of its own is over the budget by itself (loaded anyway with the advisory,
+        L25)."""
+        sizes, downs = self._sizes(), self.outages
         busy = [
             (r.t, r.t_done if r.t_done is not None else float("inf"))
             for r in requests
@@ -123,6 +125,10 @@ class ResidencyWatch:
             if any(sizes.get(k, 0) > BUDGET_GB * GB for k in ours):
                 continue
             if any(start <= snapshot.after and end >= snapshot.before for start, end in busy):
+                continue
+            # A server that is down still lists what it forgets when it is back: the
+            # daemon can unload nothing meanwhile.
+            if any(o <= snapshot.after and snapshot.before <= o + OUTAGE_MAX_S for o in downs):
                 continue
             self.result.checks["budget snapshots"] += 1
             total = sum(sizes.get(k, 0) for k in ours)

@@ -137,6 +137,7 @@ class Lifecycle(PinnedRules):
         if isinstance(event, _OUTCOMES):
             self._outcome(event, now, out)
             self._fire_due(now, out)
+            self._room_freed(now, out)  # L25: what was on its way out may be gone now
             self._track_busy_wait(now)
             return out
         if self._stopped:
@@ -182,6 +183,7 @@ class Lifecycle(PinnedRules):
             case Tick():
                 pass
         self._load_pins_waiting(now, out)  # L28: after a selection that loaded nothing
+        self._room_freed(now, out)  # L25
         self._track_busy_wait(now)
         return out
 

@@ -10,9 +10,15 @@ budget, the least recently used idle resident is evicted (idle: no stream, not
 busy for LM Studio, not loading or unloading, not pinned, not itself wanted).
 If none is idle the wanted model waits (`blocked`) until one is, unless the
 caller forces it (after `busy_switch_wait`), and then it loads without evicting
-a busy model. A model that does not fit even alone is loaded anyway: the
-budget decides evictions, never whether to load. Pinned models are never evicted
-and do not count against `max_loaded`; they count in the budget (L28).
+a busy model. Memory is counted as it is on the server, not as it will be: a
+victim whose unload must wait for client streams to end (L7, `lingers`),
+instances of ours on their way out (`leaving`) and loads that may still land
+(abandoned, L30: LM Studio cannot cancel them) hold or will take their memory
+until they are gone, so a load they would push past the budget waits for them
+too (bounded the same way). A model that does not fit even alone is loaded
+anyway: the budget decides evictions, never whether to load. Pinned models are
+never evicted and do not count against `max_loaded`; they count in the budget
+(L28).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class Seat:
     last_use: float  # the least recently used idle resident goes first (L25)
     idle: bool  # loaded and in no use: no stream, not busy (L19), not loading or unloading
     estimate: float | None = None  # GB on the server, when known
+    lingers: bool = False  # idle, but evicted it stays until client streams end (L7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +63,16 @@ class _Room:
     seats: list[Seat]
     estimates: Mapping[str, float] = field(default_factory=dict)
     landing: list[Seat] = field(default_factory=list)
+    leaving: list[Seat] = field(default_factory=list)
 
     def size(self, model: str) -> float:
         return self.estimates.get(model, 0.0)
 
+    def seat_size(self, seat: Seat) -> float:
+        return seat.estimate if seat.estimate is not None else self.size(seat.model)
+
     def used(self) -> float:
-        seats = self.seats + self.landing
-        return sum(s.estimate if s.estimate is not None else self.size(s.model) for s in seats)
+        return sum(self.seat_size(s) for s in self.seats + self.landing + self.leaving)
 
     def over(self, model: str, need: float, limits: Limits) -> bool:
         """Would `model` (`need` GB) exceed `max_loaded` or the budget beside these seats?
@@ -81,16 +91,18 @@ def place(
     estimates: Mapping[str, float] | None = None,
     *,
     landing: Sequence[Seat] = (),
+    leaving: Sequence[Seat] = (),
     force: bool = False,
 ) -> Placement:
     """The plan that brings every model of `wanted` (in order) onto the server (L24, L25).
 
-    `estimates` gives GB per model for those not resident yet. `landing` are loads that
-    may still land (abandoned, L30): they count in the budget only, never evicted. With
-    `force` a model that would wait for a busy resident loads beside it instead (L25's
-    bounded wait).
+    `estimates` gives GB per model for those not resident yet. `landing` (loads that may
+    still land: abandoned, L30) and `leaving` (instances of ours whose unload is not done:
+    L7, L20, L22) count in the budget only and are never evicted; a load they push past
+    the budget waits for them. With `force` a model that would wait loads
+    anyway (L25's bounded wait), without evicting a busy model.
     """
-    room = _Room(list(residents), estimates or {}, list(landing))
+    room = _Room(list(residents), estimates or {}, list(landing), list(leaving))
     keep = set(wanted) | limits.pinned
     load: list[str] = []
     evict: list[str] = []
@@ -107,10 +119,14 @@ def place(
                 break
             victims.append(min(idle, key=lambda s: (s.last_use, s.model)))
             room.seats.remove(victims[-1])
-        # Residents that would make room once idle: the load waits for them (L25), and
-        # nothing is evicted for a model that does not load yet.
+        # Residents that would make room once idle, and memory that will be free once
+        # what is on its way out is gone: the load waits for them (L25), and nothing is
+        # evicted for a model that does not load yet.
         waiting = [s for s in room.seats if not s.idle and s.model not in keep]
-        if room.over(model, need, limits) and waiting and not force:
+        waiting += [s for s in room.landing + room.leaving if s.model != model]
+        lingering = sum(room.seat_size(s) for s in victims if s.lingers)
+        over = room.over(model, need + lingering, limits)
+        if over and (waiting or lingering) and not force:
             room.seats.extend(victims)
             blocked.append(model)
             continue

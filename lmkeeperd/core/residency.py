@@ -66,15 +66,29 @@ class ResidencyRules(CommandRules):
                 seats.append(Seat(op.model, op.started, idle=False))
         return seats
 
+    def _leaving(self) -> list[Seat]:
+        """Instances of ours on their way out: unloads in flight beside the current model's
+        and those waiting for client streams to end or the instance to be idle (L7, L20,
+        L22). Until they are gone they hold their memory (L25)."""
+        main, ledger = self._main, self._ledger
+        seats = [Seat(d.model, self._now, idle=False) for d in ledger.deferred]
+        for op_id, op in ledger.ops.items():
+            if op.kind == "unload" and op_id != main.op:
+                seats.append(Seat(op.model, op.started, idle=False))
+        return seats
+
     def _seats(self) -> list[Seat]:
-        """The residents as placement sees them (L25): the current model and the others."""
+        """The residents as placement sees them (L25): the current model and the others.
+        While a client stream is open an idle one beside the current model still goes
+        only once it ends (L7): it `lingers`."""
         main, seats = self._main, []
         if main.model is not None and main.serving:
             last = main.last_use if main.last_use is not None else self._now
             seats.append(Seat(main.model, last, main.phase is State.LOADED))
+        lingers = bool(self._usage.streams)
         for model, other in self._others.items():
             last = other.last_use if other.last_use is not None else self._now
-            seats.append(Seat(model, last, not self._used(other)))
+            seats.append(Seat(model, last, not self._used(other), lingers=lingers))
         return seats
 
     def _used(self, other: Resident) -> bool:
@@ -109,6 +123,7 @@ class ResidencyRules(CommandRules):
             limits,
             self._estimates,
             landing=self._landing(),
+            leaving=self._leaving(),
             force=force,
         )
         self._swallow(intent.queued, target, out)
@@ -177,6 +192,15 @@ class ResidencyRules(CommandRules):
         if main.phase in (State.IDLE, State.LOADED):
             self._intent.queued = None
             self._place(queued, now, out, force=True)
+
+    def _room_freed(self, now: float, out: list[Action]) -> None:
+        """L25: a switch that waits for room goes on as soon as there is room: a resident
+        became idle, an unload finished, a load that might land did or is known gone."""
+        queued, main = self._intent.queued, self._main
+        if queued is None or self._room_wait_from is None or self._refusal is not None:
+            return
+        if main.phase in (State.IDLE, State.LOADED) and self._ledger.load_in_flight() is None:
+            self._place(queued, now, out)
 
     # --- the residents -----------------------------------------------------
 

@@ -241,16 +241,18 @@ class LifecycleView:
 
     def budget_used_gb(self) -> float:
         """L25, L30: GB the residents take by their estimates, loads in flight (also those
-        nobody waits for) and abandoned loads that may still land included."""
+        nobody waits for), abandoned loads that may still land and instances of ours on
+        their way out (unloads in flight or waiting, L7, L20) included."""
         main, ledger = self._main, self._ledger
         models = [main.model] if main.model is not None else []
         models += list(self._others)
         models += [
             op.model
             for op_id, op in ledger.ops.items()
-            if op.kind == "load" and not op.draft and op_id != main.op
+            if op_id != main.op and (op.kind == "unload" or not op.draft)
         ]
         models += [op.model for op in ledger.landing]
+        models += [d.model for d in ledger.deferred]
         return sum(self._estimates.get(m, 0.0) for m in models)
 
     def idle_eject_in(self, now: float) -> float | None:
@@ -295,9 +297,7 @@ class LifecycleView:
             return f"an eviction to retry the load of {model} (LM Studio refused: {message})", None
         room = self._room_at()
         if room is not None:
-            busy = [m for m, r in self._others.items() if self._usage.in_use(r.instance, m)]
-            names = ", ".join(busy) or "a resident"
-            return f"{names} to be idle to make room for {self._intent.queued}", room
+            return f"{self._room_blockers()} to make room for {self._intent.queued}", room
         phase = self._main.phase
         landing = self._ledger.load_in_flight()
         if landing is not None and self._intent.queued is not None and not self._main.serving:
@@ -311,6 +311,24 @@ class LifecycleView:
                 return f"{plural(len(self._usage.streams), 'stream')} to end", None
             return f"server busy: {self.server_busy}", self._force_at()
         return None, None
+
+    def _room_blockers(self) -> str:
+        """L25, L7: what a switch waiting for room waits for, in words."""
+        usage, ledger = self._usage, self._ledger
+        busy = [m for m, r in self._others.items() if usage.in_use(r.instance, m)]
+        parts = [f"{', '.join(busy)} to be idle"] if busy else []
+        if usage.streams and not busy:
+            parts.append(f"{plural(len(usage.streams), 'stream')} to end")
+        gone = [d.model for d in ledger.deferred]
+        gone += [
+            op.model for i, op in ledger.ops.items() if op.kind == "unload" and i != self._main.op
+        ]
+        if gone:
+            parts.append(f"{', '.join(dict.fromkeys(gone))} to be unloaded")
+        landing = [op.model for op in ledger.landing]
+        if landing:
+            parts.append(f"the abandoned load of {', '.join(dict.fromkeys(landing))} to land")
+        return " and ".join(parts) or "a resident to be idle"
 
     def _in_use(self) -> bool:
         """L7/L19: a client stream naming the current model is open (L28: a stream on

@@ -88,12 +88,18 @@ class EmulatorRequestHandler(NativeEndpoints, OpenAIEndpoints):
             else:
                 self._serve_control(method, split.path, split.query, parsed, json_ok)
             return
+        # The generation first, then the phase: a server that goes down sets its phase
+        # before it bumps the generation, so a request the listener accepted while it was
+        # closing is dropped here, and one that started before is interrupted later. A
+        # load accepted by a dying server never lands after its restart.
+        generation = self.state.generation()
+        if self.emulator.phase != "up":
+            self.close_connection = True  # no answer, nothing recorded: never served
+            return
         settings = self.state.settings()
         authorized = auth.refused(self.headers.get("Authorization"), settings.token)
         entry = self.state.record(arrived, method, self.path, parsed, authorized is None)
-        request = Request(
-            method, split.path, parsed, json_ok, settings, self.state.generation(), entry
-        )
+        request = Request(method, split.path, parsed, json_ok, settings, generation, entry)
         try:
             if body_error is not None:
                 self.close_connection = True

@@ -24,6 +24,7 @@ from lmkeeperd.core import (
 from lmkeeperd.core.thrash import ThrashWatch
 
 A, B, C = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "google/gemma-3-12b"
+D = "openai/gpt-oss-20b"
 REFUSED = "Failed to load model: insufficient system resources"
 
 
@@ -49,7 +50,10 @@ def test_L25_the_budget_evicts_the_least_recently_used_idle_resident() -> None:
         {"model": A, "instance_id": A, "reason": "budget", "for": C}
     ]
     assert moves(h, out) == [("unload", A), ("load", C)]
-    assert h.core.residents == {B: B} and h.core.budget_used_gb() == pytest.approx(16)
+    # A holds its memory until its unload is done: 24 GB (B, C loading, A leaving).
+    assert h.core.residents == {B: B} and h.core.budget_used_gb() == pytest.approx(24)
+    h.unload_ok(h.unloads(out)[0])
+    assert h.core.budget_used_gb() == pytest.approx(16)
     views = {v.model: v for v in h.core.residents_view()}
     assert (views[C].state, views[C].current, views[C].estimate_gb) == ("loading", True, 8)
     assert (views[B].state, views[B].current, views[B].pinned) == ("loaded", False, False)
@@ -141,9 +145,56 @@ def test_L26_auto_makes_before_it_breaks_only_when_both_fit_the_budget() -> None
     out = h.send(Select(B), at=1)  # 16 GB: they fit together
     assert moves(h, out) == [("load", B)]
     (load,) = h.loads(out)
-    assert moves(h, h.load_ok(load)) == [("unload", A)]
+    out = h.load_ok(load)
+    assert moves(h, out) == [("unload", A)]
+    h.unload_ok(h.unloads(out)[0])
     out = h.send(Select(C), at=2)  # 24 GB: they do not; L4's order
     assert moves(h, out) == [("unload", B)] and h.core.pending == C
+
+
+def test_L25_a_load_waits_for_an_unload_in_flight_to_free_its_memory() -> None:
+    h = Harness(switch_debounce=0, budget_gb=20)  # switch = "auto"
+    h.send(ModelEstimates({A: 8, B: 8, C: 16}))
+    h.loaded(A, at=0)
+    (load,) = h.loads(h.send(Select(B), at=1))  # make-before-break: 16 GB fit
+    (a_unload,) = h.unloads(h.load_ok(load))  # A goes once B landed
+    assert h.core.budget_used_gb() == pytest.approx(16)  # A holds its memory until gone
+    out = h.send(Select(C), at=2)  # B must go for C, and A is not gone yet: 8 + 16 > 20
+    assert moves(h, out) == [] and h.core.pending == C
+    out = h.unload_ok(a_unload)  # A gone: now there is room once B goes (L4's order)
+    assert moves(h, out) == [("unload", B)]
+    (b_unload,) = h.unloads(out)
+    assert moves(h, h.unload_ok(b_unload)) == [("load", C)]
+
+
+def test_L25_L7_a_load_waits_while_the_resident_evicted_for_it_stays_for_a_stream() -> None:
+    h = Harness(switch_debounce=0, max_loaded=4, budget_gb=20, switch="break-before-make")
+    h.send(ModelEstimates({A: 6, B: 6, C: 6, D: 6}))
+    h.loaded(A, at=0)
+    h.loaded(B, at=1)
+    h.loaded(D, at=2)  # current; A, used least recently, is the one to go for C
+    h.send(StreamStarted(1, B), at=3)  # L7: nothing is unloaded while it is open
+    out = h.send(Select(C), at=4)  # A would stay until the stream ends: 24 GB > 20
+    assert moves(h, out) == [] and h.events("evicted", out) == []
+    assert h.core.pending == C and h.core.budget_used_gb() == pytest.approx(18)
+    out = h.send(StreamEnded(1), at=5)  # now A goes, and C loads
+    assert h.events("evicted", out) == [
+        {"model": A, "instance_id": A, "reason": "budget", "for": C}
+    ]
+    assert moves(h, out) == [("unload", A), ("load", C)]
+
+
+def test_L25_L7_without_a_budget_the_resident_evicted_for_a_load_may_wait_for_a_stream() -> None:
+    h = Harness(switch_debounce=0, max_loaded=3, switch="break-before-make")
+    h.loaded(A, at=0)
+    h.loaded(B, at=1)
+    h.loaded(D, at=2)  # current; A, used least recently, is the one to go for C
+    h.send(StreamStarted(1, B), at=3)
+    out = h.send(Select(C), at=4)  # count only: C loads, A goes once the stream ended (L7)
+    assert moves(h, out) == [("load", C)]
+    assert h.events("evicted", out)[0]["reason"] == "max_loaded"
+    out = h.send(StreamEnded(1), at=5)
+    assert [(u.model, u.reason) for u in h.unloads(out)] == [(A, "switch")]
 
 
 def test_L26_auto_without_a_budget_breaks_before_it_makes() -> None:

@@ -127,6 +127,7 @@ from soak_records import (
     LOAD_TIMEOUT_S,
     MAX_LOADED,
     MAX_STREAMS_PER_CLIENT,
+    OUTAGE_MAX_S,
     PINNED,
     REPLY_TIMEOUT_S,
     SELECTABLE,
@@ -484,7 +485,7 @@ class Soak(SoakWatch, ResidencyWatch):
     def _do_fault_restart(self) -> None:
         if self.emu.phase == "up":
             self.outages.append(time.monotonic())
-            self.emu.go_down_for(self.rng.uniform(0.02, 0.3), forget=True)
+            self.emu.go_down_for(self.rng.uniform(0.02, OUTAGE_MAX_S), forget=True)
 
     def _do_load_behind(self) -> None:
         pool = FOREIGN if self.rng.random() < 0.7 else SELECTABLE
