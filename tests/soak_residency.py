@@ -113,15 +113,52 @@ class ResidencyWatch:
         alone (the catalog's sizes, less than any estimate), so it can only under-accuse;
         only when no load or unload is in flight and the server is up, and not where one
         model of its own is over the budget by itself (loaded anyway with the advisory,
-        L25)."""
+        L25). A model the daemon let go of when the engine moved away (L13) is no longer
+        its own, until the daemon asks LM Studio to load it again (and adopts it). A load
+        the daemon abandoned after `load_timeout` blocks nothing (L30) and may land beside
+        later ones: its model is not judged from its landing until an unload of it is
+        done (L22 collects it once it is not in use)."""
         sizes, downs = self._sizes(), self.outages
         busy = [
             (r.t, r.t_done if r.t_done is not None else float("inf"))
             for r in requests
             if r.path in (LOAD_PATH, UNLOAD_PATH)
         ]
+        loads = [
+            (r.t, r.body.get("model"))
+            for r in requests
+            if r.path == LOAD_PATH and isinstance(r.body, dict)
+        ]
+        landed = [
+            (r.t_done if r.t_done is not None else r.t + LOAD_TIMEOUT_S, r.body.get("model"))
+            for r in requests
+            if r.path == LOAD_PATH
+            and isinstance(r.body, dict)
+            and (r.t_done is None or r.t_done - r.t > LOAD_TIMEOUT_S)
+        ]
+        unloaded = [
+            (r.t_done, _instance_key(str(r.body.get("instance_id"))))
+            for r in requests
+            if r.path == UNLOAD_PATH and isinstance(r.body, dict) and r.t_done is not None
+        ]
         for snapshot in self.snapshots:
-            ours = [k for k, inst in snapshot.instances.items() for _, c in inst if c == DAEMON_CTX]
+            now = snapshot.after
+            gone = {
+                model
+                for t, model in self.let_go
+                if t <= now and not any(t <= at <= now and m == model for at, m in loads)
+            }
+            gone |= {
+                model
+                for t, model in landed
+                if t <= now and not any(t <= at <= now and m == model for at, m in unloaded)
+            }
+            ours = [
+                k
+                for k, inst in snapshot.instances.items()
+                for _, c in inst
+                if c == DAEMON_CTX and k not in gone
+            ]
             if any(sizes.get(k, 0) > BUDGET_GB * GB for k in ours):
                 continue
             if any(start <= snapshot.after and end >= snapshot.before for start, end in busy):

@@ -11,11 +11,12 @@ busy for LM Studio, not loading or unloading, not pinned, not itself wanted).
 If none is idle the wanted model waits (`blocked`) until one is, unless the
 caller forces it (after `busy_switch_wait`), and then it loads without evicting
 a busy model. Memory is counted as it is on the server, not as it will be: a
-victim whose unload must wait for client streams to end (L7, `lingers`),
-instances of ours on their way out (`leaving`) and loads that may still land
-(abandoned, L30: LM Studio cannot cancel them) hold or will take their memory
-until they are gone, so a load they would push past the budget waits for them
-too (bounded the same way). A model that does not fit even alone is loaded
+victim whose unload must wait for client streams to end (L7, `lingers`) and
+instances of ours on their way out (`leaving`) hold their memory until they
+are gone, so a load they would push past the budget waits for them too
+(bounded the same way). A load that may still land (abandoned, L30) counts in
+the budget but blocks nothing (L30: it "stops blocking"): nobody can tell
+when, or whether, it lands, as LM Studio lists no load in progress. A model that does not fit even alone is loaded
 anyway: the budget decides evictions, never whether to load. Pinned models are
 never evicted and do not count against `max_loaded`; they count in the budget
 (L28).
@@ -98,8 +99,8 @@ def place(
 
     `estimates` gives GB per model for those not resident yet. `landing` (loads that may
     still land: abandoned, L30) and `leaving` (instances of ours whose unload is not done:
-    L7, L20, L22) count in the budget only and are never evicted; a load they push past
-    the budget waits for them. With `force` a model that would wait loads
+    L7, L20, L22) count in the budget only and are never evicted; a load `leaving` ones
+    push past the budget waits for them. With `force` a model that would wait loads
     anyway (L25's bounded wait), without evicting a busy model.
     """
     room = _Room(list(residents), estimates or {}, list(landing), list(leaving))
@@ -123,7 +124,7 @@ def place(
         # what is on its way out is gone: the load waits for them (L25), and nothing is
         # evicted for a model that does not load yet.
         waiting = [s for s in room.seats if not s.idle and s.model not in keep]
-        waiting += [s for s in room.landing + room.leaving if s.model != model]
+        waiting += room.leaving
         lingering = sum(room.seat_size(s) for s in victims if s.lingers)
         over = room.over(model, need + lingering, limits)
         if over and (waiting or lingering) and not force:

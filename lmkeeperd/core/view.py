@@ -325,9 +325,6 @@ class LifecycleView:
         ]
         if gone:
             parts.append(f"{', '.join(dict.fromkeys(gone))} to be unloaded")
-        landing = [op.model for op in ledger.landing]
-        if landing:
-            parts.append(f"the abandoned load of {', '.join(dict.fromkeys(landing))} to land")
         return " and ".join(parts) or "a resident to be idle"
 
     def _in_use(self) -> bool:

@@ -201,6 +201,7 @@ class Soak(SoakWatch, ResidencyWatch):
         self.crashes: list[float] = []  # when the soak killed the daemon
         self.outages: list[float] = []  # when the server went down
         self.released: set[str] = set()  # models the daemon let go of at an engine change
+        self.let_go: list[tuple[float, str]] = []  # (when, model) for each of them
         self.snapshots: list[Snapshot] = []
         self.stop = threading.Event()
         self.http = httpx.Client(base_url=emulator.url, timeout=5.0)
@@ -374,8 +375,9 @@ class Soak(SoakWatch, ResidencyWatch):
         self.engine_back_after = self._event_index + self.rng.randint(5, 40)
         # What the daemon has (or is loading) now stays on the server, on purpose (L13).
         status = client.ask({"op": "status"})[0].get("status", {})
-        if status.get("model"):
-            self.released.add(str(status["model"]))
+        held = [status.get("model")] + [r.get("model") for r in status.get("resident") or []]
+        self.released.update(str(m) for m in held if m)
+        self.let_go += [(sent, str(m)) for m in held if m]
         self._expect_ok("engine", client.ask({"op": "engine", "name": "ollama"})[0])
 
     def _do_engine_back(self) -> None:
