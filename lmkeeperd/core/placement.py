@@ -16,10 +16,10 @@ instances of ours on their way out (`leaving`) hold their memory until they
 are gone, so a load they would push past the budget waits for them too
 (bounded the same way). A load that may still land (abandoned, L30) counts in
 the budget but blocks nothing (L30: it "stops blocking"): nobody can tell
-when, or whether, it lands, as LM Studio lists no load in progress. A model that does not fit even alone is loaded
-anyway: the budget decides evictions, never whether to load. Pinned models are
-never evicted and do not count against `max_loaded`; they count in the budget
-(L28).
+when, or whether, it lands, as LM Studio lists no load in progress. A model
+that does not fit even alone is loaded anyway: the budget decides evictions,
+never whether to load. Pinned models are never evicted and do not count
+against `max_loaded`; they count in the budget (L28).
 """
 
 from __future__ import annotations

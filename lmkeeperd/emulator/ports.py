@@ -29,6 +29,9 @@ class EmulatorPort(Protocol):
     _channel: ChannelSwitches
     _activity: ActivityTracker
 
+    @property
+    def phase(self) -> str: ...  # "new", "up", "down" or "stopped"
+
     def _serving(self, name: str, kind: str) -> AbstractContextManager[ServedRequest]: ...
 
     # The control API (control.py): the same calls as the Python controls.
