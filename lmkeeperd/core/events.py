@@ -251,10 +251,13 @@ class OwnStray:
 
     The driver derives it from its journal after a restart, from a load it
     abandoned (LoadFailed.abandoned) or from a hung unload still listed.
+    `leaving`: the journal holds an unload of it (lmkeeperd was removing it, and
+    may never have loaded it: an unload command): it is never kept as a resident.
     """
 
     model: str
     instance_id: str
+    leaving: bool = False
 
 
 Event = (

@@ -140,7 +140,9 @@ class ServerRules(LifecycleView):
             out.append(Notify("stray_adopted", {"model": model, "instance_id": instance}))
             self._took(model, instance, False, now, out, "stray adopted")
             return
-        if self._adopt_resident(model, instance, now, out):  # L22, L28 (residency.py)
+        # L22, L28 (residency.py): one of ours kept beside the current model; never one
+        # that was on its way out (it may not even be ours: an unload command's).
+        if not event.leaving and self._adopt_resident(model, instance, now, out):
             return
         out.append(Notify("stray_found", {"model": model, "instance_id": instance}))
         self._unload_background(model, instance, "stray", now, out)

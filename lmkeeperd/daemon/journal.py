@@ -175,6 +175,11 @@ class Journal:
         self._write()
         return key
 
+    def leaving(self, instance_id: str) -> bool:
+        """Was `instance_id` being unloaded (an unload in flight or cut short)?"""
+        entry = self._entries.get(f"inst:{instance_id}")
+        return entry is not None and entry.kind == "unload"
+
     def drop_held(self) -> None:
         """Hand what is held over to the user: a clean stop, or another engine (L13)."""
         held = [k for k, e in self._entries.items() if e.kind == "held"]

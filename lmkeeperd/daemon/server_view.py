@@ -135,7 +135,7 @@ class ServerView:
             return
         loading = set(self._in_flight.loading.values())
         for model, instance in self._journal.collect(self.loaded, owned, loading):
-            self._host.feed(OwnStray(model, instance))
+            self._host.feed(OwnStray(model, instance, self._journal.leaving(instance)))
 
     async def refresh(self, tries: int = 3) -> str | None:
         """List the server now and hand the core the snapshot; the error, if any.

@@ -85,6 +85,23 @@ def test_L28_a_kept_stray_idles_out_on_its_own_timer_counted_from_the_restart() 
     assert (h.core.model, h.core.residents) == (B, {})
 
 
+def test_L22_a_journaled_instance_that_was_being_unloaded_is_unloaded_never_kept() -> None:
+    # The journal held an unload of it when the daemon died (a switch's, or an unload
+    # command's for a model lmkeeperd never loaded): room or not, it is not a resident.
+    h = restarted(max_loaded=3)
+    out = h.send(OwnStray(A, "A-j", leaving=True), at=0.1)
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("A-j", "stray")]
+    assert h.events("stray_adopted", out) == [] and h.core.residents == {}
+    out = h.send(OwnStray(C, "C-j"), at=0.2)  # the same room, not on its way out: kept
+    assert h.unloads(out) == [] and h.core.residents == {C: "C-j"}
+
+
+def test_L22_a_journaled_instance_being_unloaded_is_adopted_when_it_is_the_selection() -> None:
+    h = restarted(max_loaded=3)
+    out = h.send(OwnStray(B, "B-j", leaving=True), at=0.1)  # B is the restored selection
+    assert h.unloads(out) == [] and (h.core.model, h.core.instance_id) == (B, "B-j")
+
+
 def test_L22_a_journaled_stray_past_max_loaded_is_unloaded() -> None:
     h = restarted(max_loaded=2)
     h.send(OwnStray(A, "A-j"), at=0.1)

@@ -49,7 +49,9 @@ Invariants
 3. **No model lmkeeperd did not load is unloaded, except by an explicit `unload MODEL`.** Three
    models are *foreign*: the soak loads them behind the daemon's back and never selects them.
    Every unload request for one of them must arrive while an `unload` command naming that model
-   is in progress (sent before the arrival, answered after it). Behind-the-back loads of the
+   is in progress (sent before the arrival, answered after it), or come from the daemon that
+   started within 5 s after a `kill -9` that followed such a command (the journal held its
+   unload: the next daemon finishes it, L22, never keeps it). Behind-the-back loads of the
    selectable models are adopted by the daemon when selected (L17) and from then on are its own,
    so they are not checked here.
 4. **Once events stop and faults clear, the server holds exactly what the daemon's status

@@ -217,3 +217,18 @@ def test_instances_of_a_model_a_load_task_works_on_are_left_to_that_task(tmp_pat
     assert journal.collect({A: (A,)}, owned=(), loading={A}) == []
     assert journal.ours(A, A) is not None  # what the load task asks instead
     assert journal.collect({A: (A,)}, owned=(), loading={B}) == [(A, A)]
+
+
+def test_an_instance_reported_after_a_crash_says_whether_it_was_being_unloaded(
+    tmp_path: Path,
+) -> None:
+    # The core never keeps one that was on its way out as a resident (OwnStray.leaving):
+    # an unload command's instance may be a model lmkeeperd never loaded.
+    path, wall = tmp_path / "j.json", Wall()
+    journal = Journal(path, wall=wall)
+    journal.hold(A, A)
+    journal.release(journal.begin_unload(B, B))  # timed out: it may still be listed
+    after_crash = reopened(path, wall)
+    assert sorted(after_crash.collect({A: (A,), B: (B,)}, owned=())) == [(B, B), (A, A)]
+    assert (after_crash.leaving(A), after_crash.leaving(B)) == (False, True)
+    assert after_crash.leaving("not-journaled") is False
