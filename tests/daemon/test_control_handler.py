@@ -6,6 +6,8 @@ itself (framing, modes, peers) is tested in tests/control/test_control_server.py
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +41,32 @@ def test_select_is_stored_for_the_next_start_and_loads(emulator: Emulator, tmp_p
             assert loads_of(emulator) == [A]
             empty = await d.handler.handle(conn, proto.Select("  "))
             assert empty == {"ok": True, "ignored": "empty model key"}
+
+    run(main())
+
+
+def test_a_select_reply_has_the_selection_in_place_and_its_fsync_follows(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[bytes] = []  # what each regular file fsynced held
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            synced.append(os.pread(fd, 4096, 0))
+        fsync(fd)
+
+    async def main() -> None:
+        async with inprocess_daemon(emulator, tmp_path) as d:
+            await load(d, A)
+            monkeypatch.setattr(os, "fsync", recording_fsync)
+            conn = Connection(1, None)
+            for model in (B, A, B):
+                assert (await d.handler.handle(conn, proto.Select(model)))["ok"] is True
+                # In place before the reply: a start after a kill -9 now restores it.
+                assert selection.load(d.state_file) == selection.StoredSelection(model, "")
+            last = d.state_file.read_bytes()
+            await until(lambda: last in synced, "the last selection fsynced")
 
     run(main())
 
