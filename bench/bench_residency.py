@@ -21,6 +21,7 @@ Four measurements, each against its own emulator and daemon processes:
    with `max_loaded` 1 and 2 run side by side: the loads and unloads sent, counted.
 
     .venv/bin/python bench/bench_residency.py [--quick]   (--quick: fewer trials, 20 s thrash)
+    .venv/bin/python bench/bench_residency.py --reselection-only RUNS   (section 3 alone)
 """
 
 from __future__ import annotations
@@ -174,6 +175,38 @@ def thrash(max_loaded: int, seconds: float, out: dict[int, tuple[int, int]]) -> 
         )
 
 
+def reselection_figures(n: int) -> list[Figure]:
+    """Section 3's two figures, from `n` reselections."""
+    times, looks, sent = reselections(n)
+    p99 = percentile(times, 99)
+    return [
+        emit(
+            Figure(
+                BENCH,
+                "reselection of a resident → status current, p99",
+                ms(p99),
+                "≤ 5 ms",
+                p99 <= 0.005,
+                f"{len(times)} reselections in {sum(times):.2f} s; "
+                f"p50 {ms(percentile(times, 50))}; "
+                f"status's own live looks (L29) meanwhile: {', '.join(looks) or 'none'}",
+            )
+        ),
+        emit(
+            Figure(
+                BENCH,
+                "reselection: requests to LM Studio",
+                str(len(sent)),
+                "0",
+                not sent,
+                f"{len(times)} reselections by select alone, {QUIET_S:g} s after the last "
+                "listing, and 0.5 s after them; REST requests and channel RPCs"
+                + (f": {', '.join(sorted(set(sent)))}" if sent else ""),
+            )
+        ),
+    ]
+
+
 def run(quick: bool = False) -> list[Figure]:
     n = 10 if quick else 30
     figures: list[Figure] = []
@@ -201,25 +234,7 @@ def run(quick: bool = False) -> list[Figure]:
             (dark == 0.0) if goal else None,
             f"chat probes every {int(POLL_S * 1000)} ms",
         )
-    times, looks, sent = reselections(n * 5)
-    p99 = percentile(times, 99)
-    add(
-        "reselection of a resident → status current, p99",
-        ms(p99),
-        "≤ 5 ms",
-        p99 <= 0.005,
-        f"{len(times)} reselections in {sum(times):.2f} s; p50 {ms(percentile(times, 50))}; "
-        f"status's own live looks (L29) meanwhile: {', '.join(looks) or 'none'}",
-    )
-    add(
-        "reselection: requests to LM Studio",
-        str(len(sent)),
-        "0",
-        not sent,
-        f"{len(times)} reselections by select alone, {QUIET_S:g} s after the last listing, "
-        "and 0.5 s after them; REST requests and channel RPCs"
-        + (f": {', '.join(sorted(set(sent)))}" if sent else ""),
-    )
+    figures += reselection_figures(n * 5)
     seconds = 20.0 if quick else 60.0
     counts: dict[int, tuple[int, int]] = {}
     threads = [threading.Thread(target=thrash, args=(m, seconds, counts)) for m in (1, 2)]
@@ -240,4 +255,15 @@ def run(quick: bool = False) -> list[Figure]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    run(parser.parse_args().quick)
+    parser.add_argument(
+        "--reselection-only",
+        type=int,
+        metavar="RUNS",
+        help="only section 3 (150 reselections), RUNS times in a row: its p99 is noisy",
+    )
+    args = parser.parse_args()
+    if args.reselection_only:
+        for _ in range(args.reselection_only):
+            reselection_figures(150)
+    else:
+        run(args.quick)
