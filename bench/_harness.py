@@ -198,6 +198,11 @@ class EmulatorProcess:
         found: list[dict[str, Any]] = self._call("GET", f"requests{query}")["requests"]
         return found
 
+    def frames(self, since: float | None = None) -> list[dict[str, Any]]:
+        """Frames channel clients sent (t: monotonic arrival), those after `since` if given."""
+        found: list[dict[str, Any]] = self._call("GET", "frames")["frames"]
+        return [f for f in found if since is None or f["t"] > since]
+
     def wait_request(
         self, path: str, *, after: float, timeout: float = 10.0, poll: float = 0.002
     ) -> dict[str, Any]:

@@ -12,13 +12,16 @@ Four measurements, each against its own emulator and daemon processes:
    within that time neither the old nor the new model answered such a request (goal: 0 s
    with make-before-break).
 3. **reselection** of a resident model (`max_loaded` 2, both loaded): from `select` sent to
-   `status` showing it current (target p99 ≤ 5 ms), and every request lmkeeperd sent to
-   LM Studio meanwhile (goal: none at all).
+   `status` showing it current (target p99 ≤ 5 ms); then what as many reselections by
+   `select` alone sent LM Studio, REST requests and channel RPCs (goal: none at all), made
+   once every listing and look they could lean on had aged out (`status` is left out of
+   that count: it asks LM Studio live by itself, L29, at most once a second).
 4. **thrash**: two clients alternating their selections every 2 s for 60 s (the issue's
    scenario runs 2 minutes; shortened to keep the benchmark near a minute), loads taking 1 s,
    with `max_loaded` 1 and 2 run side by side: the loads and unloads sent, counted.
 
     .venv/bin/python bench/bench_residency.py [--quick]   (--quick: fewer trials, 20 s thrash)
+    .venv/bin/python bench/bench_residency.py --reselection-only RUNS   (section 3 alone)
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ from typing import Any
 from _harness import LOAD, UNLOAD, EmulatorProcess, Figure, emit, ms, percentile, running
 
 from lmkeeperd.control.client import ControlClient
+from lmkeeperd.daemon.activity_bridge import STATUS_CACHE_S
+from lmkeeperd.daemon.selection_check import CATALOG_MAX_AGE_S
 
 A = "qwen/qwen3-4b-2507"
 B = "meta-llama/llama-3.1-8b-instruct"
 BENCH = "residency"
 FAST = ("--stream-interval", "0")  # chat answers at once: the probe adds no busy time (L19)
 POLL_S = 0.02
+# Past every listing or look a reselection could lean on: the catalog's (L23), status's.
+QUIET_S = max(CATALOG_MAX_AGE_S, STATUS_CACHE_S) + 0.5
 
 
 def _tables(max_loaded: int, **model: Any) -> dict[str, dict[str, Any]]:
@@ -113,19 +120,39 @@ def unavailability(switch: str) -> tuple[float, float]:
             time.sleep(POLL_S)
 
 
-def reselections(n: int) -> tuple[list[float], list[dict[str, Any]]]:
-    """Times from `select` to status showing the resident current; requests sent meanwhile."""
+def _sent(emulator: EmulatorProcess, start: float, end: float) -> list[str]:
+    """REST requests and channel RPCs that reached LM Studio between `start` and `end`."""
+    rest = [f"{r['method']} {r['path']}" for r in emulator.requests(since=start) if r["t"] <= end]
+    frames = emulator.frames(since=start)
+    return rest + [f"channel {f['endpoint']}" for f in frames if f["endpoint"] and f["t"] <= end]
+
+
+def reselections(n: int) -> tuple[list[float], list[str], list[str]]:
+    """Times from `select` to status showing the resident current, and what `status` sent
+    meanwhile; then what `n` reselections by `select` alone sent (see the docstring)."""
     with (
         running(*FAST, **_tables(2)) as (emulator, daemon),
         ControlClient(daemon.socket, timeout=30) as client,
     ):
         _select(client, daemon, A)
         _select(client, daemon, B)
+        # Running as it runs for hours: the channel open (its first `status` looks live).
+        daemon.wait_status(activity_source="lmstudio", timeout=15)
         start = time.monotonic()
         times = [_select(client, daemon, (A, B)[i % 2]) for i in range(n)]
-        end = time.monotonic()
-        sent = [r for r in emulator.requests(since=start) if r["t"] <= end]
-        return times, sent
+        looks = _sent(emulator, start, time.monotonic())
+        time.sleep(QUIET_S)
+        start = time.monotonic()
+        for i in range(n):
+            reply = client.request({"op": "select", "model": (A, B)[i % 2]})
+            if reply != {"ok": True}:
+                raise RuntimeError(f"reselection refused: {reply}")
+        time.sleep(0.5)  # whatever the reselections set off arrives meanwhile
+        sent = _sent(emulator, start, time.monotonic())
+        last = (A, B)[(n - 1) % 2]
+        if client.request({"op": "status"})["status"].get("model") != last:
+            raise RuntimeError(f"{last} is not current after the reselections")
+        return times, looks, sent
 
 
 def thrash(max_loaded: int, seconds: float, out: dict[int, tuple[int, int]]) -> None:
@@ -146,6 +173,38 @@ def thrash(max_loaded: int, seconds: float, out: dict[int, tuple[int, int]]) -> 
             sum(1 for r in sent if r["path"] == LOAD),
             sum(1 for r in sent if r["path"] == UNLOAD),
         )
+
+
+def reselection_figures(n: int) -> list[Figure]:
+    """Section 3's two figures, from `n` reselections."""
+    times, looks, sent = reselections(n)
+    p99 = percentile(times, 99)
+    return [
+        emit(
+            Figure(
+                BENCH,
+                "reselection of a resident → status current, p99",
+                ms(p99),
+                "≤ 5 ms",
+                p99 <= 0.005,
+                f"{len(times)} reselections in {sum(times):.2f} s; "
+                f"p50 {ms(percentile(times, 50))}; "
+                f"status's own live looks (L29) meanwhile: {', '.join(looks) or 'none'}",
+            )
+        ),
+        emit(
+            Figure(
+                BENCH,
+                "reselection: requests to LM Studio",
+                str(len(sent)),
+                "0",
+                not sent,
+                f"{len(times)} reselections by select alone, {QUIET_S:g} s after the last "
+                "listing, and 0.5 s after them; REST requests and channel RPCs"
+                + (f": {', '.join(sorted(set(sent)))}" if sent else ""),
+            )
+        ),
+    ]
 
 
 def run(quick: bool = False) -> list[Figure]:
@@ -175,23 +234,7 @@ def run(quick: bool = False) -> list[Figure]:
             (dark == 0.0) if goal else None,
             f"chat probes every {int(POLL_S * 1000)} ms",
         )
-    times, sent = reselections(n * 5)
-    p99 = percentile(times, 99)
-    add(
-        "reselection of a resident → status current, p99",
-        ms(p99),
-        "≤ 5 ms",
-        p99 <= 0.005,
-        f"{len(times)} reselections; p50 {ms(percentile(times, 50))}",
-    )
-    paths = sorted({f"{r['method']} {r['path']}" for r in sent})
-    add(
-        "reselection: requests to LM Studio",
-        str(len(sent)),
-        "0",
-        not sent,
-        f"during {len(times)} reselections" + (f": {', '.join(paths)}" if paths else ""),
-    )
+    figures += reselection_figures(n * 5)
     seconds = 20.0 if quick else 60.0
     counts: dict[int, tuple[int, int]] = {}
     threads = [threading.Thread(target=thrash, args=(m, seconds, counts)) for m in (1, 2)]
@@ -212,4 +255,15 @@ def run(quick: bool = False) -> list[Figure]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    run(parser.parse_args().quick)
+    parser.add_argument(
+        "--reselection-only",
+        type=int,
+        metavar="RUNS",
+        help="only section 3 (150 reselections), RUNS times in a row: its p99 is noisy",
+    )
+    args = parser.parse_args()
+    if args.reselection_only:
+        for _ in range(args.reselection_only):
+            reselection_figures(150)
+    else:
+        run(args.quick)

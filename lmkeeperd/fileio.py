@@ -6,6 +6,8 @@ FIFO for reading blocks until a writer appears, and reading a huge file inflates
 daemon, so every read here opens without blocking, refuses anything that is not a
 regular file, and reads at most a cap. Writes are atomic (temporary file, fsync,
 rename, fsync of the folder), so a crash leaves either the old or the new file.
+A write that must not wait for the disk (`sync=False`) is in place at once, for any
+later reader even after the daemon is killed, and reaches the disk with `sync_file`.
 """
 
 from __future__ import annotations
@@ -69,11 +71,13 @@ def read_small_file(path: Path, cap: int, *, what: str = "file") -> bytes:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, sync: bool = True) -> None:
     """Replace `path` with `data` so that a crash leaves the old file or the new one.
 
     The folder is created (0700) when missing. Raises OSError; the temporary file never
-    outlives a failure.
+    outlives a failure. `sync=False`: no fsync here (the caller runs `sync_file` later);
+    the new file is in place for every reader, and survives the daemon's crash, but not
+    yet a power loss.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
@@ -82,11 +86,31 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if sync:
+        _sync_folder(path)
+
+
+def sync_file(path: Path) -> None:
+    """Put what `write_atomically(..., sync=False)` wrote on disk: the file, then its entry.
+
+    Whatever file is at `path` now is synced (a newer write included). Raises OSError.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    _sync_folder(path)
+
+
+def _sync_folder(path: Path) -> None:
     # The rename itself is durable only once the folder's entry is on disk.
     with contextlib.suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

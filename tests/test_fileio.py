@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lmkeeperd.errors import UnsafeFileError
-from lmkeeperd.fileio import read_small_file, write_atomically
+from lmkeeperd.fileio import read_small_file, sync_file, write_atomically
 
 
 def test_reads_a_regular_file(tmp_path: Path) -> None:
@@ -82,3 +82,31 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
         write_atomically(path, "not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_a_write_without_sync_is_in_place_at_once_and_sync_file_puts_it_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []  # the kind of each file fsynced, in order
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(stat.S_IFMT(os.fstat(fd).st_mode))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = tmp_path / "state.json"
+    write_atomically(path, b"one", sync=False)
+    assert path.read_bytes() == b"one" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert synced == [] and os.listdir(tmp_path) == ["state.json"]
+    sync_file(path)
+    assert synced == [stat.S_IFREG, stat.S_IFDIR]  # the file, then the folder's entry
+    synced.clear()
+    write_atomically(path, b"two")
+    assert synced == [stat.S_IFREG, stat.S_IFDIR]
+
+
+def test_sync_file_of_a_fifo_does_not_block(tmp_path: Path) -> None:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    sync_file(path)  # opened without blocking, and not a file to sync

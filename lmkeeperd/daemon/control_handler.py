@@ -4,7 +4,9 @@ The control server (lmkeeperd/control/server.py) reads and checks each frame
 and calls `handle`; this module decides what a request means for the core:
 
 - `select`: checked against the server's catalog first (L23,
-  selection_check.py), then stored for the next start and `Select`;
+  selection_check.py), then stored for the next start and `Select`; the
+  memory verdict (L12) only for a model that will load: a resident (L24) loads
+  nothing, and the memory it takes would count against it;
 - `activity`, `engine`: `Activity` (for the model it names, else the current
   one, L24), `EngineChanged`;
 - `stream_start` / `stream_end`: streams (on the model `stream_start` names,
@@ -41,7 +43,7 @@ from lmkeeperd.core import (
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.models_view import models_reply
 from lmkeeperd.daemon.operations import Operations
-from lmkeeperd.daemon.selection_check import SelectionChecker
+from lmkeeperd.daemon.selection_check import SelectionChecker, resident
 from lmkeeperd.daemon.server_view import ServerView
 from lmkeeperd.errors import DaemonError
 from lmkeeperd.status_types import Status
@@ -101,6 +103,7 @@ class ControlHandler:
                 pid = conn.peer_pid
                 selection.received(key, "socket", pid=pid, process=process_name(pid))
                 stored = selection.StoredSelection(key, host.config.model.selected)
+                loads = not resident(host.core, key)
                 reply = await self._checker.select(
                     key,
                     source="socket",
@@ -108,7 +111,8 @@ class ControlHandler:
                     keep_alive=keep_alive,
                     default_idle=default_idle,
                 )
-                if reply.get("ok") and not reply.get("unchecked") and not reply.get("superseded"):
+                checked = not reply.get("unchecked") and not reply.get("superseded")
+                if loads and reply.get("ok") and checked:
                     # L12 at selection: the person who selected hears when it may not fit.
                     memory = await memory_verdict.for_selection(
                         self._ops.memory,

@@ -51,11 +51,24 @@ def load(path: Path) -> StoredSelection | None:
     return None
 
 
-def save(path: Path, selection: StoredSelection) -> None:
-    """Write atomically: a crash never leaves half a file. A failure is a warning only."""
+def save(path: Path, selection: StoredSelection, *, sync: bool = True) -> None:
+    """Write atomically: a crash never leaves half a file. A failure is a warning only.
+
+    `sync=False`: in place for the next start at once, on disk after `sync_saved`.
+    """
     payload = {"model": selection.model, "config_selected": selection.config_selected}
     try:
-        fileio.write_atomically(path, json.dumps(payload).encode("utf-8"))
+        fileio.write_atomically(path, json.dumps(payload).encode("utf-8"), sync=sync)
+    except OSError as e:
+        log.warning("selection_store_failed", path=str(path), error=str(e))
+
+
+def sync_saved(path: Path) -> None:
+    """Put the selection `save(..., sync=False)` wrote on disk; a failure is a warning."""
+    try:
+        fileio.sync_file(path)
+    except FileNotFoundError:
+        return  # removed meanwhile (a refused selection put none back): nothing to keep
     except OSError as e:
         log.warning("selection_store_failed", path=str(path), error=str(e))
 

@@ -9,7 +9,8 @@ unknown model 404 itself.)
 The decision is pure (`check_selection` in lmkeeperd/core/policy.py); this
 module fetches the catalog, stores what is accepted and feeds the core:
 
-- known key: stored for the next start (when asked), then `Select`;
+- known key: `Select`, then stored for the next start (when asked): the reply
+  waits until the file is in place, its fsyncs follow in a thread;
 - unknown key: refused with the nearest keys, `selection_unknown` (warning);
   nothing is stored, nothing reaches the core, so nothing is unloaded;
 - no catalog (the server cannot be listed): accepted and stored, and checked
@@ -18,6 +19,11 @@ module fetches the catalog, stores what is accepted and feeds the core:
   kept until then (nothing unloaded for a key that may not exist); with none,
   the core has it at once, so its load says why the server cannot be used
   (a refused token, a server too old) and the selection is shown in status.
+
+A resident (L24: a model of ours LM Studio holds loaded, the current one or one
+beside it) is known to exist: its selection asks LM Studio nothing (L29). It is
+listed, so L23 has nothing to check; its estimate is in the core already (L25);
+it needs no room, so no resident is looked at; it is fed and stored at once.
 
 Only the newest selection counts: one whose check finished after a newer one
 started is dropped, as the core itself keeps only the latest (L3).
@@ -35,7 +41,7 @@ from typing import Any
 import structlog
 
 import lmkeeperd.daemon.selection as selection
-from lmkeeperd.core import KnownKey, Select, State, UnknownKey, check_selection
+from lmkeeperd.core import CoreView, KnownKey, Select, State, UnknownKey, check_selection
 from lmkeeperd.daemon.context import Host
 from lmkeeperd.daemon.server_view import ServerView
 
@@ -43,6 +49,13 @@ log = structlog.get_logger()
 
 CATALOG_MAX_AGE_S = 3.0
 """A listing older than this is taken again before a check: keys come and go with downloads."""
+
+
+def resident(core: CoreView, model: str) -> bool:
+    """L24: `model` is loaded on the server as ours (current and serving, or beside it)."""
+    if model in core.residents:
+        return True
+    return model == core.model and core.state in (State.LOADED, State.STREAMING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +141,9 @@ class SelectionChecker:
         self._state_file = state_file
         self._generation = itertools.count(1)
         self._latest = 0
-        self._storing = asyncio.Lock()  # saves land in the order the selections came
+        # The fsyncs of saved selections, run after the replies (one task at a time).
+        self._syncing: asyncio.Task[None] | None = None
+        self._unsynced = False
 
     async def select(
         self,
@@ -148,6 +163,10 @@ class SelectionChecker:
         # Set aside while the catalog is fetched: a listing made for this check must not
         # first hand the core an older unchecked selection this one replaces.
         pending = self._pending
+        if resident(self._host.core, key):
+            # Known to exist and in no need of room: nothing to ask (L23, L24, L29).
+            pending.deferred = None  # an older unchecked selection is replaced (L3)
+            return self._accept(key, store, keep_alive, default_idle)
         waiting, pending.deferred = pending.deferred, None
         catalog = await self._view.catalog(CATALOG_MAX_AGE_S)
         if generation != self._latest:
@@ -169,12 +188,7 @@ class SelectionChecker:
                 if generation != self._latest:
                     log.debug("selection_superseded", model=key, source=source)
                     return {"ok": True, "superseded": True}
-            # The core first: the load starts while the selection is written for the next
-            # start (an fsync, about 0.7 ms), which the reply still waits for.
-            self._host.feed(Select(key, keep_alive, default_idle))
-            if store is not None:
-                await self._store(store)
-            return {"ok": True}
+            return self._accept(key, store, keep_alive, default_idle)
         previous = selection.load(self._state_file) if store is not None else None
         if store is not None:
             selection.save(self._state_file, store)
@@ -191,9 +205,29 @@ class SelectionChecker:
         )
         return {"ok": True, "unchecked": True}
 
-    async def _store(self, store: selection.StoredSelection) -> None:
-        async with self._storing:
-            await asyncio.to_thread(selection.save, self._state_file, store)
+    def _accept(
+        self,
+        key: str,
+        store: selection.StoredSelection | None,
+        keep_alive: float | None,
+        default_idle: bool,
+    ) -> dict[str, Any]:
+        # The core first: the load starts before the selection is written for the next
+        # start. The reply waits for the file to be in place (a start after a kill -9
+        # reads it), not for the disk: the fsyncs, milliseconds on a busy disk, follow.
+        self._host.feed(Select(key, keep_alive, default_idle))
+        if store is not None:
+            selection.save(self._state_file, store, sync=False)
+            self._unsynced = True
+            if self._syncing is None or self._syncing.done():
+                self._syncing = self._host.spawn(self._sync())
+        return {"ok": True}
+
+    async def _sync(self) -> None:
+        """The saved selection onto the disk; saves made meanwhile are synced in turn."""
+        while self._unsynced:
+            self._unsynced = False
+            await asyncio.to_thread(selection.sync_saved, self._state_file)
 
     async def select_quietly(
         self, model: str, *, source: str, store: selection.StoredSelection | None

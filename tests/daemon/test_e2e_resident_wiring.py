@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from daemon_harness import DaemonProc, loads_of, unloads_of, wait_until
 
+from lmkeeperd.daemon.activity_bridge import STATUS_CACHE_S
+from lmkeeperd.daemon.selection_check import CATALOG_MAX_AGE_S
 from lmkeeperd.emulator import Emulator
 
 pytestmark = pytest.mark.e2e
@@ -103,6 +106,31 @@ def test_L24_reselecting_a_resident_model_sends_no_load(
     assert "/api/v1/models/load" not in sent and "/api/v1/models/unload" not in sent, sent
     assert loads_of(emulator) == [A, B]
     assert unloads_of(emulator) == []
+
+
+def test_L24_L29_reselecting_residents_sends_lm_studio_nothing_at_all(
+    daemon_factory: Callable[..., DaemonProc], emulator: Emulator
+) -> None:
+    d = daemon_factory(model={"max_loaded": 2, "idle_timeout": "30m"})
+    select_loaded(d, A)
+    select_loaded(d, B)
+    loaded_residents(d, A, B)
+    # The channel is open: a look at a resident (L29) would show in its frames, and the
+    # REST reconcile is a 5-minute safety net, not a listing every second.
+    d.wait_status(activity_source="lmstudio", timeout=15)
+    # Past every listing or look a selection could lean on: the catalog's (L23), status's.
+    time.sleep(max(CATALOG_MAX_AGE_S, STATUS_CACHE_S) + 0.5)
+    mark = time.monotonic()
+    for model in (A, B) * 5:
+        assert d.request({"op": "select", "model": model}) == {"ok": True}
+    time.sleep(0.5)  # whatever the selections set off arrives meanwhile
+    end = time.monotonic()
+    rest = [f"{r.method} {r.path}" for r in emulator.requests() if mark < r.t <= end]
+    calls = [f.endpoint for f in emulator.frames() if f.endpoint and mark < f.t <= end]
+    assert rest == [] and calls == [], (rest, calls)
+    status = loaded_residents(d, A, B)  # `status` itself asks live (L29): after the count
+    assert status["model"] == B and status["selected"] == B
+    assert loads_of(emulator) == [A, B] and unloads_of(emulator) == []
 
 
 def test_L25_a_pinned_model_is_loaded_at_start_and_kept(
