@@ -176,8 +176,11 @@ class Daemon:
             await self.checker.select_quietly(model, source=source, store=None)
         finally:
             self.view.collecting = True
-            # L22, L24: what the journal says is ours is collected now (adopted as residents
-            # or unloaded), not at the next reconcile, minutes away while the channel is open.
+            # L22, L24, L25: what the journal says is ours is collected now (adopted as
+            # residents or unloaded), from the listing the check just made, before the
+            # selection's debounce can load beside it unseen; and looked at again soon,
+            # not at the next reconcile, minutes away while the channel is open.
+            self.view.collect_now()
             self.view.recheck_now()
 
     async def _watch_config(self) -> None:

@@ -36,6 +36,9 @@ from lmkeeperd.lmstudio.transport import printable
 log = structlog.get_logger()
 
 _FIRST_RETRY_S = 1.0
+# A listing this recent stands for the server when the journal's strays are collected
+# at once (collect_now): at start the selection check has just listed it.
+FRESH_FOR_COLLECTING_S = 1.0
 
 
 class ServerView:
@@ -130,9 +133,18 @@ class ServerView:
         """A fresh listing: the core's view first, then what the journal says is ours (L22)."""
         self.note(models)
         self._host.feed(ServerSnapshot(self.loaded, after_outage=after_outage))
-        owned = self._host.core.owned_instances()
+        self._collect()
+
+    def collect_now(self, max_age: float = FRESH_FOR_COLLECTING_S) -> None:
+        """What the journal says is ours, from the last listing if it is that fresh (L22):
+        at start, before the restored selection's debounce can load beside it (L25)."""
+        if self.listed_at is not None and time.monotonic() - self.listed_at <= max_age:
+            self._collect()
+
+    def _collect(self) -> None:
         if not self.collecting:
             return
+        owned = self._host.core.owned_instances()
         loading = set(self._in_flight.loading.values())
         for model, instance in self._journal.collect(self.loaded, owned, loading):
             self._host.feed(OwnStray(model, instance, self._journal.leaving(instance)))
