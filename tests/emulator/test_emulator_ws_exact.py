@@ -86,6 +86,8 @@ def test_last_used_time_is_null_while_the_instance_is_in_use(emulator: Emulator)
         info = answer(ws, rpc("getModelInfo", 2, lookup(LLM, True)))["result"]
         assert info["lastUsedTime"] is None
         thread.join(30)
+        # The client has read the last chunk; the server's handler ends the request just after.
+        emulator.wait_until(lambda: emulator.processing_state(LLM).status == "idle", timeout=10)
         after = answer(ws, rpc("listLoaded", 3))["result"][0]["lastUsedTime"]
     assert isinstance(after, int) and after >= before
 
