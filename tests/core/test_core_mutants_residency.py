@@ -1,0 +1,96 @@
+"""Several residents (L24-L28): what a refused load may evict, and what `status` says a
+switch waits for while residents are in use.
+
+Written against surviving mutants of residency.py and view.py (docs/testing.md,
+"Mutation testing of the core"): each test checks an action, an event or a text a person
+reads in `status`/`why` that the mutant changed."""
+
+from __future__ import annotations
+
+from core_harness import Harness
+
+from lmkeeperd.core import (
+    Select,
+    ServerActivity,
+    ServerSnapshot,
+    State,
+    StreamStarted,
+    UnloadDeferred,
+)
+
+A, B, C, D = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "google/gemma-3-12b", "ibm/granite-8b"
+REFUSED = "Failed to load model: insufficient system resources"
+
+
+# --- L27: what a refused load may evict -------------------------------------------------
+
+
+def test_L27_L28_a_refused_load_never_evicts_a_pinned_resident() -> None:
+    h = Harness(switch_debounce=0, pinned=(C,))
+    (pin,) = h.loads(h.send(ServerSnapshot({}), at=0))
+    h.load_ok(pin)
+    (load,) = h.loads(h.send(Select(A), at=1))
+    out = h.load_err(load, REFUSED, refused=True)
+    assert h.unloads(out) == [] and h.events("evicted", out) == []
+    assert h.events("load_failed", out) == [{"model": A, "error": REFUSED, "draft": False}]
+    assert h.core.residents == {C: C}
+
+
+def test_L27_L19_a_refused_load_never_evicts_a_resident_lm_studio_is_busy_with() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.loaded(A, at=0)
+    (load,) = h.loads(h.send(Select(B), at=1))  # A stays beside B
+    h.send(ServerActivity(A, True, "generating"), at=2)
+    out = h.load_err(load, REFUSED, refused=True)
+    assert h.unloads(out) == [] and h.events("evicted", out) == []
+    assert h.events("load_failed", out) == [{"model": B, "error": REFUSED, "draft": False}]
+    assert h.core.residents == {A: A}
+
+
+def test_L27_L6_a_refused_load_fails_when_every_eviction_finds_its_resident_busy() -> None:
+    h = Harness(switch_debounce=0, max_loaded=3)
+    h.loaded(A, at=0)
+    h.loaded(B, at=1)  # A stays beside B
+    (load,) = h.loads(h.send(Select(C), at=2))  # B stays beside C
+    (evict_a,) = h.unloads(h.load_err(load, REFUSED, refused=True))
+    assert evict_a.model == A  # the least recently used first
+    out = h.send(UnloadDeferred(evict_a.op, "generating"), at=3)  # L20: looked, busy
+    (evict_b,) = h.unloads(out)  # the next idle resident instead
+    assert evict_b.model == B and h.loads(out) == []
+    out = h.send(UnloadDeferred(evict_b.op, "generating"), at=4)
+    assert h.loads(out) == [] and h.unloads(out) == []  # nothing left to evict: L6
+    assert h.events("load_failed", out) == [{"model": C, "error": REFUSED, "draft": False}]
+    assert h.core.last_error == f"load of {C} failed: {REFUSED}"
+    assert h.core.state is State.IDLE and h.core.explain(5).waiting_for is None
+    out = h.send(ServerSnapshot({}, after_outage=True), at=6)  # a failed load is not retried
+    assert h.loads(out) == []
+
+
+# --- L25: what status says a switch waits for -----------------------------------------
+
+
+def waiting_behind_two_streams() -> Harness:
+    """C (pinned, never evicted) current; A and B beside it, each in use by a stream; D
+    selected: it waits for room."""
+    h = Harness(switch_debounce=0, max_loaded=2, busy_switch_wait=30, pinned=(C,))
+    h.loaded(A, at=0)
+    h.loaded(B, at=1)
+    h.loaded(C, at=2)  # pinned: does not count against max_loaded 2
+    h.send(StreamStarted(1, A), at=3)
+    h.send(StreamStarted(2, B), at=3)
+    assert h.loads(h.send(Select(D), at=4)) == [] and h.unloads() == []
+    return h
+
+
+def test_L25_status_names_the_residents_in_use_a_switch_waits_for() -> None:
+    h = waiting_behind_two_streams()
+    why = h.core.explain(5)
+    assert (why.waiting_for, why.waiting_until) == (f"{A}, {B} to be idle to make room for {D}", 34)
+
+
+def test_L25_status_says_a_resident_when_those_in_use_are_gone() -> None:
+    h = waiting_behind_two_streams()
+    h.send(ServerSnapshot({C: (C,)}), at=5)  # A and B unloaded by hand (L18)
+    why = h.core.explain(6)
+    assert why.waiting_for == f"a resident to be idle to make room for {D}"
+    assert why.waiting_until == 34  # then D loads beside them anyway (L25)
