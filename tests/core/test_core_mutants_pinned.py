@@ -13,6 +13,7 @@ from core_harness import Harness
 
 from lmkeeperd.core import (
     Activity,
+    EngineChanged,
     LoadFinished,
     ModelEstimates,
     Select,
@@ -104,6 +105,18 @@ def test_L28_L7_a_resident_pinned_while_its_idle_eject_waits_for_a_stream_is_kep
     assert h.unloads(out) == [] and h.core.residents == {P: P}
 
 
+def test_L28_L5_a_superseded_selection_load_kept_as_pinned_is_ours_and_used_now() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2, pinned=(P,))
+    (load,) = h.loads(h.send(Select(P), at=0))  # a selection's load of the pinned model
+    h.send(EngineChanged("ollama"), at=1)  # L13: waited for no more (superseded, L5)
+    h.send(EngineChanged("lmstudio"), at=2)
+    h.load_ok(load)  # lands at 2: kept as the pinned resident
+    (view,) = h.core.residents_view()
+    assert (view.model, view.pinned, view.last_used, view.idle_deadline) == (P, True, 2, None)
+    h.send(Select(P), at=3)  # L24: current now, loaded by lmkeeperd (not adopted)
+    assert (h.core.model, h.core.instance_id) == (P, P) and h.core.adopted is False
+
+
 # --- an unload command meets a pinned load (L18, L28) ---------------------------------
 
 
@@ -133,6 +146,24 @@ def test_L16_L28_exit_stops_waiting_for_a_pinned_load_in_flight() -> None:
     out = h.send(Shutdown(), at=1)
     assert [c.op for c in h.cancels(out)] == [pin.op]
     assert h.core.residents_view() == () and h.core.loads_in_flight == 0
+
+
+def test_L13_L28_a_pinned_load_landing_after_the_engine_changed_is_unloaded_not_kept() -> None:
+    h = Harness(switch_debounce=0, pinned=(P,))
+    (pin,) = h.loads(h.send(ServerSnapshot({}), at=0))
+    out = h.send(EngineChanged("ollama"), at=1)
+    assert [c.op for c in h.cancels(out)] == [pin.op] and h.core.loads_in_flight == 0
+    out = h.load_ok(pin)  # L5: a load nobody waits for lands: its instance goes
+    assert [(u.model, u.reason) for u in h.unloads(out)] == [(P, "superseded")]
+    assert h.core.residents == {} and h.events("pinned_loaded", out) == []
+
+
+def test_L13_L28_an_unload_in_flight_is_no_pinned_load_to_cancel_when_the_engine_changes() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A, at=0)
+    h.send(Select(B), at=1)  # L4: A's unload first
+    out = h.send(EngineChanged("ollama"), at=2)
+    assert h.cancels(out) == [] and h.core.unloads_in_flight == 1
 
 
 # --- the budget status shows (L25, L30) ------------------------------------------------

@@ -123,3 +123,14 @@ def test_L19_lm_studios_last_use_starts_a_timer_that_was_not_running() -> None:
     assert h.core.state is State.LOADED and h.core.next_deadline() is None
     h.send(ServerActivity(A, False, "idle", 0, 8), at=10)
     assert h.core.next_deadline() == 108
+
+
+def test_L20_an_unload_found_busy_says_which_model_instance_and_reason() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    (load,) = h.loads(h.send(Select(A), at=0))
+    h.load_ok(load, "A-1")
+    (eject,) = h.unloads(h.tick(10))
+    out = h.send(UnloadDeferred(eject.op, "generating", 2), at=11)
+    assert h.events("unload_deferred", out) == [
+        {"model": A, "instance_id": "A-1", "reason": "idle", "doing": "generating, 2 queued"}
+    ]
