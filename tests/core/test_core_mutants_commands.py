@@ -11,12 +11,13 @@ from lmkeeperd.core import (
     OwnStray,
     Select,
     ServerSnapshot,
+    StreamStarted,
     UnloadCommand,
     UnloadDeferred,
     UnloadFailed,
 )
 
-A, B = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b"
+A, B, D = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "draft/tiny-0.5b"
 
 
 def test_L18_a_failed_unload_command_names_the_model_before_the_error() -> None:
@@ -51,3 +52,25 @@ def test_L22_an_adopted_stray_is_announced_with_its_instance() -> None:
     out = h.send(OwnStray(A, "A-9"), at=0.1)
     assert h.events("stray_adopted", out) == [{"model": A, "instance_id": "A-9"}]
     assert h.core.instance_id == "A-9"
+
+
+def test_L18_L15_a_command_naming_the_draft_unloads_it_before_any_look_at_the_server() -> None:
+    h = Harness(switch_debounce=0, draft_model=D)
+    h.loaded(A)
+    h.load_ok(h.loads()[-1], "d-1")  # the draft D goes with A (L15)
+    out = h.send(UnloadCommand(1, D), at=1)  # no snapshot yet: the core knows its draft
+    assert [(u.model, u.instance_id, u.reason) for u in h.unloads(out)] == [(D, "d-1", "command")]
+    assert h.core.draft is None and h.core.model == A
+
+
+def test_L7_two_streams_are_counted_in_the_plural_in_status_and_the_commands_answer() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    h.send(StreamStarted(1), at=1)
+    h.send(StreamStarted(2), at=1)
+    h.send(Select(B), at=2)  # queued behind the streams (L7)
+    assert h.core.explain(3).waiting_for == "2 streams to end"
+    (done,) = h.done(h.send(UnloadCommand(1), at=3))
+    assert done.error == (
+        "2 streams open: lmkeeperd never unloads under a stream; try again when they end"
+    )
