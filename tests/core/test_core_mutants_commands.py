@@ -8,8 +8,10 @@ from __future__ import annotations
 from core_harness import Harness
 
 from lmkeeperd.core import (
+    CommandDone,
     OwnStray,
     Select,
+    ServerActivity,
     ServerSnapshot,
     StreamStarted,
     UnloadCommand,
@@ -74,3 +76,50 @@ def test_L7_two_streams_are_counted_in_the_plural_in_status_and_the_commands_ans
     assert done.error == (
         "2 streams open: lmkeeperd never unloads under a stream; try again when they end"
     )
+
+
+def test_L18_L15_a_command_naming_another_model_leaves_the_draft_alone() -> None:
+    h = Harness(switch_debounce=0, draft_model=D)
+    h.loaded(A)
+    h.load_ok(h.loads()[-1], "d-1")  # the draft D goes with A (L15)
+    h.send(ServerSnapshot({A: (A,), D: ("d-1",), B: ("b-gui",)}), at=1)
+    out = h.send(UnloadCommand(1, B), at=2)
+    assert [(u.model, u.instance_id) for u in h.unloads(out)] == [(B, "b-gui")]
+    assert h.core.draft == (D, "d-1")
+
+
+def test_L18_a_command_naming_a_model_not_on_the_server_is_answered_at_once() -> None:
+    h = Harness(switch_debounce=0)
+    out = h.send(UnloadCommand(7, B), at=1)
+    assert h.done(out) == [CommandDone(7, f"model {B!r} is not loaded on the server")]
+
+
+def test_L18_L19_a_command_naming_a_busy_model_says_what_lm_studio_does_with_it() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)  # ours, idle: the error is about B's instance, not ours
+    h.send(ServerSnapshot({A: (A,), B: ("b-gui",)}), at=1)
+    h.send(ServerActivity("b-gui", True, "generating", 1), at=2)
+    out = h.send(UnloadCommand(7, B), at=3)
+    assert h.unloads(out) == []
+    assert h.done(out) == [
+        CommandDone(
+            7,
+            f"{B} is in use on the server (generating, 1 queued): lmkeeperd never unloads "
+            "a model in use; try again when it is idle",
+        )
+    ]
+
+
+def test_L18_L19_a_command_unloads_the_free_instances_and_names_the_busy_one() -> None:
+    h = Harness(switch_debounce=0)
+    h.send(ServerSnapshot({B: ("b-1", "b-2")}), at=0)
+    h.send(ServerActivity("b-1", True, "processingPrompt"), at=1)
+    (unload,) = h.unloads(h.send(UnloadCommand(7, B), at=2))
+    assert unload.instance_id == "b-2"
+    assert h.done(h.unload_ok(unload)) == [
+        CommandDone(
+            7,
+            f"{B} is in use on the server (processingPrompt): lmkeeperd never unloads "
+            "a model in use; try again when it is idle",
+        )
+    ]
