@@ -10,15 +10,18 @@ from __future__ import annotations
 from core_harness import Harness
 
 from lmkeeperd.core import (
+    OwnStray,
     Select,
     ServerActivity,
     ServerSnapshot,
     State,
     StreamStarted,
+    UnloadCommand,
     UnloadDeferred,
 )
 
 A, B, C, D = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "google/gemma-3-12b", "ibm/granite-8b"
+DRAFT = "draft/tiny-0.5b"
 REFUSED = "Failed to load model: insufficient system resources"
 
 
@@ -94,3 +97,34 @@ def test_L25_status_says_a_resident_when_those_in_use_are_gone() -> None:
     why = h.core.explain(6)
     assert why.waiting_for == f"a resident to be idle to make room for {D}"
     assert why.waiting_until == 34  # then D loads beside them anyway (L25)
+
+
+# --- L22, L28: which strays of ours are kept as residents ------------------------------
+
+
+def test_L22_L15_a_stray_of_the_draft_model_is_unloaded_never_kept_as_a_resident() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2, draft_model=DRAFT)
+    h.loaded(A, at=0)
+    h.load_ok(h.loads()[-1], "d-1")  # the draft goes with A (L15)
+    out = h.send(OwnStray(DRAFT, "d-old"), at=1)  # room for a resident, but it is the draft
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("d-old", "stray")]
+    assert h.core.residents == {} and h.core.draft == (DRAFT, "d-1")
+
+
+def test_L22_L5_a_stray_of_a_model_whose_superseded_load_is_in_flight_is_unloaded() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.send(Select(A), at=0)
+    h.send(UnloadCommand(1), at=1)  # A's load is superseded (L5): it still runs
+    out = h.send(OwnStray(A, "A-old"), at=2)  # never a second instance of a model loading
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("A-old", "stray")]
+    assert h.core.residents == {}
+
+
+def test_L22_L30_a_stray_is_not_kept_when_a_load_in_flight_and_a_queued_one_fill_it() -> None:
+    h = Harness(switch_debounce=0, max_loaded=3)
+    h.loaded(A, at=0)
+    assert h.loads(h.send(Select(B), at=1))  # B loads beside A
+    h.send(Select(C), at=2)  # queued behind B's load (L30)
+    out = h.send(OwnStray(D, "D-j"), at=3)  # A, B and C take max_loaded 3
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("D-j", "stray")]
+    assert h.core.residents == {A: A}
