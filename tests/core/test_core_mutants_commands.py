@@ -123,3 +123,38 @@ def test_L18_L19_a_command_unloads_the_free_instances_and_names_the_busy_one() -
             "a model in use; try again when it is idle",
         )
     ]
+
+
+def test_L18_with_nothing_loaded_the_command_says_so() -> None:
+    h = Harness(switch_debounce=0)
+    assert h.done(h.send(UnloadCommand(5), at=1)) == [
+        CommandDone(5, "nothing is loaded by lmkeeperd")
+    ]
+
+
+def test_L18_L5_a_command_during_a_load_drops_it_answers_and_says_why() -> None:
+    h = Harness(switch_debounce=0)
+    (load,) = h.loads(h.send(Select(A), at=0))
+    out = h.send(UnloadCommand(5), at=1)
+    assert h.done(out) == [CommandDone(5)] and [c.op for c in h.cancels(out)] == [load.op]
+    why = h.core.explain(2)
+    assert (why.state, why.cause, why.cause_at) == ("idle", "unloaded by command", 1)
+
+
+def test_L18_a_command_while_our_model_unloads_is_answered_when_that_unload_is_done() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    h.loaded(A)
+    (eject,) = h.unloads(h.tick(10))
+    out = h.send(UnloadCommand(5), at=11)
+    assert h.done(out) == [] and h.unloads(out) == []  # it waits for the eject in flight
+    assert h.done(h.unload_ok(eject)) == [CommandDone(5)]
+
+
+def test_L18_L17_a_model_unloaded_by_command_is_not_restored_after_an_outage() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    (unload,) = h.unloads(h.send(UnloadCommand(5), at=1))
+    why = h.core.explain(2)
+    assert (why.in_flight, why.in_flight_since, why.cause) == ("unload", 1, "unloaded by command")
+    h.unload_ok(unload)
+    assert h.loads(h.send(ServerSnapshot({}, after_outage=True), at=3)) == []
