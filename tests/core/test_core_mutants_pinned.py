@@ -16,6 +16,7 @@ from lmkeeperd.core import (
     EngineChanged,
     LoadFinished,
     ModelEstimates,
+    OwnStray,
     Select,
     ServerSnapshot,
     SettingsChanged,
@@ -115,6 +116,33 @@ def test_L28_L5_a_superseded_selection_load_kept_as_pinned_is_ours_and_used_now(
     assert (view.model, view.pinned, view.last_used, view.idle_deadline) == (P, True, 2, None)
     h.send(Select(P), at=3)  # L24: current now, loaded by lmkeeperd (not adopted)
     assert (h.core.model, h.core.instance_id) == (P, P) and h.core.adopted is False
+
+
+# --- strays of ours of a pinned model (L22, L28) ---------------------------------------
+
+
+def test_L22_L28_a_stray_of_a_pinned_model_is_kept_and_its_pinned_load_waited_for_no_more() -> None:
+    h = Harness(switch_debounce=0, pinned=(P,))
+    h.loaded(A, at=0)
+    assert h.unloads(h.send(UnloadCommand(1), at=1))  # A's unload is in flight meanwhile
+    (pin,) = h.loads(h.send(ServerSnapshot({}), at=2))
+    out = h.send(OwnStray(P, "p-old"), at=3)  # e.g. journaled before a restart
+    assert [c.op for c in h.cancels(out)] == [pin.op] and h.unloads(out) == []
+    assert h.events("pinned_loaded", out) == [{"model": P}]
+    assert h.core.residents == {P: "p-old"}
+    out = h.load_ok(pin, "p-new")  # the load nobody waits for lands: never two (L5)
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("p-new", "superseded")]
+
+
+def test_L22_L28_a_second_instance_of_a_pinned_resident_is_a_stray_to_unload() -> None:
+    h = Harness(switch_debounce=0, pinned=(P,))
+    (pin,) = h.loads(h.send(ServerSnapshot({}), at=0))
+    h.load_ok(pin, "p-1")
+    assert h.send(OwnStray(P, "p-1"), at=1) == []  # the resident's own instance: nothing
+    out = h.send(OwnStray(P, "p-2"), at=2)
+    assert h.events("stray_found", out) == [{"model": P, "instance_id": "p-2"}]
+    assert [(u.model, u.instance_id, u.reason) for u in h.unloads(out)] == [(P, "p-2", "stray")]
+    assert h.core.residents == {P: "p-1"}
 
 
 # --- an unload command meets a pinned load (L18, L28) ---------------------------------
