@@ -14,6 +14,7 @@ from core_harness import Harness
 from lmkeeperd.core import (
     Activity,
     EngineChanged,
+    LoadFailed,
     LoadFinished,
     ModelEstimates,
     OwnStray,
@@ -143,6 +144,41 @@ def test_L22_L28_a_second_instance_of_a_pinned_resident_is_a_stray_to_unload() -
     assert h.events("stray_found", out) == [{"model": P, "instance_id": "p-2"}]
     assert [(u.model, u.instance_id, u.reason) for u in h.unloads(out)] == [(P, "p-2", "stray")]
     assert h.core.residents == {P: "p-1"}
+
+
+def test_L22_L28_L30_a_stray_kept_as_pinned_settles_one_abandoned_load_of_it() -> None:
+    h = Harness(switch_debounce=0, pinned=(P,))
+    h.send(ModelEstimates({P: 6}))
+    (pin,) = h.loads(h.send(ServerSnapshot({}), at=0))
+    h.send(LoadFailed(pin.op, "timed out", abandoned=True), at=1)  # may still land (L30)
+    (load,) = h.loads(h.send(Select(P), at=2))
+    h.send(LoadFailed(load.op, "timed out", abandoned=True), at=3)  # a second one
+    assert h.core.budget_used_gb() == 12
+    out = h.send(OwnStray(P, "p-late"), at=4)  # one of them landed: kept as the pinned one
+    assert h.events("pinned_loaded", out) == [{"model": P}] and h.unloads(out) == []
+    assert h.core.budget_used_gb() == 12  # the resident, and the other load still counted
+    (view,) = h.core.residents_view()
+    assert (view.model, view.instance_id, view.last_used) == (P, "p-late", 4)
+    h.send(Select(P), at=5)  # L24: current now; lmkeeperd started it (not adopted)
+    assert h.core.model == P and h.core.adopted is False
+
+
+def test_L22_L28_a_stray_of_a_pinned_model_is_kept_while_another_models_load_runs() -> None:
+    h = Harness(switch_debounce=0, pinned=(P,))
+    assert h.loads(h.send(Select(A), at=0))  # A's load is in flight; no pins started yet
+    out = h.send(OwnStray(P, "p-old"), at=1)
+    assert h.events("pinned_loaded", out) == [{"model": P}] and h.unloads(out) == []
+    assert h.cancels(out) == [] and h.core.residents == {P: "p-old"}
+
+
+def test_L22_L5_a_stray_of_a_pinned_model_whose_selection_load_still_runs_is_unloaded() -> None:
+    h = Harness(switch_debounce=0, pinned=(P,))
+    (load,) = h.loads(h.send(Select(P), at=0))  # a selection's load of P (no pins yet)
+    h.send(UnloadCommand(1), at=1)  # superseded (L5): it still runs and lands as pinned
+    out = h.send(OwnStray(P, "p-x"), at=2)  # never two instances
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("p-x", "stray")]
+    out = h.load_ok(load, "p-1")
+    assert h.events("pinned_loaded", out) == [{"model": P}] and h.core.residents == {P: "p-1"}
 
 
 # --- an unload command meets a pinned load (L18, L28) ---------------------------------

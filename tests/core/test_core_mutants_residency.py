@@ -10,11 +10,14 @@ from __future__ import annotations
 from core_harness import Harness
 
 from lmkeeperd.core import (
+    LoadFailed,
+    ModelEstimates,
     OwnStray,
     Select,
     ServerActivity,
     ServerSnapshot,
     State,
+    StreamEnded,
     StreamStarted,
     UnloadCommand,
     UnloadDeferred,
@@ -128,3 +131,42 @@ def test_L22_L30_a_stray_is_not_kept_when_a_load_in_flight_and_a_queued_one_fill
     out = h.send(OwnStray(D, "D-j"), at=3)  # A, B and C take max_loaded 3
     assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("D-j", "stray")]
     assert h.core.residents == {A: A}
+
+
+def test_L22_L30_a_stray_is_not_kept_when_a_load_in_flight_takes_the_budget() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2, budget_gb=10, pinned=(B,))
+    h.send(ModelEstimates({B: 6, C: 6}))
+    assert h.loads(h.send(ServerSnapshot({}), at=0))  # B's pinned load counts (L30)
+    out = h.send(OwnStray(C, "C-j"), at=1)  # 6 + 6 GB: over the 10 GB budget
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("C-j", "stray")]
+
+
+def test_L22_L28_a_stray_kept_beside_nothing_says_so_and_was_used_now() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.send(StreamStarted(1), at=1)
+    h.send(StreamEnded(1), at=2)  # nothing loaded: that use was nobody's
+    out = h.send(OwnStray(C, "C-j"), at=5)
+    assert h.events("stray_adopted", out) == [{"model": C, "instance_id": "C-j", "resident": True}]
+    (view,) = h.core.residents_view()
+    assert (view.model, view.last_used) == (C, 5)
+
+
+def test_L22_L25_a_stray_kept_at_the_current_models_last_use_goes_before_it() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    late = "zyphra/zamba2-7b"  # after A by name: the order would pick A on a tie
+    h.loaded(A, at=5)
+    h.send(OwnStray(late, "Z-j"), at=5)  # kept, used just before A
+    out = h.send(Select(C), at=6)  # room for C: the least recently used goes
+    assert [(u.model, u.reason) for u in h.unloads(out)] == [(late, "switch")]
+    assert h.core.model == C and h.core.residents == {A: A}
+
+
+def test_L22_L30_an_abandoned_load_that_lands_as_a_stray_counts_once() -> None:
+    h = Harness(switch_debounce=0)
+    h.send(ModelEstimates({B: 6}))
+    (load,) = h.loads(h.send(Select(B), at=0))
+    h.send(LoadFailed(load.op, "timed out", abandoned=True), at=1)  # it may still land
+    assert h.core.budget_used_gb() == 6
+    out = h.send(OwnStray(B, "B-late"), at=2)  # it landed: still wanted, adopted
+    assert h.events("stray_adopted", out) == [{"model": B, "instance_id": "B-late"}]
+    assert h.core.model == B and h.core.budget_used_gb() == 6
