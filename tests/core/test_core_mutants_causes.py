@@ -15,9 +15,10 @@ from lmkeeperd.core import (
     StreamStarted,
     UnloadCommand,
     UnloadFailed,
+    UnloadFinished,
 )
 
-A, B = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b"
+A, B, D = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "draft/tiny-0.5b"
 
 
 def test_L11_a_failed_idle_eject_says_idle_eject_and_the_error() -> None:
@@ -53,3 +54,23 @@ def test_L13_L22_an_engine_change_still_unloads_a_stray_that_waited_for_streams(
     h.send(OwnStray(B, "B-old"), at=2)  # deferred: a stream is open (L7)
     out = h.send(EngineChanged("ollama"), at=3)  # streams are forgotten with the engine
     assert [(u.model, u.instance_id, u.reason) for u in h.unloads(out)] == [(B, "B-old", "stray")]
+
+
+def test_L11_a_failed_unload_is_announced_and_kept_as_the_last_error() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    h.loaded(A)
+    (eject,) = h.unloads(h.tick(10))
+    out = h.send(UnloadFailed(eject.op, "boom"), at=11)
+    assert h.events("unload_failed", out) == [{"model": A, "reason": "idle", "error": "boom"}]
+    assert h.core.last_error == f"unload of {A} failed: boom"
+
+
+def test_L4_L15_the_drafts_unload_ending_first_does_not_start_the_switchs_load() -> None:
+    h = Harness(switch_debounce=0, draft_model=D)
+    h.loaded(A)
+    h.load_ok(h.loads()[-1], "d-1")  # the draft goes with A (L15)
+    out = h.send(Select(B), at=1)  # L4: A (and its draft) are unloaded first
+    by_model = {u.model: u for u in h.unloads(out)}
+    out = h.send(UnloadFinished(by_model[D].op), at=2)
+    assert h.loads(out) == [] and h.core.model == A and h.core.state.value == "unloading"
+    assert [a.model for a in h.loads(h.unload_ok(by_model[A]))] == [B]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from core_harness import Harness
 
 from lmkeeperd.core import (
+    EngineChanged,
     LoadFailed,
     ModelEstimates,
     OwnStray,
@@ -170,3 +171,26 @@ def test_L22_L30_an_abandoned_load_that_lands_as_a_stray_counts_once() -> None:
     out = h.send(OwnStray(B, "B-late"), at=2)  # it landed: still wanted, adopted
     assert h.events("stray_adopted", out) == [{"model": B, "instance_id": "B-late"}]
     assert h.core.model == B and h.core.budget_used_gb() == 6
+
+
+def test_L27_L13_a_refusal_waiting_for_its_eviction_is_forgotten_once_it_is_done() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.loaded(A, at=0)
+    (load,) = h.loads(h.send(Select(B), at=1))  # A stays beside B
+    (evict,) = h.unloads(h.load_err(load, REFUSED, refused=True))
+    assert "LM Studio refused" in str(h.core.explain(2).waiting_for)
+    h.send(EngineChanged("ollama"), at=3)  # L13: no retry on another engine
+    out = h.unload_ok(evict)
+    assert h.loads(out) == [] and h.core.explain(4).waiting_for is None
+
+
+def test_L22_L30_a_stray_adopted_while_its_selection_waited_for_a_load_is_not_pending() -> None:
+    h = Harness(switch_debounce=0)
+    h.send(Select(A), at=0)
+    h.send(UnloadCommand(1), at=1)  # A's load superseded (L5): it still runs
+    h.send(Select(B), at=2)  # waits for that load (L30)
+    assert h.core.pending == B
+    out = h.send(OwnStray(B, "B-j"), at=3)  # B turns up: ours, adopted
+    assert h.events("stray_adopted", out) == [{"model": B, "instance_id": "B-j"}]
+    assert (h.core.model, h.core.instance_id, h.core.pending) == (B, "B-j", None)
+    assert h.core.adopted is False  # lmkeeperd started it
