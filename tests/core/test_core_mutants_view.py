@@ -9,6 +9,7 @@ from __future__ import annotations
 from core_harness import Harness
 
 from lmkeeperd.core import (
+    LoadFinished,
     OwnStray,
     Select,
     ServerActivity,
@@ -102,3 +103,23 @@ def test_L24_L19_a_busy_resident_selected_again_is_in_use_at_once() -> None:
     h.send(Select(A), at=3)
     why = h.core.explain(4)
     assert (why.state, why.model, why.cause) == ("streaming", A, "resident selected")
+
+
+def test_L1_a_finished_load_says_how_long_it_took_to_the_millisecond_and_why() -> None:
+    h = Harness(switch_debounce=0)
+    (load,) = h.loads(h.send(Select(A), at=1.0))
+    out = h.send(LoadFinished(load.op, A), at=2.23456)
+    assert h.events("load_finished", out) == [
+        {"model": A, "seconds": 1.235, "adopted": False, "draft": False}
+    ]
+    why = h.core.explain(3)
+    assert (why.state, why.cause, why.cause_at) == ("loaded", "loaded", 2.23456)
+
+
+def test_L17_a_load_that_found_the_model_loaded_says_adopted() -> None:
+    h = Harness(switch_debounce=0)
+    (load,) = h.loads(h.send(Select(A), at=1))
+    out = h.send(LoadFinished(load.op, "A-gui", adopted=True), at=2)
+    assert h.events("load_finished", out)[0]["adopted"] is True
+    why = h.core.explain(3)
+    assert (why.state, why.cause, h.core.adopted) == ("loaded", "adopted", True)
