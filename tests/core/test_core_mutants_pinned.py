@@ -207,6 +207,7 @@ def test_L16_L28_exit_stops_waiting_for_a_pinned_load_in_flight() -> None:
     h = Harness(switch_debounce=0, pinned=(P,))
     (pin,) = h.loads(h.send(ServerSnapshot({}), at=0))
     assert [v.state for v in h.core.residents_view()] == ["loading"]
+    assert h.core.loads_in_flight == 1
     out = h.send(Shutdown(), at=1)
     assert [c.op for c in h.cancels(out)] == [pin.op]
     assert h.core.residents_view() == () and h.core.loads_in_flight == 0
