@@ -73,6 +73,18 @@ def test_L27_L6_a_refused_load_fails_when_every_eviction_finds_its_resident_busy
     assert h.loads(out) == []
 
 
+def test_L6_L27_a_load_that_fails_for_another_reason_evicts_nothing() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.loaded(A, at=0)
+    (load,) = h.loads(h.send(Select(B), at=1))  # A stays beside B
+    out = h.load_err(load, "model file is corrupt")  # not LM Studio's guardrail
+    assert h.unloads(out) == [] and h.events("evicted", out) == []
+    assert h.events("load_failed", out) == [
+        {"model": B, "error": "model file is corrupt", "draft": False}
+    ]
+    assert h.core.residents == {A: A}
+
+
 # --- L25: what status says a switch waits for -----------------------------------------
 
 
