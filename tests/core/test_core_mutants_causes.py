@@ -12,6 +12,7 @@ from lmkeeperd.core import (
     EngineChanged,
     OwnStray,
     Select,
+    StreamEnded,
     StreamStarted,
     UnloadCommand,
     UnloadFailed,
@@ -74,3 +75,23 @@ def test_L4_L15_the_drafts_unload_ending_first_does_not_start_the_switchs_load()
     out = h.send(UnloadFinished(by_model[D].op), at=2)
     assert h.loads(out) == [] and h.core.model == A and h.core.state.value == "unloading"
     assert [a.model for a in h.loads(h.unload_ok(by_model[A]))] == [B]
+
+
+def test_L7_L8_one_of_two_streams_ending_unloads_nothing_and_the_last_says_why() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    h.send(StreamStarted(1), at=1)
+    h.send(StreamStarted(2), at=1)
+    h.send(OwnStray(B, "B-old"), at=2)  # L22: waits for the streams (L7)
+    out = h.send(StreamEnded(1), at=3)
+    assert h.unloads(out) == [] and h.core.state.value == "streaming"
+    out = h.send(StreamEnded(2), at=4)
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("B-old", "stray")]
+    why = h.core.explain(5)
+    assert (why.state, why.cause, why.cause_at) == ("loaded", "stream ended", 4)
+
+
+def test_L22_a_model_loading_has_no_instance_of_ours_yet() -> None:
+    h = Harness(switch_debounce=0)
+    h.send(Select(A), at=0)
+    assert h.core.owned_instances() == {}

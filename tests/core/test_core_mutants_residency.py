@@ -61,6 +61,7 @@ def test_L27_L6_a_refused_load_fails_when_every_eviction_finds_its_resident_busy
     (load,) = h.loads(h.send(Select(C), at=2))  # B stays beside C
     (evict_a,) = h.unloads(h.load_err(load, REFUSED, refused=True))
     assert evict_a.model == A  # the least recently used first
+    assert h.core.explain(2.5).cause == f"load refused: {REFUSED}"
     out = h.send(UnloadDeferred(evict_a.op, "generating"), at=3)  # L20: looked, busy
     (evict_b,) = h.unloads(out)  # the next idle resident instead
     assert evict_b.model == B and h.loads(out) == []
@@ -83,6 +84,8 @@ def test_L6_L27_a_load_that_fails_for_another_reason_evicts_nothing() -> None:
         {"model": B, "error": "model file is corrupt", "draft": False}
     ]
     assert h.core.residents == {A: A}
+    out = h.send(ServerSnapshot({A: (A,)}, after_outage=True), at=3)
+    assert h.loads(out) == []  # L6: a failed load is retried only by a new selection
 
 
 # --- L25: what status says a switch waits for -----------------------------------------
@@ -206,3 +209,13 @@ def test_L22_L30_a_stray_adopted_while_its_selection_waited_for_a_load_is_not_pe
     assert h.events("stray_adopted", out) == [{"model": B, "instance_id": "B-j"}]
     assert (h.core.model, h.core.instance_id, h.core.pending) == (B, "B-j", None)
     assert h.core.adopted is False  # lmkeeperd started it
+
+
+def test_L28_L9_a_stream_on_a_resident_ending_is_not_the_current_models_use() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.loaded(A, at=0)
+    h.loaded(B, at=1)  # A stays beside B; B's last use is 1
+    h.send(StreamStarted(1, A), at=5)
+    h.send(StreamEnded(1), at=6)
+    views = {v.model: v for v in h.core.residents_view()}
+    assert (views[B].last_used, views[A].last_used) == (1, 6)
