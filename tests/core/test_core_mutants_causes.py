@@ -83,6 +83,8 @@ def test_L7_L8_one_of_two_streams_ending_unloads_nothing_and_the_last_says_why()
     h.send(StreamStarted(1), at=1)
     h.send(StreamStarted(2), at=1)
     h.send(OwnStray(B, "B-old"), at=2)  # L22: waits for the streams (L7)
+    why = h.core.explain(2)
+    assert (why.state, why.cause, why.cause_at) == ("streaming", "stream started", 1)
     out = h.send(StreamEnded(1), at=3)
     assert h.unloads(out) == [] and h.core.state.value == "streaming"
     out = h.send(StreamEnded(2), at=4)
