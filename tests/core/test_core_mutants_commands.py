@@ -8,15 +8,18 @@ from __future__ import annotations
 from core_harness import Harness
 
 from lmkeeperd.core import (
+    CommandDone,
     OwnStray,
     Select,
+    ServerActivity,
     ServerSnapshot,
+    StreamStarted,
     UnloadCommand,
     UnloadDeferred,
     UnloadFailed,
 )
 
-A, B = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b"
+A, B, D = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "draft/tiny-0.5b"
 
 
 def test_L18_a_failed_unload_command_names_the_model_before_the_error() -> None:
@@ -51,3 +54,107 @@ def test_L22_an_adopted_stray_is_announced_with_its_instance() -> None:
     out = h.send(OwnStray(A, "A-9"), at=0.1)
     assert h.events("stray_adopted", out) == [{"model": A, "instance_id": "A-9"}]
     assert h.core.instance_id == "A-9"
+
+
+def test_L18_L15_a_command_naming_the_draft_unloads_it_before_any_look_at_the_server() -> None:
+    h = Harness(switch_debounce=0, draft_model=D)
+    h.loaded(A)
+    h.load_ok(h.loads()[-1], "d-1")  # the draft D goes with A (L15)
+    out = h.send(UnloadCommand(1, D), at=1)  # no snapshot yet: the core knows its draft
+    assert [(u.model, u.instance_id, u.reason) for u in h.unloads(out)] == [(D, "d-1", "command")]
+    assert h.core.draft is None and h.core.model == A
+
+
+def test_L7_two_streams_are_counted_in_the_plural_in_status_and_the_commands_answer() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    h.send(StreamStarted(1), at=1)
+    h.send(StreamStarted(2), at=1)
+    h.send(Select(B), at=2)  # queued behind the streams (L7)
+    assert h.core.explain(3).waiting_for == "2 streams to end"
+    (done,) = h.done(h.send(UnloadCommand(1), at=3))
+    assert done.error == (
+        "2 streams open: lmkeeperd never unloads under a stream; try again when they end"
+    )
+
+
+def test_L18_L15_a_command_naming_another_model_leaves_the_draft_alone() -> None:
+    h = Harness(switch_debounce=0, draft_model=D)
+    h.loaded(A)
+    h.load_ok(h.loads()[-1], "d-1")  # the draft D goes with A (L15)
+    h.send(ServerSnapshot({A: (A,), D: ("d-1",), B: ("b-gui",)}), at=1)
+    out = h.send(UnloadCommand(1, B), at=2)
+    assert [(u.model, u.instance_id) for u in h.unloads(out)] == [(B, "b-gui")]
+    assert h.core.draft == (D, "d-1")
+
+
+def test_L18_a_command_naming_a_model_not_on_the_server_is_answered_at_once() -> None:
+    h = Harness(switch_debounce=0)
+    out = h.send(UnloadCommand(7, B), at=1)
+    assert h.done(out) == [CommandDone(7, f"model {B!r} is not loaded on the server")]
+
+
+def test_L18_L19_a_command_naming_a_busy_model_says_what_lm_studio_does_with_it() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)  # ours, idle: the error is about B's instance, not ours
+    h.send(ServerSnapshot({A: (A,), B: ("b-gui",)}), at=1)
+    h.send(ServerActivity("b-gui", True, "generating", 1), at=2)
+    out = h.send(UnloadCommand(7, B), at=3)
+    assert h.unloads(out) == []
+    assert h.done(out) == [
+        CommandDone(
+            7,
+            f"{B} is in use on the server (generating, 1 queued): lmkeeperd never unloads "
+            "a model in use; try again when it is idle",
+        )
+    ]
+
+
+def test_L18_L19_a_command_unloads_the_free_instances_and_names_the_busy_one() -> None:
+    h = Harness(switch_debounce=0)
+    h.send(ServerSnapshot({B: ("b-1", "b-2")}), at=0)
+    h.send(ServerActivity("b-1", True, "processingPrompt"), at=1)
+    (unload,) = h.unloads(h.send(UnloadCommand(7, B), at=2))
+    assert unload.instance_id == "b-2"
+    assert h.done(h.unload_ok(unload)) == [
+        CommandDone(
+            7,
+            f"{B} is in use on the server (processingPrompt): lmkeeperd never unloads "
+            "a model in use; try again when it is idle",
+        )
+    ]
+
+
+def test_L18_with_nothing_loaded_the_command_says_so() -> None:
+    h = Harness(switch_debounce=0)
+    assert h.done(h.send(UnloadCommand(5), at=1)) == [
+        CommandDone(5, "nothing is loaded by lmkeeperd")
+    ]
+
+
+def test_L18_L5_a_command_during_a_load_drops_it_answers_and_says_why() -> None:
+    h = Harness(switch_debounce=0)
+    (load,) = h.loads(h.send(Select(A), at=0))
+    out = h.send(UnloadCommand(5), at=1)
+    assert h.done(out) == [CommandDone(5)] and [c.op for c in h.cancels(out)] == [load.op]
+    why = h.core.explain(2)
+    assert (why.state, why.cause, why.cause_at) == ("idle", "unloaded by command", 1)
+
+
+def test_L18_a_command_while_our_model_unloads_is_answered_when_that_unload_is_done() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    h.loaded(A)
+    (eject,) = h.unloads(h.tick(10))
+    out = h.send(UnloadCommand(5), at=11)
+    assert h.done(out) == [] and h.unloads(out) == []  # it waits for the eject in flight
+    assert h.done(h.unload_ok(eject)) == [CommandDone(5)]
+
+
+def test_L18_L17_a_model_unloaded_by_command_is_not_restored_after_an_outage() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    (unload,) = h.unloads(h.send(UnloadCommand(5), at=1))
+    why = h.core.explain(2)
+    assert (why.in_flight, why.in_flight_since, why.cause) == ("unload", 1, "unloaded by command")
+    h.unload_ok(unload)
+    assert h.loads(h.send(ServerSnapshot({}, after_outage=True), at=3)) == []

@@ -30,6 +30,7 @@ def test_L15_L20_a_switch_looks_first_before_unloading_the_draft_too() -> None:
         (A, A, "switch", True),
         (D, "d-1", "switch", True),
     ]
+    assert h.core.draft is None  # on its way out: no longer the draft status shows
 
 
 def test_L15_L20_a_forced_switch_unloads_the_draft_without_looking() -> None:
@@ -52,3 +53,17 @@ def test_L20_L28_a_resident_idled_out_beside_the_current_model_is_looked_at_firs
     h.load_ok(load_b)  # B's own timer runs from 5
     out = h.tick(11)
     assert [(u.model, u.reason, u.look_first) for u in h.unloads(out)] == [(A, "idle", True)]
+
+
+def test_L11_an_idle_eject_says_why_while_it_unloads() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=0.5)  # under a second still ejects
+    h.loaded(A)
+    (eject,) = h.unloads(h.tick(0.5))
+    assert (eject.model, eject.reason) == (A, "idle")
+    why = h.core.explain(0.6)
+    assert (why.state, why.cause, why.cause_at, why.in_flight) == (
+        "unloading",
+        "idle eject",
+        0.5,
+        "unload",
+    )

@@ -19,6 +19,7 @@ from lmkeeperd.core import (
     Shutdown,
     State,
     StreamStarted,
+    UnloadCommand,
     UnloadDeferred,
 )
 
@@ -121,3 +122,16 @@ def test_L11_settings_change_starts_the_idle_timer_from_now_when_no_use_is_known
     assert h.core.state is State.LOADED and h.core.next_deadline() is None
     h.send(SettingsChanged(Settings(switch_debounce=0, idle_timeout=50)), at=10)
     assert h.core.next_deadline() == 60
+
+
+def test_L13_L20_an_eject_in_flight_when_the_engine_changes_still_goes_once_idle() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    h.loaded(A)
+    (eject,) = h.unloads(h.tick(10))
+    h.send(UnloadCommand(1), at=11)  # answered with the eject in flight
+    h.send(EngineChanged("ollama"), at=12)  # L13: that unload finishes in the background
+    out = h.send(UnloadDeferred(eject.op, "generating"), at=13)  # LM Studio was busy
+    assert [d.request for d in h.done(out)] == [1] and h.done(out)[0].error
+    assert h.core.deferred_unloads == ((A, A, "idle"),)  # it waits for A to be idle
+    out = h.send(ServerActivity(A, busy=False), at=14)
+    assert [(u.model, u.instance_id, u.reason) for u in h.unloads(out)] == [(A, A, "idle")]

@@ -123,3 +123,51 @@ def test_L19_lm_studios_last_use_starts_a_timer_that_was_not_running() -> None:
     assert h.core.state is State.LOADED and h.core.next_deadline() is None
     h.send(ServerActivity(A, False, "idle", 0, 8), at=10)
     assert h.core.next_deadline() == 108
+
+
+def test_L20_an_unload_found_busy_says_which_model_instance_and_reason() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    (load,) = h.loads(h.send(Select(A), at=0))
+    h.load_ok(load, "A-1")
+    (eject,) = h.unloads(h.tick(10))
+    out = h.send(UnloadDeferred(eject.op, "generating", 2), at=11)
+    assert h.events("unload_deferred", out) == [
+        {"model": A, "instance_id": "A-1", "reason": "idle", "doing": "generating, 2 queued"}
+    ]
+
+
+def test_L20_L17_an_idle_eject_found_busy_says_so_and_keeps_the_model_wanted() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    h.loaded(A)
+    (eject,) = h.unloads(h.tick(10))
+    h.send(UnloadDeferred(eject.op, "generating", 2), at=11)
+    why = h.core.explain(12)
+    assert (why.state, why.cause, why.cause_at) == (
+        "streaming",
+        "server busy: generating, 2 queued",
+        11,
+    )
+    out = h.send(ServerSnapshot({}, after_outage=True), at=13)  # LM Studio restarted
+    assert [a.model for a in h.loads(out)] == [A]  # still wanted: loaded again
+
+
+def test_L18_L20_an_unload_command_found_busy_leaves_the_model_unwanted() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    (unload,) = h.unloads(h.send(UnloadCommand(1), at=1))
+    out = h.send(UnloadDeferred(unload.op, "generating"), at=2)
+    assert [d.request for d in h.done(out)] == [1] and h.done(out)[0].error
+    out = h.send(ServerSnapshot({}, after_outage=True), at=3)  # LM Studio restarted
+    assert h.loads(out) == []  # asked gone: not restored after the outage
+
+
+def test_L4_L20_a_model_selected_back_while_its_unload_was_found_busy_stays() -> None:
+    h = Harness(switch_debounce=0, idle_timeout=10)
+    h.loaded(A)
+    (unload,) = h.unloads(h.send(Select(B), at=1))
+    h.send(Select(A), at=2)  # back to A while its unload is in flight (L4)
+    h.send(UnloadDeferred(unload.op, "generating"), at=3)  # busy: A stays ours
+    assert h.core.pending is None
+    out = h.send(ServerActivity(A, busy=False), at=4)
+    assert h.loads(out) == [] and h.unloads(out) == []
+    assert (h.core.model, h.core.state, h.core.idle_eject_in(4)) == (A, State.LOADED, 10)

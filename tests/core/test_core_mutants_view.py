@@ -9,6 +9,8 @@ from __future__ import annotations
 from core_harness import Harness
 
 from lmkeeperd.core import (
+    ActivitySource,
+    LoadFinished,
     OwnStray,
     Select,
     ServerActivity,
@@ -102,3 +104,52 @@ def test_L24_L19_a_busy_resident_selected_again_is_in_use_at_once() -> None:
     h.send(Select(A), at=3)
     why = h.core.explain(4)
     assert (why.state, why.model, why.cause) == ("streaming", A, "resident selected")
+
+
+def test_L1_a_finished_load_says_how_long_it_took_to_the_millisecond_and_why() -> None:
+    h = Harness(switch_debounce=0)
+    (load,) = h.loads(h.send(Select(A), at=1.0))
+    out = h.send(LoadFinished(load.op, A), at=2.23456)
+    assert h.events("load_finished", out) == [
+        {"model": A, "seconds": 1.235, "adopted": False, "draft": False}
+    ]
+    why = h.core.explain(3)
+    assert (why.state, why.cause, why.cause_at) == ("loaded", "loaded", 2.23456)
+
+
+def test_L17_a_load_that_found_the_model_loaded_says_adopted() -> None:
+    h = Harness(switch_debounce=0)
+    (load,) = h.loads(h.send(Select(A), at=1))
+    out = h.send(LoadFinished(load.op, "A-gui", adopted=True), at=2)
+    assert h.events("load_finished", out)[0]["adopted"] is True
+    why = h.core.explain(3)
+    assert (why.state, why.cause, h.core.adopted) == ("loaded", "adopted", True)
+
+
+def test_L24_L28_the_residents_view_shows_instance_state_use_and_a_pinned_load() -> None:
+    pinned = "google/gemma-3-12b"
+    h = Harness(switch_debounce=0, max_loaded=2, pinned=(pinned,))
+    h.loaded(A, at=0)  # before the first look at the server
+    h.load_ok(h.loads(h.send(Select(B), at=1))[0], "B-1")  # A stays beside B
+    assert h.loads(h.send(ServerSnapshot({A: (A,), B: ("B-1",)}), at=2))  # the pinned load
+    h.send(ServerActivity(A, True, "generating"), at=3)  # LM Studio busy with A
+    h.send(StreamStarted(1), at=3)  # a client streams from the current model B
+    views = [
+        (v.model, v.instance_id, v.state, v.current, v.busy, v.streams)
+        for v in h.core.residents_view()
+    ]
+    assert views == [
+        (B, "B-1", "loaded", True, False, 1),  # streaming, shown as loaded
+        (A, A, "loaded", False, True, 0),
+        (pinned, None, "loading", False, False, 0),
+    ]
+
+
+def test_L21_losing_lm_studios_activity_frees_a_busy_model_and_says_why() -> None:
+    h = Harness(switch_debounce=0)
+    h.loaded(A)
+    h.send(ServerActivity(A, True, "generating"), at=1)
+    assert h.core.explain(2).state == "streaming"
+    h.send(ActivitySource(False, "channel down"), at=3)  # stale busy flags never block (L21)
+    why = h.core.explain(4)
+    assert (why.state, why.cause, why.cause_at) == ("loaded", "activity source lost", 3)
