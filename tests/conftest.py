@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import DaemonProc
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from lmkeeperd.emulator import Emulator
 
@@ -32,8 +32,15 @@ settings.register_profile(
     "bench", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 # Mutation runs (bench/mutation.py): the same examples for every mutant and no example
-# database, so a failure found against one mutant is never replayed as a "kill" of the next.
-settings.register_profile("mutation", database=None, derandomize=True)
+# database, so a failure found against one mutant is never replayed as a "kill" of the next;
+# and no shrinking: a mutant is killed by the first failing example, and shrinking it (often
+# 20-30 s) changes no verdict.
+settings.register_profile(
+    "mutation",
+    database=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
