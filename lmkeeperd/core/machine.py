@@ -3,13 +3,12 @@
 Theory of operation
 ===================
 `Lifecycle` is a pure state machine in the style of h11: it owns no sockets,
-no clock, no tasks. The driver (lmkeeperd.daemon) calls
-`handle(event, now)` with a monotonic `now` in seconds and performs the
-actions it gets back (`StartLoad`, `CancelLoad`, `ResumeLoad`, `StartUnload`,
-`Notify`, `CommandDone`); the outcome of each load or unload comes back later as an
-event carrying the same `op` id. Between events the driver sleeps until
-`next_deadline()` (the debounce, the idle timer or a forced switch) and then hands
-in a `Tick`. The daemon's other roles read the core through `CoreView` (view.py).
+no clock, no tasks. The driver (lmkeeperd.daemon) calls `handle(event, now)`
+with a monotonic `now` in seconds and performs the actions it gets back
+(`StartLoad`, `CancelLoad`, `ResumeLoad`, `StartUnload`, `Notify`, `CommandDone`);
+each load's or unload's outcome comes back later as an event with its `op` id.
+Between events the driver sleeps until `next_deadline()` (debounce, idle timer,
+forced switch), then hands in a `Tick`; other roles read the core via `CoreView`.
 
 The state is four records (records.py, ledger.py): the resident (`_main`: model,
 instance, phase, op, idle timer, draft), the intent (`_intent`: selection,
@@ -587,9 +586,10 @@ class Lifecycle(PinnedRules):
 
     def _after_load(self, now: float, out: list[Action]) -> None:
         """L30: a load landed or failed; what waited for it goes on, once none is in flight."""
+        if not self._stopped:  # a stray the load did not adopt goes, draft loading or not
+            self._flush_deferred(now, out)  # (L22: never two instances of a model)
         if self._ledger.load_in_flight() is not None or self._stopped:
             return
-        self._flush_deferred(now, out)  # a stray the load did not adopt (L22)
         self._trim(now, out)  # L26: the old model goes once the new one landed
         main, intent = self._main, self._intent
         if intent.queued is not None and main.phase in (State.IDLE, State.LOADED):

@@ -110,12 +110,11 @@ def test_L25_status_names_the_residents_in_use_a_switch_waits_for() -> None:
     assert (why.waiting_for, why.waiting_until) == (f"{A}, {B} to be idle to make room for {D}", 34)
 
 
-def test_L25_status_says_a_resident_when_those_in_use_are_gone() -> None:
+def test_L25_a_switch_waiting_for_room_goes_on_once_those_in_use_are_gone() -> None:
     h = waiting_behind_two_streams()
-    h.send(ServerSnapshot({C: (C,)}), at=5)  # A and B unloaded by hand (L18)
-    why = h.core.explain(6)
-    assert why.waiting_for == f"a resident to be idle to make room for {D}"
-    assert why.waiting_until == 34  # then D loads beside them anyway (L25)
+    out = h.send(ServerSnapshot({C: (C,)}), at=5)  # A and B unloaded by hand (L18)
+    assert [a.model for a in h.loads(out)] == [D]  # the room is there: no wait till 34
+    assert h.core.explain(6).waiting_for == "load in flight"
 
 
 # --- L22, L28: which strays of ours are kept as residents ------------------------------

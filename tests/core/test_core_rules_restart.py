@@ -102,6 +102,21 @@ def test_L22_a_journaled_instance_being_unloaded_is_adopted_when_it_is_the_selec
     assert h.unloads(out) == [] and (h.core.model, h.core.instance_id) == (B, "B-j")
 
 
+def test_L22_a_stray_kept_for_the_load_of_its_model_goes_once_that_load_lands_elsewhere() -> None:
+    # While A loads, a stray of A waits: the load may adopt it (L22). It landed as another
+    # instance, and its draft now loads: the stray goes at once, never two of A.
+    h = Harness(switch_debounce=0, draft_model="d")
+    (load,) = h.loads(h.send(Select(A), at=0))
+    h.send(Select(B), at=0.05)  # waits for A's load (L30): A's stray is not wanted
+    h.send(StreamStarted(1), at=0.1)  # L7: the stray's unload waits for the stream
+    assert h.events("stray_found", h.send(OwnStray(A, "A-old"), at=0.2)) != []
+    assert h.unloads(h.send(StreamEnded(1), at=0.3)) == []  # A still loading: kept for it
+    h.send(Select(A), at=0.4)  # A after all: nothing waits behind its load
+    out = h.load_ok(load, "A-new")
+    assert [a.model for a in h.loads(out)] == ["d"]
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("A-old", "stray")]
+
+
 def test_L22_a_journaled_stray_past_max_loaded_is_unloaded() -> None:
     h = restarted(max_loaded=2)
     h.send(OwnStray(A, "A-j"), at=0.1)
