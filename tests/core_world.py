@@ -67,6 +67,7 @@ class World:
     unload_targets: set[str] = field(default_factory=set)  # every instance StartUnload named
     unload_failed: set[str] = field(default_factory=set)  # instances whose unload failed
     busy: set[str] = field(default_factory=set)  # instances LM Studio is busy with (truth)
+    estimates: dict[str, float] = field(default_factory=dict)  # the last ModelEstimates sent
     source: bool = True  # can the driver read LM Studio's activity?
     abandoned: list[StartLoad] = field(default_factory=list)  # given up; may still land
     forgotten: set[str] = field(default_factory=set)  # ours, forgotten on leaving LM Studio (L13)
@@ -185,7 +186,11 @@ class World:
         starts = [a for a in out if isinstance(a, StartLoad) and not a.draft]
         if budget is None or not any(a.model not in pinned for a in starts):
             return
-        if core.budget_used_gb() <= budget + 1e-9:
+        # Residents evicted in this very step hold their memory until their unload is done
+        # (the core counts them: L25); they make room for this load, so they are not held
+        # against it.
+        leaving = sum(self.estimates.get(a.model, 0.0) for a in out if isinstance(a, StartUnload))
+        if core.budget_used_gb() - leaving <= budget + 1e-9:
             return
         in_use = bool(self.streams) or bool(core.busy_instances)
         for view in core.residents_view():
@@ -375,7 +380,9 @@ def run_step(world: World, kind: str, arg: object) -> None:
         stream, model = arg  # type: ignore[misc]
         world.send(StreamStarted(int(stream), str(model)))
     elif kind == "estimates":
-        world.send(ModelEstimates(dict(zip(MODELS, arg, strict=False))))  # type: ignore[call-overload]
+        estimates = dict(zip(MODELS, arg, strict=False))  # type: ignore[call-overload]
+        world.estimates.update(estimates)
+        world.send(ModelEstimates(estimates))
 
 
 # LM Studio's own activity (L19-L22) in a smaller alphabet, so that busy instances,
