@@ -24,7 +24,7 @@ from lmkeeperd.core import (
 )
 
 A, B, C = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "ibm/granite-4-h-tiny"
-P, Q = "google/gemma-3-12b", "mistral/ministral-8b"
+P, Q, R = "google/gemma-3-12b", "mistral/ministral-8b", "openai/gpt-oss-20b"
 D = "draft/tiny-0.5b"
 CFG = {"context_length": 4096}
 
@@ -173,3 +173,26 @@ def test_L24_L28_a_resident_whose_eviction_waits_on_a_stream_is_taken_back_when_
     out = h.send(StreamEnded(1), at=5)
     assert [(u.model, u.instance_id, u.reason) for u in h.unloads(out)] == [(B, B, "switch")]
     assert h.core.residents == {C: C}
+
+
+def test_L28_L30_pinned_models_held_at_the_first_look_let_the_next_one_load() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2, switch="make-before-break", pinned=(P, Q, R))
+    h.loaded(P, at=0)  # before the first look
+    h.loaded(Q, at=1)  # P stays beside Q
+    (pin,) = h.loads(h.send(ServerSnapshot({P: (P,), Q: (Q,)}), at=2))
+    assert pin.model == R  # both held: neither loaded again
+
+
+def test_L22_L28_L30_a_stray_kept_as_pinned_once_a_load_lands_lets_the_next_one_load() -> None:
+    h = Harness(switch_debounce=0, max_loaded=3)
+    h.send(ServerSnapshot({}), at=0)
+    (load,) = h.loads(h.send(Select(P), at=1))
+    h.send(UnloadCommand(1), at=2)  # superseded: still running on the server
+    h.send(StreamStarted(1), at=3)
+    assert h.unloads(h.load_ok(load, "p-1")) == []  # deferred: a stream is open
+    (load_a,) = h.loads(h.send(Select(A), at=4))
+    assert h.loads(reload(h, 5, pinned=(P, Q))) == []  # L30: A's load first
+    out = h.load_ok(load_a)
+    assert h.events("pinned_loaded", out) == [{"model": P}]  # its stray kept
+    assert [a.model for a in h.loads(out)] == [Q]
+    assert h.core.residents == {P: "p-1"}
