@@ -12,6 +12,7 @@ from dataclasses import replace
 from core_harness import Harness, of_type
 
 from lmkeeperd.core import (
+    EngineChanged,
     OwnStray,
     ResumeLoad,
     Select,
@@ -196,3 +197,15 @@ def test_L22_L28_L30_a_stray_kept_as_pinned_once_a_load_lands_lets_the_next_one_
     assert h.events("pinned_loaded", out) == [{"model": P}]  # its stray kept
     assert [a.model for a in h.loads(out)] == [Q]
     assert h.core.residents == {P: "p-1"}
+
+
+def test_L5_L13_L28_a_pinned_load_given_up_on_another_engine_is_resumed_when_selected() -> None:
+    h = Harness(switch_debounce=0, pinned=(P, Q), load_config=CFG)
+    (pin,) = h.loads(h.send(ServerSnapshot({}), at=0))
+    assert h.cancels(h.send(EngineChanged("ollama"), at=1)) != []  # waited for no more (L5)
+    h.send(EngineChanged("lmstudio"), at=2)
+    out = h.send(Select(P), at=3)
+    assert h.loads(out) == []  # the same load settings: no second load of P
+    assert [r.op for r in of_type(out, ResumeLoad)] == [pin.op]
+    h.load_ok(pin, "p-1")
+    assert (h.core.model, h.core.instance_id, h.core.state) == (P, "p-1", State.LOADED)
