@@ -209,3 +209,17 @@ def test_L5_L13_L28_a_pinned_load_given_up_on_another_engine_is_resumed_when_sel
     assert [r.op for r in of_type(out, ResumeLoad)] == [pin.op]
     h.load_ok(pin, "p-1")
     assert (h.core.model, h.core.instance_id, h.core.state) == (P, "p-1", State.LOADED)
+
+
+def test_L5_L30_a_given_up_load_is_not_resumed_while_an_instance_of_its_model_unloads() -> None:
+    h = Harness(switch_debounce=0)
+    (first,) = h.loads(h.send(Select(A), at=1))
+    h.send(UnloadCommand(1), at=2)  # superseded: still running on the server
+    (stray,) = h.unloads(h.send(OwnStray(A, "a-x"), at=3))  # not wanted: a stray to unload
+    assert (stray.instance_id, stray.reason) == ("a-x", "stray")
+    out = h.send(Select(A), at=4)
+    assert of_type(out, ResumeLoad) == [] and h.loads(out) == []  # L30: A's load lands first
+    out = h.load_ok(first, "a-y")
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("a-y", "superseded")]
+    (again,) = h.loads(out)
+    assert (again.model, again.avoid) == (A, ("a-x", "a-y"))  # loaded anew after
