@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from core_harness import Harness
 
-from lmkeeperd.core import ModelEstimates, Select, StreamEnded, StreamStarted
+from lmkeeperd.core import Activity, ModelEstimates, Select, StreamEnded, StreamStarted
 
 A, B, C, E = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "google/gemma-3-12b", "tiny/e"
 
@@ -45,3 +45,49 @@ def test_L25_L7_the_switch_goes_on_once_the_stream_ends() -> None:
         (B, "switch"),
     ]
     assert h.core.pending == C and h.core.explain(5).waiting_for == "unload in flight"
+
+
+def test_L25_status_names_an_unload_in_flight_a_switch_waits_for() -> None:
+    h = Harness(switch_debounce=0, budget_gb=20)  # switch = "auto"
+    h.send(ModelEstimates({A: 8, B: 8, C: 16}))
+    h.loaded(A, at=0)
+    (load,) = h.loads(h.send(Select(B), at=1))  # make-before-break: 16 GB fit
+    assert [u.model for u in h.unloads(h.load_ok(load, B))] == [A]  # A goes; in flight
+    assert h.loads(h.send(Select(C), at=2)) == []  # 8 (A) + 16 > 20 whatever B does
+    assert h.core.explain(3).waiting_for == f"{A} to be unloaded to make room for {C}"
+
+
+def test_L25_a_budget_filled_exactly_evicts_nothing() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2, budget_gb=10, switch="break-before-make")
+    h.send(ModelEstimates({A: 6, B: 4}))
+    h.loaded(A, at=0)
+    out = h.send(Select(B), at=1)  # 6 + 4 = 10: not over 10
+    assert h.unloads(out) == [] and [a.model for a in h.loads(out)] == [B]
+
+
+def test_L25_a_model_with_no_estimate_counts_nothing_in_the_budget() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2, budget_gb=10, switch="break-before-make")
+    h.send(ModelEstimates({A: 10}))  # B: no estimate
+    h.loaded(A, at=0)
+    out = h.send(Select(B), at=1)
+    assert h.unloads(out) == [] and [a.model for a in h.loads(out)] == [B]
+
+
+def test_L25_the_current_model_used_least_recently_is_the_one_evicted() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2, switch="break-before-make")
+    h.loaded(A, at=0)
+    h.loaded(B, at=1)  # B current, last used at 1; A beside it
+    h.send(Activity(A), at=2)  # A used since
+    out = h.send(Select(C), at=3)
+    assert [e["model"] for e in h.events("evicted", out)] == [B]
+
+
+def test_L25_L30_a_load_that_may_still_land_makes_an_idle_resident_go() -> None:
+    h = Harness(switch_debounce=0, max_loaded=3, budget_gb=12, switch="break-before-make")
+    h.send(ModelEstimates({A: 4, B: 8, C: 8}))
+    h.loaded(A, at=0)
+    (load,) = h.loads(h.send(Select(B), at=1))  # 4 + 8 fit 12: A stays beside it
+    h.load_err(load, "timed out", abandoned=True)  # B may still land: 8 GB counted
+    out = h.send(Select(C), at=2)  # 4 + 8 (B landing) + 8 > 12: A goes, and C loads
+    assert [e["model"] for e in h.events("evicted", out)] == [A]
+    assert [a.model for a in h.loads(out)] == [C]
