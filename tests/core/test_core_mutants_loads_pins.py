@@ -59,7 +59,7 @@ def test_L28_a_pinned_load_says_it_is_pinned_and_uses_the_load_settings() -> Non
 # --- a load started by a selection ------------------------------------------------------
 
 
-def test_L3_a_selection_that_starts_a_load_is_the_cause_status_shows() -> None:
+def test_L1_a_selection_that_starts_a_load_is_the_cause_status_shows() -> None:
     h = Harness(switch_debounce=0, load_config=CFG)
     out = h.send(Select(A), at=1)
     (load,) = h.loads(out)
