@@ -79,8 +79,12 @@ class CommandRules(ServerRules):
         if len(free) < len(instances):
             taken = next(i for i in instances if i in busy)
             self._ledger.requests[request].errors.append(self._busy_error(target, taken))
+        going = {o.instance_id: i for i, o in self._ledger.ops.items() if o.kind == "unload"}
         for instance in free:
-            self._unload_background(target, instance, "command", now, out, [request])
+            if instance in going:  # one unload per instance: a second command waits for it
+                self._ledger.wait_on(request, going[instance])
+            else:
+                self._unload_background(target, instance, "command", now, out, [request])
         if other is not None and other.instance in free:
             # Gone from the residents; back among them should the driver find it busy (L20).
             del self._others[target]

@@ -158,3 +158,21 @@ def test_L18_L17_a_model_unloaded_by_command_is_not_restored_after_an_outage() -
     assert (why.in_flight, why.in_flight_since, why.cause) == ("unload", 1, "unloaded by command")
     h.unload_ok(unload)
     assert h.loads(h.send(ServerSnapshot({}, after_outage=True), at=3)) == []
+
+
+def test_L18_L22_a_second_command_for_a_resident_waits_for_the_unload_already_sent() -> None:
+    # Two `unload B` in a row: one unload of B's instance, and both answered by it. A
+    # second unload of the same instance once outlived a busy answer to the first, and
+    # took the instance away from under B, selected again meanwhile (found by a property
+    # test).
+    h = Harness(switch_debounce=0, max_loaded=2)
+    h.loaded(B, at=0)
+    h.loaded(A, at=1)  # B beside A
+    h.send(ServerSnapshot({A: (A,), B: (B,)}), at=1.5)
+    (unload,) = h.unloads(h.send(UnloadCommand(1, B), at=2))
+    assert h.unloads(h.send(UnloadCommand(2, B), at=2.1)) == []
+    done = h.done(h.send(UnloadDeferred(unload.op, "generating", 1), at=3))  # B busy
+    assert sorted(d.request for d in done) == [1, 2] and all(d.error for d in done)
+    h.send(Select(B), at=4)  # still a resident, in use: selecting it loads nothing (L24)
+    assert (h.core.model, h.core.instance_id) == (B, B)
+    assert h.unloads() == [unload]  # never a second unload of it
