@@ -96,6 +96,7 @@ class PinnedRules(ResidencyRules):
         if not self._hands_on() or instance in self.owned_instances():
             return False
         if model in self._others:  # a resident has its instance: this one is extra (L22)
+            self._ledger.landed(model)  # an abandoned load of it, if any, lands no more (L30)
             out.append(Notify("stray_found", {"model": model, "instance_id": instance}))
             self._unload_background(model, instance, "stray", now, out)
             return True

@@ -117,6 +117,20 @@ def test_L22_a_stray_kept_for_the_load_of_its_model_goes_once_that_load_lands_el
     assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("A-old", "stray")]
 
 
+def test_L22_L30_an_abandoned_load_that_lands_beside_its_resident_leaves_the_budget() -> None:
+    h = Harness(switch_debounce=0, max_loaded=2, budget_gb=20)
+    h.send(ModelEstimates({A: 5, B: 3}))
+    (load,) = h.loads(h.send(Select(A), at=0))
+    h.load_err(load, "timed out", abandoned=True)  # A may still land: 5 GB counted (L30)
+    h.loaded(A, at=1)  # selected again, it lands as another instance
+    h.loaded(B, at=2)  # A beside B
+    assert h.core.budget_used_gb() == pytest.approx(13)
+    out = h.send(OwnStray(A, "A-late"), at=3)  # the abandoned load lands: an extra instance
+    assert [(u.instance_id, u.reason) for u in h.unloads(out)] == [("A-late", "stray")]
+    h.unload_ok(h.unloads(out)[0])
+    assert h.core.budget_used_gb() == pytest.approx(8)  # it lands no more
+
+
 def test_L22_a_journaled_stray_past_max_loaded_is_unloaded() -> None:
     h = restarted(max_loaded=2)
     h.send(OwnStray(A, "A-j"), at=0.1)
