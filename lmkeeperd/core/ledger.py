@@ -110,6 +110,13 @@ class Ledger:
             ]
         )
 
+    def leaving(self, main_op: int | None) -> list[str]:
+        """The models of instances on their way out, one per instance: unloads waiting for
+        streams to end or the instance to be idle, then unloads in flight beside the main
+        resident's own (`main_op`). They hold their memory until gone (L7, L20, L25)."""
+        going = [d.model for d in self.deferred]
+        return going + [o.model for i, o in self.ops.items() if o.kind == "unload" and i != main_op]
+
     def owned(self) -> dict[str, str]:
         """Instances being unloaded or waiting to be: instance id -> model (L22)."""
         owned = {d.instance_id: d.model for d in self.deferred}

@@ -70,12 +70,8 @@ class ResidencyRules(CommandRules):
         """Instances of ours on their way out: unloads in flight beside the current model's
         and those waiting for client streams to end or the instance to be idle (L7, L20,
         L22). Until they are gone they hold their memory (L25)."""
-        main, ledger = self._main, self._ledger
-        seats = [Seat(d.model, self._now, idle=False) for d in ledger.deferred]
-        for op_id, op in ledger.ops.items():
-            if op.kind == "unload" and op_id != main.op:
-                seats.append(Seat(op.model, op.started, idle=False))
-        return seats
+        going = self._ledger.leaving(self._main.op)
+        return [Seat(model, self._now, idle=False) for model in going]
 
     def _seats(self) -> list[Seat]:
         """The residents as placement sees them (L25): the current model and the others.

@@ -249,10 +249,10 @@ class LifecycleView:
         models += [
             op.model
             for op_id, op in ledger.ops.items()
-            if op_id != main.op and (op.kind == "unload" or not op.draft)
+            if op_id != main.op and op.kind == "load" and not op.draft
         ]
         models += [op.model for op in ledger.landing]
-        models += [d.model for d in ledger.deferred]
+        models += ledger.leaving(main.op)
         return sum(self._estimates.get(m, 0.0) for m in models)
 
     def idle_eject_in(self, now: float) -> float | None:
@@ -319,10 +319,7 @@ class LifecycleView:
         parts = [f"{', '.join(busy)} to be idle"] if busy else []
         if usage.streams and not busy:
             parts.append(f"{plural(len(usage.streams), 'stream')} to end")
-        gone = [d.model for d in ledger.deferred]
-        gone += [
-            op.model for i, op in ledger.ops.items() if op.kind == "unload" and i != self._main.op
-        ]
+        gone = ledger.leaving(self._main.op)
         if gone:
             parts.append(f"{', '.join(dict.fromkeys(gone))} to be unloaded")
         return " and ".join(parts) or "a resident to be idle"
