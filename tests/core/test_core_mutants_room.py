@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 from core_harness import Harness
 
-from lmkeeperd.core import Activity, ModelEstimates, Select, StreamEnded, StreamStarted
+from lmkeeperd.core import (
+    Activity,
+    ModelEstimates,
+    Select,
+    StreamEnded,
+    StreamStarted,
+    UnloadCommand,
+)
 
 A, B, C, E = "qwen/qwen3-4b-2507", "meta/llama-3.1-8b", "google/gemma-3-12b", "tiny/e"
 
@@ -91,3 +98,11 @@ def test_L25_L30_a_load_that_may_still_land_makes_an_idle_resident_go() -> None:
     out = h.send(Select(C), at=2)  # 4 + 8 (B landing) + 8 > 12: A goes, and C loads
     assert [e["model"] for e in h.events("evicted", out)] == [A]
     assert [a.model for a in h.loads(out)] == [C]
+
+
+def test_L25_the_current_model_being_unloaded_counts_once_in_the_budget() -> None:
+    h = Harness(switch_debounce=0, budget_gb=20)
+    h.send(ModelEstimates({A: 6}))
+    h.loaded(A, at=0)
+    assert [u.model for u in h.unloads(h.send(UnloadCommand(1), at=1))] == [A]
+    assert h.core.budget_used_gb() == pytest.approx(6)  # A, unloading: not twice
